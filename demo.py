@@ -1,0 +1,12 @@
+"""Gradio demo of the whole in-the-wild flow.
+
+Thin front end kept under its original name; the logic lives in the `oneposetrans` package.
+Equivalent: `python -m oneposetrans demo`. `--help` lists every flag.
+"""
+
+import sys
+
+from oneposetrans.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["demo", *sys.argv[1:]]))

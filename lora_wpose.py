@@ -1,0 +1,12 @@
+"""Per-image LoRA fine-tuning for the WPose sources.
+
+Thin front end kept under its original name; the logic lives in the `oneposetrans` package.
+Equivalent: `python -m oneposetrans finetune --dataset wpose`. `--help` lists every flag.
+"""
+
+import sys
+
+from oneposetrans.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["finetune", "--dataset", "wpose", *sys.argv[1:]]))

@@ -1,0 +1,3 @@
+from oneposetrans.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""``python -m oneposetrans <command>``: one entry point for every stage.
+
+Exit codes: 0 success; 1 some cases failed (each reason is in ``<results>/logs``) or bad
+input; 2 usage error or a stage that is not built yet; 3 a required model is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from oneposetrans import registry
+from oneposetrans.errors import NotBuiltError, OnePoseTransError
+
+SMOKE_RESOLUTION = 256
+SMOKE_BANNER = (
+    "SMOKE RUN: tiny models with random weights. The images are noise; this run proves the "
+    "plumbing (files, stages, resume), not picture quality."
+)
+
+# Commands of the original recipe that later issues build: name -> (what, issue).
+NOT_BUILT = {
+    "segment": ("person segmentation (GroundingDINO + SAM)", 5),
+    "inpaint": ("background inpainting (LaMa / SDXL inpainting)", 5),
+    "paste": ("compositing onto the inpainted background", 5),
+    "finetune": ("per-image LoRA fine-tuning", 4),
+    "generate": ("dataset reposing runs", 6),
+    "refine": ("the refining stage", 6),
+    "run": ("the whole numbered dataset recipe", 6),
+    "evaluate": ("evaluation (SSIM, PSNR, LPIPS, FID, face identity)", 6),
+    "caption": ("automatic captioning with a vision-language model", 8),
+    "prepare-deepfashion": ("the DeepFashion split (generate_fashion_datasets)", 8),
+    "demo": ("the Gradio demo", 7),
+}
+
+
+def _add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
+    if results:
+        parser.add_argument("--results", type=Path, default=Path("results"), help="results tree root (default: ./results)")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=Path(registry.DEFAULT_MODELS_DIR),
+        help="models folder (default: ./models or $ONEPOSETRANS_MODELS)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="use the tiny-model kit (built once in a cache folder) as --models"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("default", "reference"),
+        default="default",
+        help="'reference' reproduces the published code's behaviour, quirks included; 'default' fixes them",
+    )
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument(
+        "--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto", help="weights precision (auto: fp16 on GPU, fp32 on CPU)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oneposetrans",
+        description="One-shot pose-guided person image synthesis (OnePoseTrans, arXiv 2409.09593).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    repose = commands.add_parser(
+        "repose",
+        help="one photo + target poses -> the same person in those poses (the whole chain)",
+        description="Run one photo through every built stage into a results tree, with a contact sheet.",
+    )
+    repose.add_argument("--source", type=Path, help="photo of the person (default: a bundled photo)")
+    repose.add_argument(
+        "--pose", type=Path, nargs="+", default=[], help="target poses: OpenPose keypoints JSON or rendered pose maps (default: bundled poses)"
+    )
+    repose.add_argument("--out", type=Path, required=True, help="results tree to write (resumed if it exists)")
+    repose.add_argument("--caption", help='"A man/woman with face, <clothes and accessories>"')
+    repose.add_argument("--refine", action="store_true", help="also run the img2img refining stage")
+    repose.add_argument("--steps", type=int, default=25, help="denoising steps")
+    repose.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    repose.add_argument("--seed", type=int, default=97, help="sampling seed (the same for every target)")
+    repose.add_argument(
+        "--resolution", type=int, help=f"shorter side of the output, rounded to 64 (default 1024; {SMOKE_RESOLUTION} with --smoke)"
+    )
+    _add_common(repose, results=False)
+    repose.set_defaults(handler=_cmd_repose)
+
+    models = commands.add_parser("models", help="check, download or fake the model folders")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="list every model as present or missing; exit 3 if a needed one is missing")
+    check.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")
+    check.add_argument("--stage", action="append", help="only the models this stage needs (repeatable)")
+    check.set_defaults(handler=_cmd_models_check)
+    download = actions.add_parser("download", help="fetch models where a network exists (never used by tests)")
+    download.add_argument("names", nargs="*", help="model names (default: every required model)")
+    download.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")
+    download.set_defaults(handler=_cmd_models_download)
+    tiny = actions.add_parser("make-tiny", help="write the tiny-model kit (random weights, real formats) into DIR")
+    tiny.add_argument("dir", type=Path, help="folder to write")
+    tiny.set_defaults(handler=_cmd_models_make_tiny)
+    table = actions.add_parser("table", help="print the models table of the README")
+    table.set_defaults(handler=lambda arguments: print(registry.markdown_table()) or 0)
+
+    for name, (what, issue) in NOT_BUILT.items():
+        command = commands.add_parser(name, help=f"{what} [not built yet: issue {issue}]")
+        command.add_argument("--dataset", choices=("deepfashion", "wpose"), help="dataset adapter")
+        _add_common(command)
+        command.set_defaults(handler=_not_built(name, what, issue))
+
+    tool_utils = commands.add_parser(
+        "tool-utils", help="the original tool_utils.py interface (segmentation, inpainting, paste) [not built yet: issue 5]"
+    )
+    tool_utils.add_argument(
+        "--mode", required=True, choices=("dataset", "rgba", "rgb", "paste", "inpainting_lama", "inpainting_diffusion")
+    )
+    for flag in ("source_path", "mask_path", "rgba_path", "rgb_path", "background_path", "result_path"):
+        tool_utils.add_argument(f"--{flag}", type=Path, help=f"folder ({flag.replace('_', ' ')})")
+    _add_common(tool_utils, results=False)
+    tool_utils.set_defaults(handler=_not_built("tool-utils", "segmentation, inpainting and paste", 5))
+    return parser
+
+
+def _not_built(name: str, what: str, issue: int):
+    def handler(arguments: argparse.Namespace) -> int:
+        raise NotBuiltError(f"{name}: {what} is not built yet (tracked in issue {issue}); nothing was done")
+
+    return handler
+
+
+def _models_dir(arguments: argparse.Namespace) -> Path:
+    if getattr(arguments, "smoke", False):
+        from oneposetrans.testing import cached_tiny_models
+
+        return cached_tiny_models()
+    return arguments.models
+
+
+def _cmd_repose(arguments: argparse.Namespace) -> int:
+    from oneposetrans.chain import ChainRequest, format_report, run_chain
+    from oneposetrans.repose import GenerationSettings
+
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    resolution = arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
+    request = ChainRequest(
+        out=arguments.out,
+        models=_models_dir(arguments),
+        source=arguments.source,
+        poses=arguments.pose,
+        caption=arguments.caption,
+        refine=arguments.refine,
+        settings=GenerationSettings(
+            steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, resolution=resolution
+        ),
+        device=arguments.device,
+        dtype=arguments.dtype,
+    )
+    try:
+        report = run_chain(request, echo=lambda line: print(line, flush=True))
+    finally:
+        if arguments.smoke:
+            print(SMOKE_BANNER, flush=True)
+    print(f"results in {arguments.out.resolve()}\n" + format_report(report))
+    return 0
+
+
+def _cmd_models_check(arguments: argparse.Namespace) -> int:
+    text, complete = registry.check(arguments.models, arguments.stage)
+    print(text)
+    if not complete:
+        print(f"\nsome required models are missing in {arguments.models}", file=sys.stderr)
+    return 0 if complete else 3
+
+
+def _cmd_models_download(arguments: argparse.Namespace) -> int:
+    # Downloads are allowed only in this child process; everything else stays offline.
+    environment = {**os.environ, "ONEPOSETRANS_ALLOW_DOWNLOADS": "1", "HF_HUB_OFFLINE": "0"}
+    command = [sys.executable, "-m", "oneposetrans.registry", *arguments.names, "--models", str(arguments.models)]
+    return subprocess.call(command, env=environment)
+
+
+def _cmd_models_make_tiny(arguments: argparse.Namespace) -> int:
+    from oneposetrans.testing import make_tiny_models
+
+    make_tiny_models(arguments.dir)
+    print(f"tiny-model kit (random weights) written to {arguments.dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        return arguments.handler(arguments)
+    except OnePoseTransError as error:
+        print(f"oneposetrans: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("oneposetrans: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

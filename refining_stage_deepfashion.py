@@ -1,0 +1,12 @@
+"""Refining stage (LayerDiffuse img2img) for DeepFashion results.
+
+Thin front end kept under its original name; the logic lives in the `oneposetrans` package.
+Equivalent: `python -m oneposetrans refine --dataset deepfashion`. `--help` lists every flag.
+"""
+
+import sys
+
+from oneposetrans.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["refine", "--dataset", "deepfashion", *sys.argv[1:]]))

@@ -1,0 +1,12 @@
+"""Refining stage (LayerDiffuse img2img) for WPose results.
+
+Thin front end kept under its original name; the logic lives in the `oneposetrans` package.
+Equivalent: `python -m oneposetrans refine --dataset wpose`. `--help` lists every flag.
+"""
+
+import sys
+
+from oneposetrans.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["refine", "--dataset", "wpose", *sys.argv[1:]]))

@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+
+from oneposetrans.cli import NOT_BUILT, main
+from tests.conftest import REPO
+
+ROOT_SCRIPTS = [
+    "tool_utils.py",
+    "lora_deepfashion.py",
+    "lora_wpose.py",
+    "oneposetrans_deepfashion.py",
+    "oneposetrans_wpose.py",
+    "refining_stage_deepfashion.py",
+    "refining_stage_wpose.py",
+    "generate_fashion_datasets.py",
+    "MLLM/description_gen.py",
+    "demo.py",
+]
+
+
+@pytest.mark.parametrize("command", sorted(NOT_BUILT))
+def test_unbuilt_stages_say_so_and_exit_2(command, capsys, tmp_path):
+    assert main([command, "--results", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert "not built yet" in error and f"issue {NOT_BUILT[command][1]}" in error
+    assert not (tmp_path / "r").exists()
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script", ROOT_SCRIPTS)
+def test_root_scripts_have_help_and_do_not_pretend(script):
+    helped = _run(script, "--help")
+    assert helped.returncode == 0 and "--models" in helped.stdout
+    ran = _run(script, "--results", "/nonexistent-results") if script != "tool_utils.py" else _run(script, "--mode", "rgb")
+    assert ran.returncode == 2 and "not built yet" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_pipeline_module_refuses_import_until_built():
+    ran = _run("-c", "import pipeline_stable_diffusion_xl_oneposetrans")
+    assert ran.returncode != 0 and "issue 3" in ran.stderr
+    assert _run("pipeline_stable_diffusion_xl_oneposetrans.py").returncode == 2
+
+
+def test_stage_without_models_is_one_line_and_exit_3(tmp_path):
+    ran = _run("-m", "oneposetrans", "repose", "--out", str(tmp_path / "out"), "--models", str(tmp_path / "none"), "--resolution", "64")
+    assert ran.returncode == 3
+    assert "Traceback" not in ran.stderr
+    lines = [line for line in ran.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "missing model 'sdxl-base'" in lines[0] and "models download sdxl-base" in lines[0]

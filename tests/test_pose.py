@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from oneposetrans.errors import BadInputError, NotBuiltError
+from oneposetrans.pose import BUNDLED_POSES, Keypoints, generation_size, load_keypoints, load_pose_map, render_keypoints
+
+
+def _write(path, flat, width=100, height=200):
+    path.write_text(json.dumps({"canvas_width": width, "canvas_height": height, "people": [{"pose_keypoints_2d": flat}]}))
+    return path
+
+
+def test_coco18_and_body25_give_the_same_joints(tmp_path):
+    coco = [float(v) for i in range(18) for v in (i * 2, i * 3, 1)]
+    body25 = []
+    for index in range(25):
+        if index == 8 or index > 18:
+            body25 += [50.0, 50.0, 1.0]
+        else:
+            coco_index = index if index < 8 else index - 1
+            body25 += coco[3 * coco_index : 3 * coco_index + 3]
+    a = load_keypoints(_write(tmp_path / "a.json", coco))
+    b = load_keypoints(_write(tmp_path / "b.json", body25))
+    np.testing.assert_array_equal(a.points, b.points)
+
+
+def test_missing_joints_are_nan(tmp_path):
+    flat = [10.0, 10.0, 1.0] * 18
+    flat[0:3] = [0, 0, 0]  # confidence 0
+    flat[3:6] = [-1, -1, 1]  # DeepFashion-style -1
+    points = load_keypoints(_write(tmp_path / "k.json", flat)).points[0]
+    assert np.isnan(points[0]).all() and np.isnan(points[1]).all() and not np.isnan(points[2]).any()
+
+
+@pytest.mark.parametrize("content", ["{", '{"people": []}', '{"canvas_width": 5, "canvas_height": 5, "people": [{"pose_keypoints_2d": [1, 2]}]}'])
+def test_malformed_keypoint_files_are_rejected(tmp_path, content):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(BadInputError, match="bad.json"):
+        load_keypoints(path)
+
+
+def test_out_of_frame_joint_is_skipped_with_its_bones():
+    points = np.full((1, 18, 2), np.nan)
+    points[0, 1] = (50, 50)  # neck
+    points[0, 2] = (150, 50)  # right shoulder, outside a 100-wide canvas
+    canvas = np.asarray(render_keypoints(Keypoints(points, 100, 100), (100, 100)))
+    lit = np.argwhere(canvas.sum(axis=2) > 0)
+    # Only the neck dot (radius 4) is drawn; no bone runs towards the clipped shoulder.
+    assert len(lit) > 0
+    assert lit[:, 1].max() <= 54 and lit[:, 1].min() >= 46
+    assert tuple(canvas[50, 50]) == (255, 85, 0)  # the neck's OpenPose colour
+
+
+def test_generation_size_keeps_aspect_in_multiples_of_64():
+    assert generation_size(768, 1024, 1024) == (1024, 1344)
+    assert generation_size(512, 768, 256) == (256, 384)
+    assert generation_size(176, 256, 1024) == (1024, 1472)
+
+
+def test_bundled_poses_render_at_generation_size():
+    assert len(BUNDLED_POSES) >= 2
+    image = load_pose_map(BUNDLED_POSES[0], 256)
+    assert image.size == (256, 384) and np.asarray(image).max() > 0
+
+
+def test_a_photo_as_pose_says_extraction_is_not_built(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()).save(path)
+    with pytest.raises(NotBuiltError, match="issue 8"):
+        load_pose_map(path, 256)

@@ -1,0 +1,95 @@
+"""The acceptance runs of the foundation: the smoke chain, its resume, and a killed run."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from PIL import Image
+
+from oneposetrans.pose import BUNDLED_POSES
+from tests.conftest import REPO
+
+
+def _repose(out, env, *extra):
+    return [sys.executable, "-m", "oneposetrans", "repose", "--smoke", "--out", str(out), *extra]
+
+
+def _partials(root):
+    return [p for p in root.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env):
+    out = tmp_path / "smoke"
+    started = time.perf_counter()
+    first = subprocess.run(_repose(out, cli_env), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr
+    assert seconds < 120
+    assert first.stdout.count("random weights") == 2  # banner before and after
+    for folder in ("images", "poses", "captions", "reposed_result", "logs", "lora", "refined_final_result"):
+        assert (out / folder).is_dir()
+    results = sorted((out / "reposed_result").iterdir())
+    assert [p.name for p in results] == [f"astronaut_to_{p.stem}.png" for p in BUNDLED_POSES]
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width == 3 * 256 and sheet.height > 2 * 256
+    assert "segment" in first.stdout and "not built yet (issue 5)" in first.stdout
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    second = subprocess.run(_repose(out, cli_env), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "0 generated, 2 already present" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path, cli_env):
+    poses = []
+    for index in range(3):
+        copy = tmp_path / f"target{index}.json"
+        shutil.copy(BUNDLED_POSES[index % len(BUNDLED_POSES)], copy)
+        poses.append(str(copy))
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        _repose(out, cli_env, "--pose", *poses), cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    results = out / "reposed_result"
+    while time.time() < deadline and not (results.is_dir() and any(p.suffix == ".png" for p in results.iterdir())):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in results.glob("*.png")}
+    assert 1 <= len(finished) < 3, "the run was not killed midway"
+    for path in finished:
+        Image.open(path).verify()  # every final file is complete
+
+    rerun = subprocess.run(
+        _repose(out, cli_env, "--pose", *poses), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in finished} == finished
+    assert len(list(results.glob("*.png"))) == 3
+    assert _partials(out) == []
+    records = [json.loads(line) for line in (out / "logs" / "repose.jsonl").read_text().splitlines()]
+    generated = [r["case"] for r in records if r["status"] == "done"]
+    assert sorted(generated) == sorted(p.name for p in results.glob("*.png"))  # each exactly once
+
+
+def test_bad_target_fails_alone(tmp_path, cli_env):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    out = tmp_path / "partial"
+    ran = subprocess.run(
+        _repose(out, cli_env, "--pose", str(BUNDLED_POSES[0]), str(bad), "--steps", "2"),
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 1
+    assert "Traceback" not in ran.stderr and "1 of 2 targets failed" in ran.stderr
+    assert len(list((out / "reposed_result").glob("*.png"))) == 1
+    assert "broken.json: not valid JSON" in (out / "logs" / "repose.jsonl").read_text()

@@ -1,0 +1,12 @@
+"""Segmentation, inpainting and compositing modes of the original tool_utils.py.
+
+Thin front end kept under its original name; the logic lives in the `oneposetrans` package.
+Equivalent: `python -m oneposetrans tool-utils --mode ...`. `--help` lists every flag.
+"""
+
+import sys
+
+from oneposetrans.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["tool-utils", *sys.argv[1:]]))
