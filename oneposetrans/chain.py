@@ -17,6 +17,7 @@ from PIL import Image
 
 from oneposetrans.caption import CaptionStore
 from oneposetrans.errors import BadInputError, CaseFailures, NotBuiltError
+from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.pose import BUNDLED_POSES, load_pose_map
 from oneposetrans.repose import NOT_YET_BUILT, GenerationSettings, Reposer
@@ -39,6 +40,7 @@ class ChainRequest:
     caption: str | None = None
     refine: bool = False
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     device: str = "auto"
     dtype: str = "auto"
 
@@ -97,7 +99,20 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     report.append(StageStatus("segment", "skipped", "not built yet (issue 5)"))
     caption, status = _caption(request, tree, name)
     report.append(status)
-    report.append(StageStatus("finetune", "skipped", "not built yet (issue 4)"))
+    lora = tree.file("lora", f"{name}.safetensors")
+    if is_done(lora):
+        report.append(StageStatus("finetune", "resumed", str(lora)))
+    else:
+        source_file = tree.file("images", f"{name}.png")
+        run_finetune(
+            [FinetuneCase(name, [source_file], caption)],
+            tree,
+            request.models,
+            request.finetune,
+            device=request.device,
+            echo=lambda line: echo(f"  {line}"),
+        )
+        report.append(StageStatus("finetune", "done", str(lora)))
 
     pose_paths = request.poses or list(BUNDLED_POSES)
     targets: dict[str, Image.Image] = {}
@@ -135,7 +150,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         for target_name, pose_map in todo.items():
             # One target at a time, each written before the next starts: a killed run keeps them.
             started = time.perf_counter()
-            [image] = reposer.generate(caption, [pose_map], request.settings)
+            [image] = reposer.generate(caption, [pose_map], request.settings, lora=lora)
             output = tree.file("reposed_result", pair_name(name, target_name))
             save_image(image, output)
             seconds = time.perf_counter() - started
@@ -146,7 +161,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
             "repose",
             "done" if todo else "resumed",
             f"{len(todo)} generated, {len(targets) - len(todo)} already present; "
-            f"text + OpenPose ControlNet only, not yet: {NOT_YET_BUILT}",
+            f"text + OpenPose ControlNet + LoRA; not yet: {NOT_YET_BUILT}",
         )
     )
     report.append(StageStatus("inpaint", "skipped", "not built yet (issue 5)"))

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from oneposetrans import registry
-from oneposetrans.errors import NotBuiltError, OnePoseTransError
+from oneposetrans.errors import BadInputError, NotBuiltError, OnePoseTransError
 
 SMOKE_RESOLUTION = 256
+SMOKE_FINETUNE_RESOLUTION = 128
 SMOKE_BANNER = (
     "SMOKE RUN: tiny models with random weights. The images are noise; this run proves the "
     "plumbing (files, stages, resume), not picture quality."
@@ -26,7 +27,6 @@ NOT_BUILT = {
     "segment": ("person segmentation (GroundingDINO + SAM)", 5),
     "inpaint": ("background inpainting (LaMa / SDXL inpainting)", 5),
     "paste": ("compositing onto the inpainted background", 5),
-    "finetune": ("per-image LoRA fine-tuning", 4),
     "generate": ("dataset reposing runs", 6),
     "refine": ("the refining stage", 6),
     "run": ("the whole numbered dataset recipe", 6),
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = actions.add_parser("table", help="print the models table of the README")
     table.set_defaults(handler=lambda arguments: print(registry.markdown_table()) or 0)
 
+    _add_finetune(commands)
+
     for name, (what, issue) in NOT_BUILT.items():
         command = commands.add_parser(name, help=f"{what} [not built yet: issue {issue}]")
         command.add_argument("--dataset", choices=("deepfashion", "wpose"), help="dataset adapter")
@@ -125,6 +127,115 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_finetune(commands) -> None:
+    from oneposetrans.finetune import FinetuneSettings
+
+    defaults = FinetuneSettings()
+    finetune = commands.add_parser(
+        "finetune",
+        help="per-image LoRA fine-tuning (one LoRA per source, or one from several views)",
+        description=(
+            "In-the-wild: --source IMG [IMG ...] --caption TEXT trains one LoRA from one or several photos "
+            "of the same person. Datasets: --dataset NAME --pairs FILE trains one LoRA per source image the "
+            "pairs list needs, reading RESULTS/images/<stem>.png. LoRAs go to RESULTS/lora/<name>.safetensors; "
+            "existing ones are skipped. Under `accelerate launch` the cases are shared among the processes."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    finetune.add_argument("--source", type=Path, nargs="+", help="photo(s) of one person: one LoRA from all of them")
+    finetune.add_argument("--caption", help='caption of the person, "A man/woman with face, ..."')
+    finetune.add_argument("--name", help="LoRA name for --source (default: stem of the first photo)")
+    finetune.add_argument("--mask", type=Path, nargs="+", default=[], help="person masks for --source, in the same order (for --masked-loss)")
+    finetune.add_argument("--dataset", choices=("deepfashion", "wpose"), help="dataset adapter for --pairs")
+    finetune.add_argument("--pairs", type=Path, help="pairs list: DeepFashion CSV 'from,to', subset 'idx/src/tgt', or WPose 'src tgt'")
+    finetune.add_argument(
+        "--captions", type=Path, help="captions file 'index/name/text' (default: RESULTS/captions/captions.jsonl)"
+    )
+    finetune.add_argument("--overwrite", action="store_true", help="retrain LoRAs that already exist")
+    finetune.add_argument("--fail-fast", action="store_true", help="stop at the first failed case")
+    finetune.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank")
+    finetune.add_argument("--alpha", type=int, default=defaults.alpha, help="LoRA alpha (scale = alpha / rank)")
+    finetune.add_argument("--target-modules", nargs="+", default=list(defaults.target_modules), help="attention Linears to adapt")
+    finetune.add_argument("--steps", type=int, default=defaults.steps, help="optimisation steps per LoRA")
+    finetune.add_argument("--batch-size", type=int, default=defaults.batch_size, help="crops per step")
+    finetune.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="AdamW learning rate (constant)")
+    finetune.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    finetune.add_argument("--resolution", type=int, default=defaults.resolution, help="shorter-side resize and square random crop size")
+    finetune.add_argument("--seed", type=int, default=defaults.seed, help="seed, reset at the start of every LoRA")
+    finetune.add_argument(
+        "--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto", help="auto: fp16 on GPU, none on CPU"
+    )
+    finetune.add_argument("--masked-loss", action="store_true", help="weight the loss by the person mask (default profile option)")
+    _add_common(finetune)
+    finetune.set_defaults(handler=_cmd_finetune)
+
+
+def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
+    from oneposetrans.caption import CaptionStore
+    from oneposetrans.datasets import read_captions, read_pairs, unique_sources
+    from oneposetrans.finetune import FinetuneCase
+    from oneposetrans.results import stem
+
+    if arguments.source:
+        if not arguments.caption:
+            raise BadInputError("--source needs --caption \"A man/woman with face, ...\"")
+        name = arguments.name or stem(arguments.source[0])
+        return [FinetuneCase(name, list(arguments.source), arguments.caption, list(arguments.mask))]
+    if not arguments.pairs:
+        raise BadInputError("finetune needs --source IMG ... --caption TEXT, or --pairs FILE for a dataset")
+    captions = read_captions(arguments.captions) if arguments.captions else None
+    store = CaptionStore(tree)
+    where = arguments.captions or store.path
+    cases = []
+    for source in unique_sources(read_pairs(arguments.pairs)):
+        name = stem(source)
+        caption = captions.get(name) if captions is not None else store.get(f"{name}.png") or store.get(source)
+        cases.append(
+            FinetuneCase(
+                name,
+                [tree.file("images", f"{name}.png")],
+                caption,
+                [tree.file("images_mask", f"{name}.png")],
+                problem=None if caption else f"{source}: no caption in {where}",
+            )
+        )
+    return cases
+
+
+def _cmd_finetune(arguments: argparse.Namespace) -> int:
+    from oneposetrans.finetune import FinetuneSettings, run_finetune
+    from oneposetrans.results import ResultsTree
+
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    tree = ResultsTree(arguments.results)
+    settings = FinetuneSettings(
+        rank=arguments.rank,
+        alpha=arguments.alpha,
+        target_modules=tuple(arguments.target_modules),
+        steps=arguments.steps,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        weight_decay=arguments.weight_decay,
+        resolution=arguments.resolution,
+        seed=arguments.seed,
+        mixed_precision=arguments.mixed_precision,
+        profile=arguments.profile,
+        masked_loss=arguments.masked_loss,
+    )
+    run_finetune(
+        _finetune_cases(arguments, tree),
+        tree,
+        _models_dir(arguments),
+        settings,
+        device=arguments.device,
+        overwrite=arguments.overwrite,
+        fail_fast=arguments.fail_fast,
+        echo=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
 def _not_built(name: str, what: str, issue: int):
     def handler(arguments: argparse.Namespace) -> int:
         raise NotBuiltError(f"{name}: {what} is not built yet (tracked in issue {issue}); nothing was done")
@@ -142,6 +253,7 @@ def _models_dir(arguments: argparse.Namespace) -> Path:
 
 def _cmd_repose(arguments: argparse.Namespace) -> int:
     from oneposetrans.chain import ChainRequest, format_report, run_chain
+    from oneposetrans.finetune import FinetuneSettings
     from oneposetrans.repose import GenerationSettings
 
     if arguments.smoke:
@@ -156,6 +268,10 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         refine=arguments.refine,
         settings=GenerationSettings(
             steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, resolution=resolution
+        ),
+        finetune=FinetuneSettings(
+            profile=arguments.profile,
+            resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else FinetuneSettings.resolution,
         ),
         device=arguments.device,
         dtype=arguments.dtype,

@@ -2,15 +2,17 @@
 
 What is built so far is the SDXL + OpenPose ControlNet core with the published sampling
 settings (Euler, 25 steps, CFG 5.0, seed 97, ControlNet scale 1.0 over all steps, negative
-prompt "low quality, bad quality"), run through stock diffusers. The Visual Consistency
-Module (IP-Adapter image tokens, InstantID face), the per-image LoRA and LayerDiffuse
-transparency are not built yet (issue 3); :data:`NOT_YET_BUILT` says so to the user.
+prompt "low quality, bad quality") and the per-image LoRA with its block-wise scales
+("weight injection"), run through stock diffusers. The Visual Consistency Module
+(IP-Adapter image tokens, InstantID face) and LayerDiffuse transparency are not built yet
+(issue 3); :data:`NOT_YET_BUILT` says so to the user.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -18,7 +20,16 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 
-NOT_YET_BUILT = "IP-Adapter image prompt, InstantID face, per-image LoRA and LayerDiffuse alpha (issue 3)"
+NOT_YET_BUILT = "IP-Adapter image prompt, InstantID face and LayerDiffuse alpha (issue 3)"
+
+
+def published_lora_scales() -> dict:
+    """LoRA strength per attention block: full only where the style lives (up_blocks.0.attentions.1)."""
+    return {
+        "down": {"block_1": [0.2, 0.2], "block_2": [0.2, 0.2]},
+        "mid": 0.2,
+        "up": {"block_0": [0.2, 1.0, 0.2], "block_1": [0.2, 0.2, 0.2]},
+    }
 
 
 @dataclass
@@ -33,6 +44,7 @@ class GenerationSettings:
     control_end: float = 1.0
     negative_prompt: str = "low quality, bad quality"
     resolution: int = 1024
+    lora_scales: dict = field(default_factory=published_lora_scales)
 
 
 def _variant(folder: os.PathLike) -> str | None:
@@ -69,9 +81,28 @@ class Reposer:
         self.pipe.set_progress_bar_config(disable=True)
 
     @torch.no_grad()
-    def generate(self, caption: str, pose_maps: list[Image.Image], settings: GenerationSettings) -> list[Image.Image]:
-        """One image per pose map. The prompt is encoded once for all targets of an identity,
-        and every target is sampled from the same seed, as each published case was."""
+    def generate(
+        self,
+        caption: str,
+        pose_maps: list[Image.Image],
+        settings: GenerationSettings,
+        lora: str | os.PathLike | None = None,
+    ) -> list[Image.Image]:
+        """One image per pose map. The prompt is encoded and the identity's LoRA loaded once
+        for all its targets; every target is sampled from the same seed, as each published
+        case was."""
+        if lora is not None:
+            lora = Path(lora)
+            self.pipe.load_lora_weights(lora.parent, weight_name=lora.name, adapter_name="subject")
+            # Pipeline-level dicts are keyed by component; a bare block dict would be dropped.
+            self.pipe.set_adapters(["subject"], adapter_weights=[{"unet": settings.lora_scales}])
+        try:
+            return self._sample(caption, pose_maps, settings)
+        finally:
+            if lora is not None:
+                self.pipe.delete_adapters("subject")
+
+    def _sample(self, caption: str, pose_maps: list[Image.Image], settings: GenerationSettings) -> list[Image.Image]:
         prompt_embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
             caption,
             device=self.device,

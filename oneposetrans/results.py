@@ -101,6 +101,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = final.with_name(f".{final.name}.{_HOST}.{os.getpid()}{_PARTIAL_SUFFIX}")
     try:
         yield tmp
+        # Some writers create private (0600) files; results get the umask's usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):

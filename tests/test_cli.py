@@ -8,8 +8,8 @@ from tests.conftest import REPO
 
 ROOT_SCRIPTS = [
     "tool_utils.py",
-    "lora_deepfashion.py",
-    "lora_wpose.py",
+
+
     "oneposetrans_deepfashion.py",
     "oneposetrans_wpose.py",
     "refining_stage_deepfashion.py",

@@ -1,0 +1,373 @@
+"""Test-time LoRA fine-tuning: the "one-shot" of OnePoseTrans (oneposetrans.md section 3).
+
+For each source (or each set of views of one person) a rank-32 UNet LoRA is fitted to the
+photo and its caption with the plain epsilon-prediction loss, then saved in the diffusers
+LoRA format as ``lora/<name>.safetensors``. The base models are loaded once per process;
+each case adds a fresh adapter to the same UNet and deletes it afterwards.
+
+Profiles differ where the published trainer disagrees with inference:
+
+* ``reference``: pooled text embedding = text_encoder_2's *unprojected* pooler output, and
+  SDXL time ids (W, H, 0, 0, W, H) of the full-size photo, as published.
+* ``default``: the *projected* pooled embedding the generator uses, and time ids
+  (H, W, crop top, crop left, 512, 512) that describe the crop actually trained on (the
+  SDXL training convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from oneposetrans import registry
+from oneposetrans.errors import BadInputError, CaseFailures, MissingModelError, OnePoseTransError
+from oneposetrans.image_io import load_image
+from oneposetrans.results import ResultsTree, atomic_path, is_done, safe_component
+from oneposetrans.runtime import quiet_libraries, resolve_device
+
+ADAPTER = "oneposetrans_case"
+
+
+@dataclass
+class FinetuneSettings:
+    """Published defaults (lora_deepfashion.py / lora_wpose.py)."""
+
+    rank: int = 32
+    alpha: int = 32
+    target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    steps: int = 60
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    resolution: int = 512
+    seed: int = 0
+    mixed_precision: str = "auto"
+    profile: str = "default"
+    masked_loss: bool = False
+
+
+@dataclass
+class FinetuneCase:
+    """One LoRA to train: one or several photos of the same person and their caption."""
+
+    name: str
+    images: list[Path]
+    caption: str | None
+    masks: list[Path | None] = field(default_factory=list)
+    problem: str | None = None
+    """Why the case cannot run (found while building the list); it then fails with this reason."""
+
+
+@dataclass
+class TrainedLora:
+    losses: list[float]
+    seconds: float
+    peak_memory_mb: float
+
+
+def _precision(setting: str, device: torch.device) -> str:
+    if setting == "auto":
+        return "fp16" if device.type == "cuda" else "no"
+    return setting
+
+
+class LoraTrainer:
+    """Holds the frozen SDXL components; :meth:`train` fits one case's LoRA."""
+
+    def __init__(self, components: dict, settings: FinetuneSettings, device: str | torch.device = "auto"):
+        """``components``: tokenizer, tokenizer_2, text_encoder, text_encoder_2 (with projection),
+        vae, unet and a DDPM-style noise_scheduler, as in an SDXL pipeline."""
+        self.settings = settings
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.precision = _precision(settings.mixed_precision, self.device)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[self.precision]
+        self.tokenizers = [components["tokenizer"], components["tokenizer_2"]]
+        self.text_encoders = [components["text_encoder"], components["text_encoder_2"]]
+        self.vae, self.unet = components["vae"], components["unet"]
+        self.noise_scheduler = components["noise_scheduler"]
+        for module in (*self.text_encoders, self.vae, self.unet):
+            module.requires_grad_(False).eval()
+        for encoder in self.text_encoders:
+            encoder.to(self.device, self.weight_dtype)
+        # The VAE only encodes; fp32 avoids the SDXL VAE's fp16 overflow.
+        self.vae.to(self.device, torch.float32)
+        self.unet.to(self.device, self.weight_dtype)
+        self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_models_dir(
+        cls, models_dir: str | os.PathLike, settings: FinetuneSettings, device: str | torch.device = "auto"
+    ) -> "LoraTrainer":
+        """Load the SDXL base of the registry from local files, once for every case to come."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        from oneposetrans.repose import _variant
+
+        quiet_libraries()
+        base = registry.require("sdxl-base", models_dir)
+        load = dict(local_files_only=True, variant=_variant(base))
+        components = {
+            "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+            "tokenizer_2": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),
+            "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **load),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", **load),
+            "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", **load),
+            "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", **load),
+            "noise_scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+        }
+        return cls(components, settings, device)
+
+    @torch.no_grad()
+    def encode_caption(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt embeds 1x77x2048, pooled 1x1280); computed once per caption."""
+        if caption not in self._caption_cache:
+            hidden, pooled = [], None
+            for index, (tokenizer, encoder) in enumerate(zip(self.tokenizers, self.text_encoders)):
+                ids = tokenizer(
+                    caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+                ).input_ids.to(self.device)
+                # text_encoder_2's inner text model exposes the unprojected pooler output.
+                output = (encoder.text_model if index == 1 else encoder)(ids, output_hidden_states=True)
+                hidden.append(output.hidden_states[-2])
+                if index == 1:
+                    pooled = output.pooler_output
+                    if self.settings.profile != "reference":
+                        pooled = encoder.text_projection(pooled)
+            self._caption_cache[caption] = (torch.cat(hidden, dim=-1), pooled)
+        return self._caption_cache[caption]
+
+    def _augment(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """Shorter side to the training resolution (bilinear), then a random square crop."""
+        size = self.settings.resolution
+        scale = size / min(image.size)
+        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        image = image.resize((width, height), Image.BILINEAR)
+        top, left = random.randint(0, height - size), random.randint(0, width - size)
+        box = (left, top, left + size, top + size)
+        pixels = torch.from_numpy(np.asarray(image.crop(box), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        weight = None
+        if mask is not None:
+            cropped = mask.resize((width, height), Image.NEAREST).crop(box)
+            weight = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None]
+        return pixels, weight, [top, left]
+
+    def _time_ids(self, photo_size: tuple[int, int], crop: list[int]) -> list[int]:
+        width, height = photo_size
+        size = self.settings.resolution
+        if self.settings.profile == "reference":
+            return [width, height, 0, 0, width, height]
+        return [height, width, crop[0], crop[1], size, size]
+
+    def _load_case(self, case: FinetuneCase) -> list[tuple[Image.Image, Image.Image | None]]:
+        views = []
+        for index, path in enumerate(case.images):
+            mask_path = case.masks[index] if index < len(case.masks) else None
+            mask = None
+            if self.settings.masked_loss:
+                if mask_path is None or not Path(mask_path).exists():
+                    raise BadInputError(f"{path}: --masked-loss needs a person mask, none found")
+                mask = load_image(mask_path, "L")
+            views.append((load_image(path, "RGB"), mask))
+        return views
+
+    def train(self, case: FinetuneCase) -> TrainedLora:
+        """Fit a fresh LoRA for ``case``; it stays on the UNet until :meth:`save` or :meth:`discard`."""
+        from accelerate.utils import set_seed
+        from peft import LoraConfig
+
+        if case.problem or not case.caption:
+            raise BadInputError(case.problem or f"{case.name}: no caption")
+        views = self._load_case(case)
+        settings = self.settings
+        # Seeded per case, as published: a LoRA does not depend on the cases trained before it.
+        set_seed(settings.seed)
+        self.discard()
+        self.unet.add_adapter(
+            LoraConfig(
+                r=settings.rank,
+                lora_alpha=settings.alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(settings.target_modules),
+            ),
+            adapter_name=ADAPTER,
+        )
+        parameters = [p for p in self.unet.parameters() if p.requires_grad]
+        for parameter in parameters:
+            parameter.data = parameter.data.float()
+        optimizer = torch.optim.AdamW(
+            parameters,
+            lr=settings.learning_rate,
+            betas=(settings.adam_beta1, settings.adam_beta2),
+            weight_decay=settings.weight_decay,
+            eps=settings.adam_epsilon,
+        )
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.weight_dtype)
+            if self.precision != "no"
+            else contextlib.nullcontext()
+        )
+        prompt_embeds, pooled = self.encode_caption(case.caption)
+        prompt_embeds = prompt_embeds.expand(settings.batch_size, -1, -1)
+        pooled = pooled.expand(settings.batch_size, -1)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        losses = []
+        self.unet.train()
+        for _ in range(settings.steps):
+            crops = [
+                (self._augment(*view), view[0].size)
+                for view in (random.choice(views) for _ in range(settings.batch_size))
+            ]
+            pixels = torch.stack([c[0][0] for c in crops]).to(self.device)
+            time_ids = torch.tensor(
+                [self._time_ids(size, crop[2]) for crop, size in crops], dtype=prompt_embeds.dtype, device=self.device
+            )
+            with torch.no_grad():
+                latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            latents = latents.to(self.weight_dtype)
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(
+                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=self.device
+            )
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            with autocast:
+                prediction = self.unet(
+                    noisy,
+                    timesteps,
+                    encoder_hidden_states=prompt_embeds,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+                ).sample
+            error = F.mse_loss(prediction.float(), noise.float(), reduction="none")
+            if settings.masked_loss:
+                weights = torch.stack([c[0][1] for c in crops]).to(self.device)
+                weights = F.interpolate(weights, size=error.shape[-2:], mode="area")
+                loss = (error * weights).sum() / (weights.sum() * error.shape[1]).clamp(min=1.0)
+            else:
+                loss = error.mean()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        self.unet.eval()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return TrainedLora(losses, time.perf_counter() - started, peak)
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained adapter in diffusers' key layout (``...attn1.to_q.lora.down.weight``)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.unet, adapter_name=ADAPTER)
+        return convert_state_dict_to_diffusers({k: v.detach().float().cpu() for k, v in state.items()})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the adapter atomically in the diffusers LoRA format, then drop it."""
+        from diffusers import StableDiffusionXLPipeline
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            StableDiffusionXLPipeline.save_lora_weights(
+                tmp.parent, unet_lora_layers=self.lora_state_dict(), weight_name=tmp.name, safe_serialization=True
+            )
+        self.discard()
+        return path
+
+    def discard(self) -> None:
+        if ADAPTER in getattr(self.unet, "peft_config", {}):
+            self.unet.delete_adapters(ADAPTER)
+
+
+def run_finetune(
+    cases: list[FinetuneCase],
+    tree: ResultsTree,
+    models_dir: str | os.PathLike,
+    settings: FinetuneSettings,
+    device: str = "auto",
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Train this process's share of ``cases`` into ``tree/lora``; resumable and shardable.
+
+    Under ``accelerate launch`` each process takes every n-th case, so processes write
+    disjoint files. Failed cases are logged with their reason and the others go on; at the
+    end :class:`CaseFailures` is raised if any failed.
+    """
+    from accelerate import PartialState
+
+    # Without CUDA, PartialState only recognises a multi-process launch when told to use the CPU.
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    log = tree.log("finetune")
+    mine = cases[state.process_index :: state.num_processes]
+    todo = []
+    for case in mine:
+        target = tree.file("lora", f"{safe_component(case.name, 'case name')}.safetensors")
+        if is_done(target) and not overwrite:
+            log.skip(case.name)
+        else:
+            todo.append((case, target))
+    trainer = None
+    for position, (case, target) in enumerate(todo, 1):
+        try:
+            if trainer is None:
+                started = time.perf_counter()
+                trainer = LoraTrainer.from_models_dir(models_dir, settings, state.device if device == "auto" else device)
+                echo(f"[process {state.process_index}] models loaded in {time.perf_counter() - started:.1f} s")
+            trained = trainer.train(case)
+            trainer.save(target)
+        except MissingModelError:
+            raise  # not this case's fault: every case would fail the same way
+        except OnePoseTransError as error:
+            _fail(log, case, str(error), trainer)
+        except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: this case only
+            _fail(log, case, f"{case.name}: {type(error).__name__}: {error}".splitlines()[0], trainer)
+        else:
+            log.ok(
+                case.name,
+                file=str(target),
+                steps=settings.steps,
+                seconds=round(trained.seconds, 3),
+                seconds_per_step=round(trained.seconds / settings.steps, 4),
+                peak_memory_mb=round(trained.peak_memory_mb, 1),
+                memory_kind="cuda_allocated" if trainer.device.type == "cuda" else "process_max_rss",
+                first_loss=round(trained.losses[0], 5),
+                last_loss=round(trained.losses[-1], 5),
+                device=str(trainer.device),
+                views=len(case.images),
+            )
+            echo(f"[{position}/{len(todo)}] {target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}")
+        if fail_fast and log.failed:
+            break
+    echo(log.summary())
+    if log.failed:
+        raise CaseFailures(f"{len(log.failed)} LoRA(s) failed; first: {log.failed[0][1]}")
+    return {"done": log.done, "skipped": log.skipped}
+
+
+def _fail(log, case: FinetuneCase, reason: str, trainer: LoraTrainer | None) -> None:
+    log.fail(case.name, reason)
+    if trainer is not None:
+        trainer.discard()
