@@ -309,12 +309,14 @@ def run_finetune(
     overwrite: bool = False,
     fail_fast: bool = False,
     echo: Callable[[str], None] = print,
+    trainer: LoraTrainer | None = None,
 ) -> dict[str, int]:
     """Train this process's share of ``cases`` into ``tree/lora``; resumable and shardable.
 
     Under ``accelerate launch`` each process takes every n-th case, so processes write
     disjoint files. Failed cases are logged with their reason and the others go on; at the
-    end :class:`CaseFailures` is raised if any failed.
+    end :class:`CaseFailures` is raised if any failed. Pass ``trainer`` to reuse models that
+    are already loaded; otherwise they are loaded once, and only if some case needs training.
     """
     from accelerate import PartialState
 
@@ -329,7 +331,6 @@ def run_finetune(
             log.skip(case.name)
         else:
             todo.append((case, target))
-    trainer = None
     for position, (case, target) in enumerate(todo, 1):
         try:
             if trainer is None:
