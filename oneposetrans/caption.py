@@ -2,7 +2,8 @@
 
 The method expects "A man/woman with face, <garments and accessories>": the word "face" is
 where the face embedding is injected. Captions live in ``captions/captions.jsonl``, one JSON
-object per image (``{"image": name, "caption": text, "origin": ...}``). Automatic captioning
+object per image, keyed by the image's stem like every other file of the results tree
+(``{"image": stem, "caption": text, "origin": ...}``). Automatic captioning
 with a vision-language model is not built yet (issue 8); captions are given by the user.
 """
 

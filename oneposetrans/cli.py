@@ -118,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tool-utils", help="the original tool_utils.py interface (segmentation, inpainting, paste) [not built yet: issue 5]"
     )
     tool_utils.add_argument(
-        "--mode", required=True, choices=("dataset", "rgba", "rgb", "paste", "inpainting_lama", "inpainting_diffusion")
+        "--mode",
+        required=True,
+        choices=("dataset", "rgba", "rgb", "paste", "inpainting_lama", "inpainting_diffusion"),
+        help="what to do, as in the original tool_utils.py",
     )
     for flag in ("source_path", "mask_path", "rgba_path", "rgb_path", "background_path", "result_path"):
         tool_utils.add_argument(f"--{flag}", type=Path, help=f"folder ({flag.replace('_', ' ')})")
@@ -160,6 +163,9 @@ def _add_finetune(commands) -> None:
     finetune.add_argument("--batch-size", type=int, default=defaults.batch_size, help="crops per step")
     finetune.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="AdamW learning rate (constant)")
     finetune.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    finetune.add_argument("--adam-beta1", type=float, default=defaults.adam_beta1, help="AdamW beta1")
+    finetune.add_argument("--adam-beta2", type=float, default=defaults.adam_beta2, help="AdamW beta2")
+    finetune.add_argument("--adam-epsilon", type=float, default=defaults.adam_epsilon, help="AdamW epsilon")
     finetune.add_argument("--resolution", type=int, default=defaults.resolution, help="shorter-side resize and square random crop size")
     finetune.add_argument("--seed", type=int, default=defaults.seed, help="seed, reset at the start of every LoRA")
     finetune.add_argument(
@@ -189,7 +195,7 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
     cases = []
     for source in unique_sources(read_pairs(arguments.pairs)):
         name = stem(source)
-        caption = captions.get(name) if captions is not None else store.get(f"{name}.png") or store.get(source)
+        caption = captions.get(name) if captions is not None else store.get(name)
         cases.append(
             FinetuneCase(
                 name,
@@ -217,6 +223,9 @@ def _cmd_finetune(arguments: argparse.Namespace) -> int:
         batch_size=arguments.batch_size,
         learning_rate=arguments.learning_rate,
         weight_decay=arguments.weight_decay,
+        adam_beta1=arguments.adam_beta1,
+        adam_beta2=arguments.adam_beta2,
+        adam_epsilon=arguments.adam_epsilon,
         resolution=arguments.resolution,
         seed=arguments.seed,
         mixed_precision=arguments.mixed_precision,

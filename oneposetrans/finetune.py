@@ -116,11 +116,9 @@ class LoraTrainer:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        from oneposetrans.repose import _variant
-
         quiet_libraries()
         base = registry.require("sdxl-base", models_dir)
-        load = dict(local_files_only=True, variant=_variant(base))
+        load = dict(local_files_only=True, variant=registry.weights_variant(base))
         components = {
             "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
             "tokenizer_2": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),

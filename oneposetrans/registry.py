@@ -249,6 +249,15 @@ def require(name: str, models_dir: str | os.PathLike) -> Path:
     return folder
 
 
+def weights_variant(pipeline_folder: str | os.PathLike) -> str | None:
+    """``"fp16"`` when a diffusers folder ships only fp16 weight files (as RealVisXL may), else None."""
+    unet = Path(pipeline_folder) / "unet"
+    has_full = any(unet.glob("diffusion_pytorch_model.safetensors")) or any(
+        unet.glob("diffusion_pytorch_model-*.safetensors")
+    )
+    return "fp16" if not has_full and any(unet.glob("*.fp16.safetensors")) else None
+
+
 def models_for(stages: list[str] | None = None, include_optional: bool = False) -> list[ModelSpec]:
     return [
         model

@@ -47,17 +47,6 @@ class GenerationSettings:
     lora_scales: dict = field(default_factory=published_lora_scales)
 
 
-def _variant(folder: os.PathLike) -> str | None:
-    """RealVisXL ships fp16 files next to (or instead of) full-precision ones."""
-    from pathlib import Path
-
-    unet = Path(folder) / "unet"
-    has_plain = any(unet.glob("diffusion_pytorch_model.safetensors")) or any(
-        unet.glob("diffusion_pytorch_model-*.safetensors")
-    )
-    return None if has_plain else ("fp16" if any(unet.glob("*.fp16.safetensors")) else None)
-
-
 class Reposer:
     """Holds the generation models; load once, then call :meth:`generate` for every case."""
 
@@ -74,7 +63,7 @@ class Reposer:
             base,
             controlnet=controlnet,
             dtype=self.dtype,
-            variant=_variant(base),
+            variant=registry.weights_variant(base),
             local_files_only=True,
             add_watermarker=False,
         ).to(self.device)

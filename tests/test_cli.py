@@ -52,3 +52,20 @@ def test_stage_without_models_is_one_line_and_exit_3(tmp_path):
     assert "Traceback" not in ran.stderr
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "missing model 'sdxl-base'" in lines[0] and "models download sdxl-base" in lines[0]
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    from oneposetrans.cli import build_parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif action.option_strings and action.dest != "help":
+                yield parser.prog, action
+
+    missing = [f"{prog} {action.option_strings[0]}" for prog, action in walk(build_parser()) if not action.help]
+    assert missing == []

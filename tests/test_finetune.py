@@ -260,3 +260,16 @@ def test_failed_cases_raise_after_the_rest(tiny_models, photo, tmp_path):
     with pytest.raises(CaseFailures, match="missing.png: no such file"):
         run_finetune(cases, tree, tiny_models, FinetuneSettings(**FAST), echo=lambda _: None)
     assert (tree.root / "lora" / "good.safetensors").is_file()
+
+
+def test_dataset_captions_come_from_the_results_store_by_stem(tmp_path, photo, tiny_models):
+    from oneposetrans.caption import CaptionStore
+    from oneposetrans.cli import main
+
+    results, pairs, _ = _dataset(tmp_path, photo, names=("a", "b"))
+    store = CaptionStore(ResultsTree(results))
+    store.put("a", "A woman with face, coat", origin="user")
+    code = main(["finetune", "--smoke", "--pairs", str(pairs), "--results", str(results), "--resolution", "64", "--steps", "1"])
+    assert code == 1  # b has no caption
+    assert (results / "lora" / "a.safetensors").is_file() and not (results / "lora" / "b.safetensors").exists()
+    assert "b.jpg: no caption in" in (results / "logs" / "finetune.jsonl").read_text()

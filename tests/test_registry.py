@@ -40,3 +40,12 @@ def test_every_model_has_a_way_to_be_obtained():
     for model in registry.MODELS:
         assert model.hf_repo or model.url or model.manual, model.name
         assert model.required and model.stages
+
+
+def test_fp16_only_folders_load_the_fp16_variant(tmp_path):
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    (unet / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"x")
+    assert registry.weights_variant(tmp_path) == "fp16"
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    assert registry.weights_variant(tmp_path) is None
