@@ -32,7 +32,6 @@ NOT_BUILT = {
     "run": ("the whole numbered dataset recipe", 6),
     "evaluate": ("evaluation (SSIM, PSNR, LPIPS, FID, face identity)", 6),
     "caption": ("automatic captioning with a vision-language model", 8),
-    "prepare-deepfashion": ("the DeepFashion split (generate_fashion_datasets)", 8),
     "demo": ("the Gradio demo", 7),
 }
 
@@ -107,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(handler=lambda arguments: print(registry.markdown_table()) or 0)
 
     _add_finetune(commands)
+
+    prepare = commands.add_parser(
+        "prepare-deepfashion",
+        help="DeepFashion train/test split with the published file renaming (generate_fashion_datasets.py)",
+        description="Run from the folder that holds ./fashion (MEN/, WOMEN/, train.lst, test.lst).",
+    )
+    prepare.add_argument("--root", type=Path, default=Path("."), help="folder that holds ./fashion")
+    prepare.add_argument("--results", type=Path, help="also write the test images as PNG into RESULTS/images")
+    prepare.set_defaults(
+        handler=lambda arguments: _prepare_deepfashion(arguments.root, arguments.results)
+    )
 
     for name, (what, issue) in NOT_BUILT.items():
         command = commands.add_parser(name, help=f"{what} [not built yet: issue {issue}]")
@@ -243,6 +253,13 @@ def _cmd_finetune(arguments: argparse.Namespace) -> int:
         echo=lambda line: print(line, flush=True),
     )
     return 0
+
+
+def _prepare_deepfashion(root: Path, results: Path | None) -> int:
+    from oneposetrans.datasets import prepare_deepfashion
+
+    counts = prepare_deepfashion(root, results)
+    return 1 if counts["missing"] else 0
 
 
 def _not_built(name: str, what: str, issue: int):

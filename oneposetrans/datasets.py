@@ -76,3 +76,117 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
 def unique_sources(pairs: list[tuple[str, str]]) -> list[str]:
     """Source names in first-seen order: the images that need a LoRA."""
     return list(dict.fromkeys(source for source, _ in pairs))
+
+
+# --- DeepFashion In-shop (img_highres) ---------------------------------------------------
+
+DEEPFASHION_GENDERS = ("MEN", "WOMEN")
+KEYPOINTS_FRAME = (256, 176)  # (height, width) of the PATN/GFLA/DPTN/CFLD annotations
+
+
+def deepfashion_flat_name(relative: str) -> str:
+    """The published flattening of ``fashion/<GENDER>/<category>/id_<n>/<NN>_<k>_<view>.jpg``.
+
+    The id folder loses its underscores, the file name keeps only its first one, and all parts
+    are concatenated: ``fashion/MEN/Jackets_Vests/id_00006530/04_1_front.jpg`` becomes
+    ``fashionMENJackets_Vestsid0000653004_1front.jpg`` (GFLA -> DPTN -> CFLD -> OnePoseTrans).
+    """
+    parts = relative.replace("\\", "/").split("/")
+    if len(parts) != 5:
+        raise ValueError(f"{relative}: expected fashion/<gender>/<category>/<id>/<file>")
+    parts[3] = parts[3].replace("_", "")
+    head, *rest = parts[4].split("_")
+    parts[4] = head + "_" + "".join(rest) if rest else head
+    return "".join(parts)
+
+
+def _read_list(path: Path) -> set[str]:
+    return {line for _, line in _lines(path) if line.endswith(".jpg")}
+
+
+def prepare_deepfashion(
+    root: str | os.PathLike = ".", results: str | os.PathLike | None = None, echo=print
+) -> dict[str, int]:
+    """Copy the DeepFashion images named in ``fashion/train.lst`` / ``test.lst`` into
+    ``fashion/train_highres`` / ``test_highres`` under their flattened names, in one pass.
+
+    With ``results``, the test images are also written as PNG to ``results/images/<stem>.png``,
+    which is where every later stage reads sources (the original left this step undocumented).
+    Files already in place are kept; source files are never modified.
+    """
+    from oneposetrans.image_io import load_image, save_image
+    from oneposetrans.results import ResultsTree, atomic_path, is_done
+
+    fashion = Path(root) / "fashion"
+    wanted = {"train": _read_list(fashion / "train.lst"), "test": _read_list(fashion / "test.lst")}
+    outputs = {split: fashion / f"{split}_highres" for split in wanted}
+    for folder in outputs.values():
+        folder.mkdir(exist_ok=True)
+    tree = ResultsTree(results) if results is not None else None
+    counts = {"train_found": 0, "test_found": 0, "copied": 0, "already_present": 0, "pngs_written": 0}
+    found: set[str] = set()
+    for gender in DEEPFASHION_GENDERS:
+        for path in sorted((fashion / gender).rglob("*")):
+            if not path.is_file() or path.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
+                continue
+            relative = path.relative_to(Path(root)).as_posix()
+            try:
+                name = deepfashion_flat_name(relative)
+            except ValueError:
+                continue
+            for split, names in wanted.items():
+                if name not in names:
+                    continue
+                found.add(name)
+                counts[f"{split}_found"] += 1
+                target = outputs[split] / name
+                if is_done(target):
+                    counts["already_present"] += 1
+                else:
+                    with atomic_path(target) as tmp:
+                        tmp.write_bytes(path.read_bytes())
+                    counts["copied"] += 1
+                if split == "test" and tree is not None:
+                    png = tree.file("images", f"{Path(name).stem}.png")
+                    if not is_done(png):
+                        save_image(load_image(path), png)
+                        counts["pngs_written"] += 1
+    missing = sorted((wanted["train"] | wanted["test"]) - found)
+    counts["missing"] = len(missing)
+    echo(
+        f"train: {counts['train_found']} of {len(wanted['train'])} found; test: {counts['test_found']} of "
+        f"{len(wanted['test'])} found; {counts['copied']} copied, {counts['already_present']} already present"
+        + (f", {counts['pngs_written']} PNGs written to {tree.folder('images')}" if tree else "")
+    )
+    if missing:
+        echo(f"{len(missing)} listed images not found under {fashion}, e.g. {', '.join(missing[:3])}")
+    return counts
+
+
+def read_keypoints_csv(path: str | os.PathLike) -> dict[str, "np.ndarray"]:
+    """DeepFashion keypoints: ``name:keypoints_y:keypoints_x``, JSON lists of 18 ints in the
+    256x176 frame, -1 = missing. Returns (18, 2) arrays of (x, y) with NaN for missing joints,
+    keyed by image stem."""
+    import json
+
+    import numpy as np
+
+    path = Path(path)
+    lines = _lines(path)
+    keypoints = {}
+    for number, line in lines:
+        if number == lines[0][0] and line.startswith("name:"):
+            continue
+        fields = line.split(":")
+        try:
+            if len(fields) != 3:
+                raise ValueError("expected 'name:keypoints_y:keypoints_x'")
+            ys, xs = json.loads(fields[1]), json.loads(fields[2])
+            if len(ys) != 18 or len(xs) != 18:
+                raise ValueError(f"expected 18 y and 18 x values, got {len(ys)} and {len(xs)}")
+            points = np.array([xs, ys], dtype=np.float64).T
+        except (ValueError, TypeError) as error:
+            raise BadInputError(f"{path}:{number}: {error}") from None
+        points[(points == -1).any(axis=1)] = np.nan
+        keypoints[Path(_name(path, number, fields[0])).stem] = points
+    return keypoints

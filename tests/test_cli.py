@@ -14,7 +14,7 @@ ROOT_SCRIPTS = [
     "oneposetrans_wpose.py",
     "refining_stage_deepfashion.py",
     "refining_stage_wpose.py",
-    "generate_fashion_datasets.py",
+
     "MLLM/description_gen.py",
     "demo.py",
 ]
@@ -69,3 +69,9 @@ def test_every_flag_of_every_command_has_help():
 
     missing = [f"{prog} {action.option_strings[0]}" for prog, action in walk(build_parser()) if not action.help]
     assert missing == []
+
+
+@pytest.mark.parametrize("script", ["lora_deepfashion.py", "lora_wpose.py", "generate_fashion_datasets.py"])
+def test_built_root_scripts_have_help(script):
+    helped = _run(script, "--help")
+    assert helped.returncode == 0 and "--results" in helped.stdout
