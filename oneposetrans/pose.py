@@ -110,6 +110,62 @@ def render_keypoints(keypoints: Keypoints, size: tuple[int, int]) -> Image.Image
     return Image.fromarray(canvas)
 
 
+# OpenPose COCO-18 palette (joint i) and the 17 bones in OpenPose order, as (from, to) joints.
+OPENPOSE_COLORS = (
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
+    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+)
+OPENPOSE_BONES = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+DEEPFASHION_FRAME = (176, 256)  # (width, height) of the keypoint annotations
+
+
+def reference_pose_canvas(points: np.ndarray, frame: tuple[int, int] = DEEPFASHION_FRAME) -> np.ndarray:
+    """CFLD's DeepFashion pose drawing on a 256x256 canvas, as OnePoseTrans used it.
+
+    ``points`` is (18, 2) of (x, y) in the ``frame`` (width, height), NaN for missing joints.
+    As published: x is stretched by 256/width (y by 256/height), coordinates are truncated,
+    bones are anti-aliased lines of width 2 in 0.6x the joint colours, joints filled circles
+    of radius 3; joints outside the frame (other than the -1 marker) are drawn where they fall.
+    """
+    import cv2
+
+    canvas = np.zeros((256, 256, 3), dtype=np.uint8)
+    scale_x, scale_y = 256 / frame[0], 256 / frame[1]
+    pixel = lambda joint: (int(points[joint][0] * scale_x), int(points[joint][1] * scale_y))
+    present = ~np.isnan(points).any(axis=1)
+    for bone, (start, end) in enumerate(OPENPOSE_BONES):
+        if present[start] and present[end]:
+            color = tuple(int(c * 0.6) for c in OPENPOSE_COLORS[bone])
+            cv2.line(canvas, pixel(start), pixel(end), color, 2, cv2.LINE_AA)
+    for joint in np.flatnonzero(present):
+        cv2.circle(canvas, pixel(joint), 3, OPENPOSE_COLORS[joint], -1, cv2.LINE_AA)
+    return canvas
+
+
+def render_keypoints_reference(points: np.ndarray, frame: tuple[int, int] = DEEPFASHION_FRAME) -> Image.Image:
+    """The published DeepFashion pose map: :func:`reference_pose_canvas` stretched to 1024x1024
+    with PIL's default resampling for RGB (bicubic), as the script's ``resize((1024, 1024))``."""
+    return Image.fromarray(reference_pose_canvas(points, frame)).resize((1024, 1024), Image.BICUBIC)
+
+
+def render_deepfashion_pose(
+    points: np.ndarray, profile: str = "default", resolution: int = 1024, frame: tuple[int, int] = DEEPFASHION_FRAME
+) -> Image.Image:
+    """A DeepFashion target pose as a ControlNet map, by canvas policy.
+
+    ``reference`` reproduces the published square stretch; ``default`` keeps the frame's aspect
+    ratio at the generation size and draws the standard OpenPose skeleton there, skipping
+    joints outside the frame.
+    """
+    if profile == "reference":
+        return render_keypoints_reference(points, frame)
+    return render_keypoints(Keypoints(points[None], *frame), generation_size(*frame, resolution))
+
+
 def _looks_like_pose_map(image: Image.Image) -> bool:
     """Rendered pose maps are mostly black; photos are not."""
     gray = np.asarray(image.convert("L"))

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from oneposetrans.errors import BadInputError, NotBuiltError
@@ -74,3 +75,37 @@ def test_a_photo_as_pose_says_extraction_is_not_built(tmp_path):
     Image.fromarray(data.astronaut()).save(path)
     with pytest.raises(NotBuiltError, match="issue 8"):
         load_pose_map(path, 256)
+
+
+def _deepfashion_points():
+    points = np.full((18, 2), np.nan)
+    points[1] = (88, 100)  # neck at the frame's horizontal centre
+    points[2] = (88, 160)  # right shoulder straight below it
+    points[5] = (-31, 100)  # an out-of-frame x, as in the published annotations
+    return points
+
+
+def test_reference_rendering_matches_hand_computed_pixels():
+    from oneposetrans.pose import OPENPOSE_COLORS, reference_pose_canvas, render_keypoints_reference
+
+    canvas = reference_pose_canvas(_deepfashion_points())
+    # Neck (88, 100) in the 176x256 frame lands at (int(88 * 256 / 176), 100) = (128, 100).
+    assert tuple(canvas[100, 128]) == OPENPOSE_COLORS[1]
+    assert tuple(canvas[160, 128]) == OPENPOSE_COLORS[2]
+    # Bone 1-2 is bone 0: colour 0.6 x (255, 0, 0); its middle is that colour, one column over is dark.
+    assert tuple(canvas[130, 128]) == (153, 0, 0)
+    assert canvas[130, 131].max() == 0
+    # The published quirk: joint 5 at x = -31 is still drawn, clipped at the left edge.
+    assert canvas[97:104, 0:3].any()
+    assert not canvas[:, 140:].any() and not canvas[:90].any()
+    assert render_keypoints_reference(_deepfashion_points()).size == (1024, 1024)
+
+
+def test_default_rendering_keeps_aspect_and_skips_out_of_frame_joints():
+    from oneposetrans.pose import render_deepfashion_pose
+
+    image = np.asarray(render_deepfashion_pose(_deepfashion_points(), "default", 256))
+    assert image.shape == (384, 256, 3)  # 176x256 frame -> shorter side 256, multiples of 64
+    assert not image[:, :20].any()  # nothing drawn for the joint at x = -31
+    # Neck at (88/176*256, 100/256*384) = (128, 150) in its OpenPose colour.
+    assert tuple(image[150, 128]) == (255, 85, 0)
