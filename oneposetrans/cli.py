@@ -31,7 +31,6 @@ NOT_BUILT = {
     "refine": ("the refining stage", 6),
     "run": ("the whole numbered dataset recipe", 6),
     "evaluate": ("evaluation (SSIM, PSNR, LPIPS, FID, face identity)", 6),
-    "caption": ("automatic captioning with a vision-language model", 8),
     "demo": ("the Gradio demo", 7),
 }
 
@@ -106,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(handler=lambda arguments: print(registry.markdown_table()) or 0)
 
     _add_finetune(commands)
+
+    caption = commands.add_parser(
+        "caption",
+        help="captions 'A man/woman with face, ...' by Gemini, or imported from a file",
+        description=(
+            "Caption every image of --images not yet captioned (resumable), with Gemini through google-genai; "
+            "the API key is read from GEMINI_API_KEY or GOOGLE_API_KEY and never written anywhere. Captions "
+            "that do not fit the template are repaired or flagged, never used silently."
+        ),
+    )
+    caption.add_argument("--images", type=Path, help="folder of images (default: RESULTS/images)")
+    caption.add_argument("--model", default="gemini-1.5-pro", help="Gemini model name")
+    caption.add_argument("--import", dest="import_file", type=Path, help="take captions from an 'index/name/text' file instead")
+    caption.add_argument("--export", type=Path, help="also write all captions in the original 'index/name/text' format")
+    caption.add_argument("--overwrite", action="store_true", help="caption again images that have a caption")
+    _add_common(caption)
+    caption.set_defaults(handler=_cmd_caption)
 
     prepare = commands.add_parser(
         "prepare-deepfashion",
@@ -252,6 +268,26 @@ def _cmd_finetune(arguments: argparse.Namespace) -> int:
         fail_fast=arguments.fail_fast,
         echo=lambda line: print(line, flush=True),
     )
+    return 0
+
+
+def _cmd_caption(arguments: argparse.Namespace) -> int:
+    from oneposetrans.caption import CaptionStore, GeminiCaptioner, import_captions, run_captions
+    from oneposetrans.image_io import IMAGE_SUFFIXES
+    from oneposetrans.results import ResultsTree
+
+    tree = ResultsTree(arguments.results)
+    try:
+        if arguments.import_file:
+            import_captions(arguments.import_file, tree)
+        else:
+            folder = arguments.images or tree.folder("images")
+            images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            run_captions(images, tree, GeminiCaptioner(arguments.model), overwrite=arguments.overwrite)
+    finally:
+        if arguments.export:
+            count = CaptionStore(tree).export_txt(arguments.export)
+            print(f"{count} captions written to {arguments.export}")
     return 0
 
 

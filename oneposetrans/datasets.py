@@ -61,16 +61,21 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_captions(path: str | os.PathLike) -> dict[str, str]:
-    """Captions keyed by image stem, from the original ``index/name/text`` file."""
+def read_caption_lines(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(image name, text) pairs of the original ``index/name/text`` captions file."""
     path = Path(path)
-    captions = {}
+    entries = []
     for number, line in _lines(path):
         fields = line.split("/", 2)
         if len(fields) != 3 or not fields[2].strip():
             raise BadInputError(f"{path}:{number}: expected 'index/name/text', got {line[:80]!r}")
-        captions[Path(_name(path, number, fields[1])).stem] = fields[2].strip()
-    return captions
+        entries.append((_name(path, number, fields[1]), fields[2].strip()))
+    return entries
+
+
+def read_captions(path: str | os.PathLike) -> dict[str, str]:
+    """Captions keyed by image stem, from the original ``index/name/text`` file."""
+    return {Path(name).stem: text for name, text in read_caption_lines(path)}
 
 
 def unique_sources(pairs: list[tuple[str, str]]) -> list[str]:

@@ -20,6 +20,7 @@ from oneposetrans.results import atomic_path
 # Refuse decompression bombs outright instead of warning: 16k x 16k is far beyond any photo
 # this method can use, and a malicious file must not exhaust memory.
 MAX_PIXELS = 16384 * 16384
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

@@ -8,14 +8,10 @@ from tests.conftest import REPO
 
 ROOT_SCRIPTS = [
     "tool_utils.py",
-
-
     "oneposetrans_deepfashion.py",
     "oneposetrans_wpose.py",
     "refining_stage_deepfashion.py",
     "refining_stage_wpose.py",
-
-    "MLLM/description_gen.py",
     "demo.py",
 ]
 
@@ -71,7 +67,9 @@ def test_every_flag_of_every_command_has_help():
     assert missing == []
 
 
-@pytest.mark.parametrize("script", ["lora_deepfashion.py", "lora_wpose.py", "generate_fashion_datasets.py"])
+@pytest.mark.parametrize(
+    "script", ["lora_deepfashion.py", "lora_wpose.py", "generate_fashion_datasets.py", "MLLM/description_gen.py"]
+)
 def test_built_root_scripts_have_help(script):
     helped = _run(script, "--help")
     assert helped.returncode == 0 and "--results" in helped.stdout

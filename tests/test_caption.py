@@ -1,0 +1,121 @@
+"""Captions with a fake client: the network is never called."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from oneposetrans.caption import CaptionStore, conform, import_captions, run_captions
+from oneposetrans.cli import main
+from oneposetrans.datasets import read_caption_lines
+from oneposetrans.errors import CaseFailures
+from oneposetrans.results import ResultsTree
+
+
+class RateLimited(Exception):
+    code = 429
+
+
+class FakeCaptioner:
+    model = "fake-vlm"
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def __call__(self, image, instruction):
+        assert "A man with face" in instruction and image.mode == "RGB"
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (32, 48), "white").save(folder / f"{name}.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("A woman with face, red coat, black boots", "A woman with face, red coat, black boots"),
+        ("a man with a face red cap\n", "A man with face, red cap"),
+        ("A young woman wearing a white/grey blouse.", "A woman with face, wearing a white grey blouse"),
+        ('"A man, blue jeans"', "A man with face, blue jeans"),
+        ("There is no person in this image, only a jacket.", None),
+        ("A woman with face,", None),
+    ],
+)
+def test_template_is_enforced(raw, expected):
+    assert conform(raw) == expected
+
+
+def test_resume_retry_and_flagging(tmp_path, images):
+    tree = ResultsTree(tmp_path / "results")
+    delays = []
+    fake = FakeCaptioner(
+        [RateLimited("quota"), RateLimited("quota"), "A woman with face, red coat", "Just a jacket.", "A man with face, cap"]
+    )
+    with pytest.raises(CaseFailures, match="b.png: caption does not fit"):
+        run_captions(images, tree, fake, sleep=delays.append, echo=lambda _: None)
+    assert delays == [2.0, 4.0]  # exponential backoff on the rate limit
+    store = CaptionStore(tree)
+    assert store.get("a") == "A woman with face, red coat" and store.get("c") == "A man with face, cap"
+    assert store.get("b") is None  # flagged, never used
+
+    again = FakeCaptioner(["A woman with face, green dress"])
+    assert run_captions(images, tree, again, sleep=delays.append, echo=lambda _: None) == {"done": 1, "skipped": 2}
+    assert again.calls == 1 and store.get("b") == "A woman with face, green dress"
+
+
+def test_non_retryable_errors_fail_that_image_only(tmp_path, images):
+    tree = ResultsTree(tmp_path / "results")
+    fake = FakeCaptioner([ValueError("blocked by safety filter"), "A man with face, cap", "A man with face, hat"])
+    with pytest.raises(CaseFailures):
+        run_captions(images, tree, fake, sleep=lambda _: None, echo=lambda _: None)
+    assert fake.calls == 3 and CaptionStore(tree).get("c") == "A man with face, hat"
+
+
+def test_both_formats_round_trip(tmp_path):
+    original = tmp_path / "descriptions.txt"
+    original.write_text(
+        "    0/fashionA.jpg/A woman with face, white/grey blouse\n"
+        "    1/fashionB.jpg/This is a jacket\n"
+        "    2/person_1_pexels2.png/A man with face, cap\n"
+    )
+    tree = ResultsTree(tmp_path / "results")
+    assert import_captions(original, tree, echo=lambda _: None) == {"imported": 2, "flagged": 1}
+    records = [json.loads(line) for line in (tree.root / "captions" / "captions.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in records] == ["fashionA", "person_1_pexels2"]
+    exported = tmp_path / "exported.txt"
+    assert CaptionStore(tree).export_txt(exported) == 2
+    assert read_caption_lines(exported) == [
+        ("fashionA.jpg", "A woman with face, white grey blouse"),
+        ("person_1_pexels2.png", "A man with face, cap"),
+    ]
+    again = ResultsTree(tmp_path / "again")
+    import_captions(exported, again, echo=lambda _: None)
+    assert CaptionStore(again).records() == {k: {**v, "origin": "import:exported.txt"} for k, v in CaptionStore(tree).records().items()}
+
+
+def test_without_a_key_the_command_says_so_and_writes_no_key(tmp_path, monkeypatch, capsys, images):
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["caption", "--images", str(images[0].parent), "--results", str(tmp_path / "r")]) == 1
+    assert "no API key: set GEMINI_API_KEY or GOOGLE_API_KEY" in capsys.readouterr().err
+
+
+def test_the_key_never_reaches_the_log(tmp_path, monkeypatch, images):
+    secret = "AIza-test-secret-123"
+    monkeypatch.setenv("GEMINI_API_KEY", secret)
+    tree = ResultsTree(tmp_path / "results")
+    fake = FakeCaptioner([RuntimeError(f"400 bad request for key={secret}")] + ["A man with face, cap"] * 2)
+    with pytest.raises(CaseFailures):
+        run_captions(images, tree, fake, sleep=lambda _: None, echo=lambda _: None)
+    assert secret not in "".join(p.read_text() for p in tree.root.rglob("*") if p.is_file() and p.suffix in {".jsonl", ".txt"})
