@@ -16,13 +16,14 @@ from typing import Callable
 from PIL import Image
 
 from oneposetrans.caption import CaptionStore
-from oneposetrans.errors import BadInputError, CaseFailures, NotBuiltError
+from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.pose import BUNDLED_POSES, load_pose_map
+from oneposetrans.pose import BUNDLED_POSES, PoseExtractor, load_pose_map
 from oneposetrans.repose import NOT_YET_BUILT, GenerationSettings, Reposer
 from oneposetrans.report import contact_sheet
-from oneposetrans.results import ResultsTree, is_done, pair_name, stem
+from oneposetrans.results import ResultsTree, is_done, pair_name, stem, write_json_atomic
+from oneposetrans.runtime import resolve_device
 
 BUNDLED_SOURCE_NAME = "astronaut"
 BUNDLED_CAPTION = (
@@ -117,6 +118,13 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     pose_paths = request.poses or list(BUNDLED_POSES)
     targets: dict[str, Image.Image] = {}
     rendered = 0
+    extractors: list[PoseExtractor] = []
+
+    def extractor() -> PoseExtractor:
+        if not extractors:
+            extractors.append(PoseExtractor(request.models, str(resolve_device(request.device))))
+        return extractors[0]
+
     for pose_path in pose_paths:
         target_name = stem(pose_path)
         map_file = tree.file("poses", f"{target_name}.png")
@@ -126,10 +134,12 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
             if is_done(map_file):
                 targets[target_name] = load_image(map_file, "RGB")
             else:
-                targets[target_name] = load_pose_map(pose_path, request.settings.resolution)
+                targets[target_name], found = load_pose_map(pose_path, request.settings.resolution, extractor)
+                if found is not None:
+                    write_json_atomic(tree.file("poses", f"{target_name}.json"), found)
                 save_image(targets[target_name], map_file)
                 rendered += 1
-        except (BadInputError, NotBuiltError) as error:
+        except BadInputError as error:
             log.fail(pair_name(name, target_name), str(error))
             echo(f"  failed: {error}")
     report.append(

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oneposetrans.errors import BadInputError, NotBuiltError
+from typing import Callable
+
+from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image
 
 NUM_JOINTS = 18
@@ -166,25 +168,84 @@ def render_deepfashion_pose(
     return render_keypoints(Keypoints(points[None], *frame), generation_size(*frame, resolution))
 
 
+class PoseExtractor:
+    """OpenPose body (+ hands) detector from the registry's local checkpoints, loaded once.
+
+    Runs on the photo's RGB pixels (the published scripts fed OpenCV's BGR by mistake) at
+    ``detect_resolution`` on the shorter side, and renders the map at the generation size.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", hands: bool = True, detect_resolution: int = 512):
+        from oneposetrans import registry
+
+        folder = registry.require("openpose", models_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from controlnet_aux.open_pose import Body, Hand, OpenposeDetector
+
+        hand = Hand(str(folder / "hand_pose_model.pth")) if hands else None
+        self.detector = OpenposeDetector(Body(str(folder / "body_pose_model.pth")), hand, None)
+        if device != "cpu":
+            self.detector.body_estimation.to(device)
+            if hand is not None:
+                self.detector.hand_estimation.to(device)
+        self.hands = hands
+        self.detect_resolution = detect_resolution
+
+    def extract(self, photo: Image.Image, resolution: int) -> tuple[dict, Image.Image]:
+        """(OpenPose JSON of the people found, pose map at the generation size)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from controlnet_aux.open_pose import draw_poses
+
+        scale = self.detect_resolution / min(photo.size)
+        small = photo.convert("RGB").resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+        poses = self.detector.detect_poses(np.asarray(small), include_hand=self.hands)
+        width, height = generation_size(photo.width, photo.height, resolution)
+        pose_map = Image.fromarray(draw_poses(poses, height, width, draw_body=True, draw_hand=self.hands, draw_face=False))
+
+        def flat(points) -> list[float]:
+            values = []
+            for point in points or []:
+                values += [0.0, 0.0, 0.0] if point is None else [point.x * photo.width, point.y * photo.height, float(point.score)]
+            return values
+
+        people = [
+            {
+                "pose_keypoints_2d": flat(pose.body.keypoints),
+                "hand_left_keypoints_2d": flat(pose.left_hand),
+                "hand_right_keypoints_2d": flat(pose.right_hand),
+            }
+            for pose in poses
+        ]
+        return {"version": 1.3, "canvas_width": photo.width, "canvas_height": photo.height, "people": people}, pose_map
+
+
 def _looks_like_pose_map(image: Image.Image) -> bool:
     """Rendered pose maps are mostly black; photos are not."""
     gray = np.asarray(image.convert("L"))
     return float((gray < 16).mean()) > 0.6
 
 
-def load_pose_map(path: str | os.PathLike, resolution: int) -> Image.Image:
-    """A target pose as a ControlNet map at its generation size.
+def load_pose_map(
+    path: str | os.PathLike, resolution: int, extractor: "Callable[[], PoseExtractor] | None" = None
+) -> tuple[Image.Image, dict | None]:
+    """A target pose as a ControlNet map at its generation size, and the keypoints found when
+    the pose was extracted from a photo.
 
-    ``path`` is OpenPose JSON keypoints or an already rendered pose map image.
+    ``path`` is OpenPose JSON keypoints, an already rendered pose map, or a photo of a person
+    (then ``extractor`` supplies the detector, loaded on first use).
     """
     path = Path(path)
     if path.suffix.lower() == ".json":
         keypoints = load_keypoints(path)
-        return render_keypoints(keypoints, generation_size(keypoints.width, keypoints.height, resolution))
+        return render_keypoints(keypoints, generation_size(keypoints.width, keypoints.height, resolution)), None
     image = load_image(path, "RGB")
-    if not _looks_like_pose_map(image):
-        raise NotBuiltError(
-            f"{path}: looks like a photo; extracting a pose from a photo is not built yet (issue 8). "
-            "Pass OpenPose keypoints JSON or a rendered pose map."
-        )
-    return image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR)
+    if _looks_like_pose_map(image):
+        return image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR), None
+    if extractor is None:
+        raise BadInputError(f"{path}: looks like a photo, and no pose detector was given")
+    found, pose_map = extractor().extract(image, resolution)
+    if not found["people"]:
+        raise BadInputError(f"{path}: no person found by the pose detector")
+    return pose_map, found

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from oneposetrans.errors import BadInputError, NotBuiltError
+from oneposetrans.errors import BadInputError
 from oneposetrans.pose import BUNDLED_POSES, Keypoints, generation_size, load_keypoints, load_pose_map, render_keypoints
 
 
@@ -63,18 +63,41 @@ def test_generation_size_keeps_aspect_in_multiples_of_64():
 
 def test_bundled_poses_render_at_generation_size():
     assert len(BUNDLED_POSES) >= 2
-    image = load_pose_map(BUNDLED_POSES[0], 256)
+    image, found = load_pose_map(BUNDLED_POSES[0], 256)
+    assert found is None
     assert image.size == (256, 384) and np.asarray(image).max() > 0
 
 
-def test_a_photo_as_pose_says_extraction_is_not_built(tmp_path):
-    from PIL import Image
+def _astronaut(tmp_path):
     from skimage import data
 
     path = tmp_path / "photo.png"
     Image.fromarray(data.astronaut()).save(path)
-    with pytest.raises(NotBuiltError, match="issue 8"):
-        load_pose_map(path, 256)
+    return path
+
+
+def test_a_photo_needs_a_detector(tmp_path):
+    with pytest.raises(BadInputError, match="no pose detector"):
+        load_pose_map(_astronaut(tmp_path), 256)
+
+
+def test_extraction_from_a_photo_with_local_weights(tiny_models, tmp_path):
+    from oneposetrans.pose import PoseExtractor
+
+    extractor = PoseExtractor(tiny_models, detect_resolution=128)
+    found, pose_map = extractor.extract(Image.open(_astronaut(tmp_path)), 256)
+    assert pose_map.size == (256, 256) and pose_map.mode == "RGB"
+    assert found["canvas_width"] == 512 and found["canvas_height"] == 512
+    for person in found["people"]:  # random weights: any number of people, each well formed
+        assert len(person["pose_keypoints_2d"]) == 54
+
+
+def test_extraction_without_weights_is_the_missing_model_line(tmp_path):
+    from oneposetrans.errors import MissingModelError
+    from oneposetrans.pose import PoseExtractor
+
+    with pytest.raises(MissingModelError, match="models download openpose"):
+        PoseExtractor(tmp_path / "models")
 
 
 def _deepfashion_points():

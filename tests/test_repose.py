@@ -26,7 +26,7 @@ def _zero(scales):
 
 def test_lora_and_block_scales_take_effect(tiny_models, lora):
     reposer = Reposer(tiny_models, "cpu")
-    pose = load_pose_map(BUNDLED_POSES[0], 64)
+    pose, _ = load_pose_map(BUNDLED_POSES[0], 64)
     settings = GenerationSettings(steps=3, resolution=64)
     generate = lambda **kw: np.asarray(reposer.generate("A woman with face, orange spacesuit", [pose], settings, **kw)[0], float)
     base = generate()

@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "1"
+KIT_VERSION = "2"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -197,9 +198,27 @@ def _build_controlnet(folder: Path) -> None:
     controlnet.save_pretrained(folder)
 
 
+def _build_openpose(folder: Path) -> None:
+    """The two ControlNet annotator checkpoints. OpenPose's networks have fixed layer sizes, so
+    these are full-size networks with random weights, stored in fp16 (about 170 MB) under the
+    published key names (module prefix dropped, as in body_pose_model.pth / hand_pose_model.pth)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from controlnet_aux.open_pose.model import bodypose_model, handpose_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (network, name) in enumerate(((bodypose_model, "body_pose_model.pth"), (handpose_model, "hand_pose_model.pth"))):
+        with _seeded(10 + seed):
+            state = network().state_dict()
+        torch.save({key.split(".", 1)[1]: value.half() for key, value in state.items()}, folder / name)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl-base": _build_sdxl,
     "controlnet-openpose": _build_controlnet,
+    "openpose": _build_openpose,
 }
 
 
