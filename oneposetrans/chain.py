@@ -7,6 +7,7 @@ not built yet are listed as skipped with the issue that builds them; nothing is 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,12 +119,8 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     pose_paths = request.poses or list(BUNDLED_POSES)
     targets: dict[str, Image.Image] = {}
     rendered = 0
-    extractors: list[PoseExtractor] = []
-
-    def extractor() -> PoseExtractor:
-        if not extractors:
-            extractors.append(PoseExtractor(request.models, str(resolve_device(request.device))))
-        return extractors[0]
+    # Loaded on first use: only a photo given as a target pose needs the detector.
+    extractor = functools.cache(lambda: PoseExtractor(request.models, str(resolve_device(request.device))))
 
     for pose_path in pose_paths:
         target_name = stem(pose_path)

@@ -217,11 +217,12 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
         raise BadInputError("finetune needs --source IMG ... --caption TEXT, or --pairs FILE for a dataset")
     captions = read_captions(arguments.captions) if arguments.captions else None
     store = CaptionStore(tree)
+    stored = {} if captions is not None else store.records()
     where = arguments.captions or store.path
     cases = []
     for source in unique_sources(read_pairs(arguments.pairs)):
         name = stem(source)
-        caption = captions.get(name) if captions is not None else store.get(name)
+        caption = captions.get(name) if captions is not None else stored.get(name, {}).get("caption")
         cases.append(
             FinetuneCase(
                 name,
