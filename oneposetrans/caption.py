@@ -6,9 +6,10 @@ object per image, keyed by the image's stem like every other file of the results
 (``{"image": stem, "file": name, "caption": text, "origin": ...}``). The original
 ``index/name/text`` file format is read and written for compatibility.
 
-A vision-language model writes them (Gemini through its official client, ``google-genai``;
-the API key is read from the environment and never written anywhere), or the user supplies a
-captions file. Every caption is checked against the template: one that can be repaired is
+A vision-language model writes them: Gemini through its official client, ``google-genai``
+(the API key is read from the environment and never written anywhere), or, offline, a local
+transformers image-text-to-text model folder (:class:`LocalVLMCaptioner`). The user may also
+supply a captions file. Every caption is checked against the template: one that can be repaired is
 repaired, one that cannot is flagged and never used.
 """
 
@@ -127,6 +128,55 @@ class GeminiCaptioner:
     def __call__(self, image: Image.Image, instruction: str) -> str:
         response = self._client.models.generate_content(model=self.model, contents=[instruction, image])
         return response.text or ""
+
+
+class LocalVLMCaptioner:
+    """Any transformers image-text-to-text model in a local folder (SmolVLM, Qwen2-VL, LLaVA...),
+    asked through its own chat template and decoded greedily, so that a caption is reproducible."""
+
+    def __init__(self, folder: str | os.PathLike, device: str = "auto", dtype: str = "auto", max_new_tokens: int = 96):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
+
+        quiet_libraries()
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise BadInputError(f"{folder}: not a transformers model folder (no config.json)")
+        self.device = resolve_device(device)
+        self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        self.vlm = AutoModelForImageTextToText.from_pretrained(
+            folder, dtype=resolve_dtype(dtype, self.device), local_files_only=True
+        ).to(self.device)
+        self.vlm.eval()
+        self.model = f"local:{folder.name}"
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, image: Image.Image, instruction: str) -> str:
+        import torch
+
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self.processor(images=[image], text=prompt, return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
+        with torch.inference_mode():
+            output = self.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        answer = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(answer, skip_special_tokens=True)[0].strip()
+
+
+def automatic_captioner(models_dir: str | os.PathLike, device: str = "auto") -> Captioner:
+    """Gemini when a key is in the environment, else the registry's local VLM when present."""
+    from oneposetrans import registry
+
+    if api_key_from_environment() is not None:
+        return GeminiCaptioner()
+    if not registry.missing_files("caption-vlm", models_dir):
+        return LocalVLMCaptioner(registry.require("caption-vlm", models_dir), device)
+    raise BadInputError(
+        f"no captioner: set {' or '.join(API_KEY_VARIABLES)} for Gemini, put a local VLM in "
+        f"{Path(models_dir) / registry.spec('caption-vlm').folder}, or give the caption yourself"
+    )
 
 
 RETRYABLE_CODES = {429, 500, 502, 503, 504}

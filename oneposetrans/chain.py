@@ -16,7 +16,7 @@ from typing import Callable
 
 from PIL import Image
 
-from oneposetrans.caption import CaptionStore
+from oneposetrans.caption import CaptionStore, automatic_captioner, caption_with_retries, conform
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
 from oneposetrans.image_io import load_image, save_image
@@ -81,10 +81,16 @@ def _caption(request: ChainRequest, tree: ResultsTree, name: str) -> tuple[str, 
     if request.source is None:
         store.put(name, BUNDLED_CAPTION, origin="bundled")
         return BUNDLED_CAPTION, StageStatus("caption", "done", "bundled caption of the bundled photo")
-    raise BadInputError(
-        f"{request.source}: no caption; pass --caption \"A man/woman with face, <clothes and accessories>\" "
-        "(automatic captioning is not built yet, issue 8)"
-    )
+    captioner = automatic_captioner(request.models, request.device)
+    raw = caption_with_retries(captioner, load_image(request.source, "RGB"))
+    caption = conform(raw)
+    if caption is None:
+        raise BadInputError(
+            f"{request.source}: the caption from {captioner.model} does not fit 'A man/woman with face, ...' "
+            f"({raw[:120]!r}); pass --caption yourself"
+        )
+    store.put(name, caption, origin=captioner.model, file=Path(request.source).name)
+    return caption, StageStatus("caption", "done", f"by {captioner.model}")
 
 
 def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> list[StageStatus]:

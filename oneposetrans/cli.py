@@ -108,15 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     caption = commands.add_parser(
         "caption",
-        help="captions 'A man/woman with face, ...' by Gemini, or imported from a file",
+        help="captions 'A man/woman with face, ...' by Gemini or a local VLM, or imported from a file",
         description=(
-            "Caption every image of --images not yet captioned (resumable), with Gemini through google-genai; "
-            "the API key is read from GEMINI_API_KEY or GOOGLE_API_KEY and never written anywhere. Captions "
-            "that do not fit the template are repaired or flagged, never used silently."
+            "Caption every image of --images not yet captioned (resumable), with Gemini through google-genai "
+            "(the API key is read from GEMINI_API_KEY or GOOGLE_API_KEY and never written anywhere) or, offline, "
+            "with a local transformers vision-language model (--local-vlm). Captions that do not fit the "
+            "template are repaired or flagged, never used silently."
         ),
     )
     caption.add_argument("--images", type=Path, help="folder of images (default: RESULTS/images)")
     caption.add_argument("--model", default="gemini-1.5-pro", help="Gemini model name")
+    caption.add_argument(
+        "--local-vlm",
+        nargs="?",
+        const=True,
+        metavar="DIR",
+        help="caption offline with a transformers image-text-to-text model folder "
+        "(default DIR: MODELS/SmolVLM-256M-Instruct, the registry's caption-vlm)",
+    )
     caption.add_argument("--import", dest="import_file", type=Path, help="take captions from an 'index/name/text' file instead")
     caption.add_argument("--export", type=Path, help="also write all captions in the original 'index/name/text' format")
     caption.add_argument("--overwrite", action="store_true", help="caption again images that have a caption")
@@ -273,7 +282,7 @@ def _cmd_finetune(arguments: argparse.Namespace) -> int:
 
 
 def _cmd_caption(arguments: argparse.Namespace) -> int:
-    from oneposetrans.caption import CaptionStore, GeminiCaptioner, import_captions, run_captions
+    from oneposetrans.caption import CaptionStore, GeminiCaptioner, LocalVLMCaptioner, import_captions, run_captions
     from oneposetrans.image_io import IMAGE_SUFFIXES
     from oneposetrans.results import ResultsTree
 
@@ -284,7 +293,13 @@ def _cmd_caption(arguments: argparse.Namespace) -> int:
         else:
             folder = arguments.images or tree.folder("images")
             images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            run_captions(images, tree, GeminiCaptioner(arguments.model), overwrite=arguments.overwrite)
+            if arguments.local_vlm is True:
+                captioner = LocalVLMCaptioner(registry.require("caption-vlm", _models_dir(arguments)), arguments.device, arguments.dtype)
+            elif arguments.local_vlm:
+                captioner = LocalVLMCaptioner(arguments.local_vlm, arguments.device, arguments.dtype)
+            else:
+                captioner = GeminiCaptioner(arguments.model)
+            run_captions(images, tree, captioner, overwrite=arguments.overwrite)
     finally:
         if arguments.export:
             count = CaptionStore(tree).export_txt(arguments.export)

@@ -205,6 +205,18 @@ MODELS: tuple[ModelSpec, ...] = (
         notes="only for --inpainter diffusion",
     ),
     ModelSpec(
+        name="caption-vlm",
+        title="SmolVLM-256M-Instruct, offline captioner (any transformers image-text-to-text folder works)",
+        folder="SmolVLM-256M-Instruct",
+        required=("config.json", "model*.safetensors", "tokenizer*.json"),
+        stages=("caption",),
+        licence="Apache-2.0",
+        hf_repo="HuggingFaceTB/SmolVLM-256M-Instruct",
+        allow_patterns=("*.json", "*.jinja", "*.txt", "model.safetensors"),
+        optional=True,
+        notes="only for captioning without Gemini: caption --local-vlm",
+    ),
+    ModelSpec(
         name="openpose",
         title="OpenPose body and hand estimators (ControlNet annotators)",
         folder="Annotators",

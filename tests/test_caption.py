@@ -119,3 +119,53 @@ def test_the_key_never_reaches_the_log(tmp_path, monkeypatch, images):
     with pytest.raises(CaseFailures):
         run_captions(images, tree, fake, sleep=lambda _: None, echo=lambda _: None)
     assert secret not in "".join(p.read_text() for p in tree.root.rglob("*") if p.is_file() and p.suffix in {".jsonl", ".txt"})
+
+
+@pytest.fixture
+def no_api_key(monkeypatch):
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_local_vlm_captions_offline_and_resumes(tmp_path, tiny_models, no_api_key, images, capsys):
+    from oneposetrans.testing.tiny import TINY_VLM_ANSWER
+
+    results = tmp_path / "results"
+    command = ["caption", "--smoke", "--local-vlm", "--images", str(images[0].parent), "--results", str(results), "--device", "cpu"]
+    assert main(command) == 0
+    records = CaptionStore(ResultsTree(results)).records()
+    assert {name: r["caption"] for name, r in records.items()} == {name: TINY_VLM_ANSWER for name in "abc"}
+    assert {r["origin"] for r in records.values()} == {"local:SmolVLM-256M-Instruct"}
+    assert main(command) == 0
+    assert "0 done, 3 skipped" in capsys.readouterr().out
+
+
+def test_a_local_vlm_answer_off_template_is_flagged(tmp_path, tiny_models, images):
+    from oneposetrans.caption import LocalVLMCaptioner
+
+    # Cut after a few tokens, the tiny model's answer stops before any garment: not a caption.
+    captioner = LocalVLMCaptioner(tiny_models / "SmolVLM-256M-Instruct", "cpu", max_new_tokens=3)
+    tree = ResultsTree(tmp_path / "results")
+    with pytest.raises(CaseFailures, match="does not fit"):
+        run_captions(images[:1], tree, captioner, echo=lambda _: None)
+    assert CaptionStore(tree).records() == {}
+
+
+def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, images, capsys):
+    command = ["caption", "--local-vlm", str(tmp_path), "--images", str(images[0].parent), "--results", str(tmp_path / "r")]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "not a transformers model folder" in err and "Traceback" not in err
+
+
+def test_without_a_key_the_chain_captions_with_the_local_vlm(tmp_path, tiny_models, no_api_key):
+    from oneposetrans.chain import ChainRequest, _caption
+    from oneposetrans.testing.tiny import TINY_VLM_ANSWER
+
+    photo = tmp_path / "me.jpg"
+    Image.new("RGB", (40, 60), "blue").save(photo)
+    tree = ResultsTree(tmp_path / "out")
+    request = ChainRequest(out=tree.root, models=tiny_models, source=photo, device="cpu")
+    caption, status = _caption(request, tree, "me")
+    assert caption == TINY_VLM_ANSWER and status.detail == "by local:SmolVLM-256M-Instruct"
+    assert CaptionStore(tree).get("me") == TINY_VLM_ANSWER

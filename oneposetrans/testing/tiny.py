@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "2"
+KIT_VERSION = "3"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -215,10 +215,95 @@ def _build_openpose(folder: Path) -> None:
         torch.save({key.split(".", 1)[1]: value.half() for key, value in state.items()}, folder / name)
 
 
+# What the tiny captioner has been taught to answer, whatever the photo.
+TINY_VLM_ANSWER = "A woman with face, orange spacesuit, white gloves"
+_VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _build_caption_vlm(folder: Path) -> None:
+    """A LLaVA-architecture image-text-to-text folder (CLIP vision tower, Llama language model,
+    byte-level BPE tokenizer, chat template), loadable by AutoProcessor and
+    AutoModelForImageTextToText. Random weights would answer noise, so the language model is
+    overfitted for a few seconds to answer :data:`TINY_VLM_ANSWER` to the caption instruction:
+    that lets tests follow an accepted caption through the whole flow."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    from oneposetrans.caption import INSTRUCTION
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [INSTRUCTION, TINY_VLM_ANSWER, _VLM_CHAT_TEMPLATE], vocab_size=400, min_frequency=1,
+        special_tokens=["<s>", "</s>", "<pad>", "<image>"], show_progress=False,
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=_VLM_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, patch_size=8, projection_dim=16,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+            bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    with _seeded(20):
+        model = LlavaForConditionalGeneration(config)
+        # A zero projector makes the image tokens constant, so the answer is the same for every photo.
+        projector = model.model.multi_modal_projector.linear_2
+        torch.nn.init.zeros_(projector.weight)
+        torch.nn.init.zeros_(projector.bias)
+        projector.requires_grad_(False)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        images = [torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)]
+        batch = processor(images=images, text=[prompt + " " + TINY_VLM_ANSWER + "</s>"] * len(images), return_tensors="pt")
+        prompt_length = processor(images=images[:1], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
+        labels = batch["input_ids"].clone()
+        labels[:, :prompt_length] = -100
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(80):
+            loss = model(**batch, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.generation_config.eos_token_id = 1
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl-base": _build_sdxl,
     "controlnet-openpose": _build_controlnet,
     "openpose": _build_openpose,
+    "caption-vlm": _build_caption_vlm,
 }
 
 
