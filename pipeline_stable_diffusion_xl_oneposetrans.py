@@ -1,17 +1,13 @@
-"""The OnePoseTrans SDXL pipeline, importable under its original module name.
+"""The OnePoseTrans SDXL pipeline under its original module name (a re-export).
 
-Not built yet: the pipeline class with the Visual Consistency Module is issue 3. Until then
-importing this module fails with that message, and running it exits with status 2.
+    from pipeline_stable_diffusion_xl_oneposetrans import StableDiffusionXLOnePoseTransPipeline
+
+The class lives in ``oneposetrans/pipeline_stable_diffusion_xl_oneposetrans.py``.
 """
 
-import sys
-
-_MESSAGE = (
-    "StableDiffusionXLOnePoseTransPipeline is not built yet (tracked in issue 3); "
-    "`python -m oneposetrans repose` currently runs the stock SDXL ControlNet path."
+from oneposetrans.pipeline_stable_diffusion_xl_oneposetrans import (  # noqa: F401
+    OnePoseTransPipelineOutput,
+    StableDiffusionXLOnePoseTransPipeline,
 )
 
-if __name__ == "__main__":
-    print(f"oneposetrans: error: {_MESSAGE}", file=sys.stderr)
-    sys.exit(2)
-raise ImportError(_MESSAGE)
+__all__ = ["OnePoseTransPipelineOutput", "StableDiffusionXLOnePoseTransPipeline"]

@@ -21,7 +21,7 @@ from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.pose import BUNDLED_POSES, PoseExtractor, load_pose_map
-from oneposetrans.repose import NOT_YET_BUILT, GenerationSettings, Reposer
+from oneposetrans.repose import GenerationSettings, Reposer
 from oneposetrans.report import contact_sheet
 from oneposetrans.results import ResultsTree, is_done, pair_name, stem, write_json_atomic
 from oneposetrans.runtime import resolve_device
@@ -45,6 +45,7 @@ class ChainRequest:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     device: str = "auto"
     dtype: str = "auto"
+    profile: str = "default"
 
 
 @dataclass
@@ -156,25 +157,36 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     todo = {t: m for t, m in targets.items() if not is_done(tree.file("reposed_result", pair_name(name, t)))}
     for target_name in targets.keys() - todo.keys():
         log.skip(pair_name(name, target_name))
+    notes: list[str] = []
     if todo:
         started = time.perf_counter()
-        reposer = Reposer(request.models, request.device, request.dtype)
+        reposer = Reposer(request.models, request.device, request.dtype, request.profile)
         echo(f"  models loaded in {time.perf_counter() - started:.1f} s")
-        for target_name, pose_map in todo.items():
-            # One target at a time, each written before the next starts: a killed run keeps them.
-            started = time.perf_counter()
-            [image] = reposer.generate(caption, [pose_map], request.settings, lora=lora)
-            output = tree.file("reposed_result", pair_name(name, target_name))
-            save_image(image, output)
-            seconds = time.perf_counter() - started
-            log.ok(output.name, seconds=round(seconds, 3), size=list(image.size))
-            echo(f"  {output.name}: {seconds:.1f} s")
+        names = list(todo)
+        started = time.perf_counter()
+
+        def save_batch(first: int, images: list[Image.Image]) -> None:
+            # Each batch is written as soon as it exists: a killed run keeps it.
+            seconds = (time.perf_counter() - started) / max(1, first + len(images))
+            for target_name, image in zip(names[first : first + len(images)], images):
+                output = tree.file("reposed_result", pair_name(name, target_name))
+                save_image(image, output)
+                log.ok(output.name, seconds_per_target=round(seconds, 3), size=list(image.size), mode=image.mode)
+                echo(f"  {output.name}")
+
+        source_image = load_image(tree.file("images", f"{name}.png"), "RGB")
+        _, notes = reposer.generate(
+            caption, list(todo.values()), request.settings, lora=lora, source=source_image, on_batch=save_batch
+        )
+        for note in notes:
+            echo(f"  note: {note}")
     report.append(
         StageStatus(
             "repose",
             "done" if todo else "resumed",
-            f"{len(todo)} generated, {len(targets) - len(todo)} already present; "
-            f"text + OpenPose ControlNet + LoRA; not yet: {NOT_YET_BUILT}",
+            f"{len(todo)} generated, {len(targets) - len(todo)} already present; VCM (text, IP-Adapter image, "
+            f"InstantID face) + OpenPose ControlNet + LoRA + LayerDiffuse alpha"
+            + (f"; {'; '.join(notes)}" if notes else ""),
         )
     )
     report.append(StageStatus("inpaint", "skipped", "not built yet (issue 5)"))

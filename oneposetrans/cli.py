@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     repose.add_argument(
         "--resolution", type=int, help=f"shorter side of the output, rounded to 64 (default 1024; {SMOKE_RESOLUTION} with --smoke)"
     )
+    repose.add_argument("--controlnet-scale", type=float, default=1.0, help="OpenPose ControlNet conditioning scale")
+    repose.add_argument("--batch-size", type=int, default=4, help="target poses sampled together in one batch")
+    repose.add_argument("--no-image-prompt", action="store_true", help="leave out the IP-Adapter image prompt")
+    repose.add_argument("--no-face", action="store_true", help="leave out the InstantID face embedding")
+    repose.add_argument("--opaque", action="store_true", help="decode RGB with the SDXL VAE instead of LayerDiffuse RGBA")
     _add_common(repose, results=False)
     repose.set_defaults(handler=_cmd_repose)
 
@@ -345,7 +350,15 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         caption=arguments.caption,
         refine=arguments.refine,
         settings=GenerationSettings(
-            steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, resolution=resolution
+            steps=arguments.steps,
+            guidance=arguments.guidance,
+            seed=arguments.seed,
+            resolution=resolution,
+            controlnet_scale=arguments.controlnet_scale,
+            batch_size=arguments.batch_size,
+            use_image_prompt=not arguments.no_image_prompt,
+            use_face=not arguments.no_face,
+            transparent=not arguments.opaque,
         ),
         finetune=FinetuneSettings(
             profile=arguments.profile,
@@ -353,6 +366,7 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         ),
         device=arguments.device,
         dtype=arguments.dtype,
+        profile=arguments.profile,
     )
     try:
         report = run_chain(request, echo=lambda line: print(line, flush=True))

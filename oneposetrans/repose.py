@@ -1,11 +1,12 @@
 """The reposing stage: render the person of a source photo in target poses.
 
-What is built so far is the SDXL + OpenPose ControlNet core with the published sampling
-settings (Euler, 25 steps, CFG 5.0, seed 97, ControlNet scale 1.0 over all steps, negative
-prompt "low quality, bad quality") and the per-image LoRA with its block-wise scales
-("weight injection"), run through stock diffusers. The Visual Consistency Module
-(IP-Adapter image tokens, InstantID face) and LayerDiffuse transparency are not built yet
-(issue 3); :data:`NOT_YET_BUILT` says so to the user.
+:class:`Reposer` holds :class:`StableDiffusionXLOnePoseTransPipeline` with every model of the
+method loaded once: SDXL with the LayerDiffuse attention offsets, the OpenPose ControlNet, the
+Visual Consistency Module (IP-Adapter image prompt, InstantID face), the transparent decoder and
+the antelopev2 face models. Per identity it loads the LoRA with its block scales and encodes the
+prompt, image prompt and face once; the target poses are then sampled in batches with the
+published settings (Euler, 25 steps, CFG 5.0, seed 97 for every target, ControlNet 1.0 over all
+steps, negative prompt "low quality, bad quality").
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
 
 from oneposetrans import registry
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
+from oneposetrans.vcm import published_ip_scales
 
-NOT_YET_BUILT = "IP-Adapter image prompt, InstantID face and LayerDiffuse alpha (issue 3)"
+PUBLISHED_SOURCE_SIDE = 1024
+REPOSE_MODELS = ("sdxl-base", "controlnet-openpose", "ip-adapter", "instantid", "layerdiffuse", "antelopev2")
 
 
 def published_lora_scales() -> dict:
@@ -34,7 +38,7 @@ def published_lora_scales() -> dict:
 
 @dataclass
 class GenerationSettings:
-    """Published defaults of the main stage (oneposetrans.md section 2.5)."""
+    """Published defaults of the main stage (oneposetrans.md sections 2.4-2.5)."""
 
     steps: int = 25
     guidance: float = 5.0
@@ -44,22 +48,33 @@ class GenerationSettings:
     control_end: float = 1.0
     negative_prompt: str = "low quality, bad quality"
     resolution: int = 1024
-    lora_scales: dict = field(default_factory=published_lora_scales)
+    lora_scales: dict | float = field(default_factory=published_lora_scales)
+    ip_scales: dict[str, float] = field(default_factory=published_ip_scales)
+    face_scale: float = 0.0
+    use_image_prompt: bool = True
+    use_face: bool = True
+    transparent: bool = True
+    batch_size: int = 4
+    """Target poses sampled together in one UNet batch (same pose size only)."""
 
 
 class Reposer:
-    """Holds the generation models; load once, then call :meth:`generate` for every case."""
+    """Holds the generation models; load once, then call :meth:`generate` for every identity."""
 
-    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
-        from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto", profile: str = "default"):
+        from diffusers import ControlNetModel
+
+        from oneposetrans.face import FaceEmbedder
+        from oneposetrans.pipeline_stable_diffusion_xl_oneposetrans import StableDiffusionXLOnePoseTransPipeline
 
         quiet_libraries()
-        base = registry.require("sdxl-base", models_dir)
-        controlnet_dir = registry.require("controlnet-openpose", models_dir)
+        folders = {name: registry.require(name, models_dir) for name in REPOSE_MODELS}
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        controlnet = ControlNetModel.from_pretrained(controlnet_dir, dtype=self.dtype, local_files_only=True)
-        self.pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+        self.profile = profile
+        controlnet = ControlNetModel.from_pretrained(folders["controlnet-openpose"], dtype=self.dtype, local_files_only=True)
+        base = folders["sdxl-base"]
+        self.pipe = StableDiffusionXLOnePoseTransPipeline.from_pretrained(
             base,
             controlnet=controlnet,
             dtype=self.dtype,
@@ -68,6 +83,16 @@ class Reposer:
             add_watermarker=False,
         ).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        # The offsets are merged before any adapter or LoRA, as published.
+        self.pipe.load_layerdiffuse(folders["layerdiffuse"])
+        ip_adapter = next(iter(sorted((folders["ip-adapter"] / "sdxl_models").glob("ip-adapter_sdxl_vit-h.*"))))
+        self.pipe.load_vcm(
+            ip_adapter,
+            folders["ip-adapter"] / "models" / "image_encoder",
+            folders["instantid"] / "ip-adapter.bin",
+            profile=profile,
+        )
+        self.faces = FaceEmbedder(models_dir, str(self.device), profile)
 
     @torch.no_grad()
     def generate(
@@ -76,45 +101,68 @@ class Reposer:
         pose_maps: list[Image.Image],
         settings: GenerationSettings,
         lora: str | os.PathLike | None = None,
-    ) -> list[Image.Image]:
-        """One image per pose map. The prompt is encoded and the identity's LoRA loaded once
-        for all its targets; every target is sampled from the same seed, as each published
-        case was."""
+        source: Image.Image | None = None,
+        on_batch: Callable[[int, list[Image.Image]], None] | None = None,
+    ) -> tuple[list[Image.Image], list[str]]:
+        """One image per pose map (RGBA when ``settings.transparent``) and notes on what the
+        identity lacked. Prompt, image prompt, face and LoRA are prepared once for all targets;
+        every target starts from the same seed, as each published case did. ``on_batch(first,
+        images)`` is called as each batch finishes, so that callers can save early."""
+        self.pipe.set_ip_adapter_scale(settings.ip_scales if settings.use_image_prompt else {}, settings.face_scale)
         if lora is not None:
-            lora = Path(lora)
-            self.pipe.load_lora_weights(lora.parent, weight_name=lora.name, adapter_name="subject")
-            # Pipeline-level dicts are keyed by component; a bare block dict would be dropped.
-            self.pipe.set_adapters(["subject"], adapter_weights=[{"unet": settings.lora_scales}])
+            self.pipe.load_subject_lora(Path(lora), settings.lora_scales)
         try:
-            return self._sample(caption, pose_maps, settings)
+            notes: list[str] = []
+            reference = None
+            if source is not None:
+                reference = source.convert("RGB")
+                if self.profile == "reference":
+                    # Published: the source is stretched to 1024 x 1024 before everything.
+                    reference = reference.resize((PUBLISHED_SOURCE_SIDE, PUBLISHED_SOURCE_SIDE))
+            face_embedding = None
+            if settings.use_face and source is not None:
+                found = self.faces.embed(source)
+                face_embedding = found.embedding
+                notes.append(found.note)
+            identity = self.pipe.encode_identity(
+                caption,
+                settings.negative_prompt,
+                reference if settings.use_image_prompt else None,
+                face_embedding,
+                do_classifier_free_guidance=settings.guidance > 1.0,
+            )
+            notes += identity.notes
+            images: list[Image.Image] = []
+            for first in range(0, len(pose_maps), settings.batch_size):
+                batch = pose_maps[first : first + settings.batch_size]
+                # Poses of different sizes cannot share a UNet batch; split where the size changes.
+                for group in _same_size_runs(batch):
+                    output = self.pipe(
+                        image=group,
+                        identity=identity,
+                        num_inference_steps=settings.steps,
+                        guidance_scale=settings.guidance,
+                        controlnet_conditioning_scale=settings.controlnet_scale,
+                        control_guidance_start=settings.control_start,
+                        control_guidance_end=settings.control_end,
+                        generator=[torch.Generator(self.device).manual_seed(settings.seed) for _ in group],
+                        transparent=settings.transparent,
+                        batch_size=len(group),
+                    )
+                    if on_batch is not None:
+                        on_batch(len(images), output.images)
+                    images += output.images
+            return images, notes
         finally:
             if lora is not None:
-                self.pipe.delete_adapters("subject")
+                self.pipe.unload_subject_lora()
 
-    def _sample(self, caption: str, pose_maps: list[Image.Image], settings: GenerationSettings) -> list[Image.Image]:
-        prompt_embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
-            caption,
-            device=self.device,
-            do_classifier_free_guidance=settings.guidance > 1.0,
-            negative_prompt=settings.negative_prompt,
-        )
-        images = []
-        for pose_map in pose_maps:
-            generator = torch.Generator(self.device).manual_seed(settings.seed)
-            result = self.pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
-                pooled_prompt_embeds=pooled,
-                negative_pooled_prompt_embeds=negative_pooled,
-                image=pose_map,
-                width=pose_map.width,
-                height=pose_map.height,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance,
-                controlnet_conditioning_scale=settings.controlnet_scale,
-                control_guidance_start=settings.control_start,
-                control_guidance_end=settings.control_end,
-                generator=generator,
-            )
-            images.append(result.images[0])
-        return images
+
+def _same_size_runs(images: list[Image.Image]) -> list[list[Image.Image]]:
+    runs: list[list[Image.Image]] = []
+    for image in images:
+        if runs and runs[-1][0].size == image.size:
+            runs[-1].append(image)
+        else:
+            runs.append([image])
+    return runs

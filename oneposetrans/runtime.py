@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -27,3 +29,5 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    # insightface's alignment calls a scikit-image API that announces its own deprecation.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")

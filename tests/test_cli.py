@@ -36,10 +36,10 @@ def test_root_scripts_have_help_and_do_not_pretend(script):
     assert ran.returncode == 2 and "not built yet" in ran.stderr and "Traceback" not in ran.stderr
 
 
-def test_pipeline_module_refuses_import_until_built():
-    ran = _run("-c", "import pipeline_stable_diffusion_xl_oneposetrans")
-    assert ran.returncode != 0 and "issue 3" in ran.stderr
-    assert _run("pipeline_stable_diffusion_xl_oneposetrans.py").returncode == 2
+def test_pipeline_imports_under_its_original_name():
+    ran = _run("-c", "from pipeline_stable_diffusion_xl_oneposetrans import StableDiffusionXLOnePoseTransPipeline as P; print(P.__mro__[1].__name__)")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "StableDiffusionXLControlNetPipeline"
 
 
 def test_stage_without_models_is_one_line_and_exit_3(tmp_path):

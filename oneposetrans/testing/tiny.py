@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "3"
+KIT_VERSION = "4"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -215,6 +215,213 @@ def _build_openpose(folder: Path) -> None:
         torch.save({key.split(".", 1)[1]: value.half() for key, value in state.items()}, folder / name)
 
 
+TINY_CLIP_IMAGE_EMBED = 32
+TINY_FACE_HIDDEN = 64
+ARCFACE_DIM = 512
+
+
+def _cross_attention_shapes() -> dict[int, tuple[int, int]]:
+    """Published ip_adapter numbering: index among all UNet processors -> (hidden, cross dim)."""
+    from oneposetrans.vcm import cross_attention_processor_indices
+
+    with _seeded(0):
+        unet = tiny_unet()
+    shapes = {}
+    for name, index in cross_attention_processor_indices(unet).items():
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        shapes[index] = (attn.to_q.out_features, attn.to_k.in_features)
+    return shapes
+
+
+def _adapter_kv(prefix_seed: int) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    state = {}
+    with _seeded(prefix_seed):
+        for index, (hidden, cross) in sorted(_cross_attention_shapes().items()):
+            for name in ("to_k_ip", "to_v_ip"):
+                state[f"{index}.{name}.weight"] = torch.randn(hidden, cross) * 0.1
+    return state
+
+
+def _build_ip_adapter(folder: Path) -> None:
+    """h94/IP-Adapter layout: sdxl_models/ip-adapter_sdxl_vit-h.safetensors (flat keys
+    ``image_proj.proj.weight``, ``image_proj.norm.*``, ``ip_adapter.N.to_{k,v}_ip.weight``) and
+    models/image_encoder (a CLIPVisionModelWithProjection folder)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with _seeded(30):
+        encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                image_size=224, patch_size=32, projection_dim=TINY_CLIP_IMAGE_EMBED, hidden_act="gelu",
+            )
+        )
+        flat = {
+            "image_proj.proj.weight": torch.randn(4 * TINY_CROSS_ATTENTION_DIM, TINY_CLIP_IMAGE_EMBED) * 0.1,
+            "image_proj.proj.bias": torch.zeros(4 * TINY_CROSS_ATTENTION_DIM),
+            "image_proj.norm.weight": torch.ones(TINY_CROSS_ATTENTION_DIM),
+            "image_proj.norm.bias": torch.zeros(TINY_CROSS_ATTENTION_DIM),
+        }
+    flat.update({f"ip_adapter.{key}": value for key, value in _adapter_kv(31).items()})
+    (folder / "sdxl_models").mkdir(parents=True)
+    save_file(flat, folder / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
+    encoder.save_pretrained(folder / "models" / "image_encoder")
+
+
+def instantid_resampler_state(dim: int, output_dim: int, embedding_dim: int = ARCFACE_DIM, queries: int = 16) -> dict:
+    """InstantID's face Resampler under its published key names (Perceiver, depth 4, 64-d heads)."""
+    import torch
+
+    inner, ff = (dim // 64) * 64, dim * 4
+    state = {
+        "latents": torch.randn(1, queries, dim) / dim**0.5,
+        "proj_in.weight": torch.randn(dim, embedding_dim) * 0.05,
+        "proj_in.bias": torch.zeros(dim),
+        "proj_out.weight": torch.randn(output_dim, dim) * 0.05,
+        "proj_out.bias": torch.zeros(output_dim),
+        "norm_out.weight": torch.ones(output_dim),
+        "norm_out.bias": torch.zeros(output_dim),
+    }
+    for layer in range(4):
+        for norm in ("norm1", "norm2"):
+            state[f"layers.{layer}.0.{norm}.weight"] = torch.ones(dim)
+            state[f"layers.{layer}.0.{norm}.bias"] = torch.zeros(dim)
+        state[f"layers.{layer}.0.to_q.weight"] = torch.randn(inner, dim) * 0.05
+        state[f"layers.{layer}.0.to_kv.weight"] = torch.randn(2 * inner, dim) * 0.05
+        state[f"layers.{layer}.0.to_out.weight"] = torch.randn(dim, inner) * 0.05
+        state[f"layers.{layer}.1.0.weight"] = torch.ones(dim)
+        state[f"layers.{layer}.1.0.bias"] = torch.zeros(dim)
+        state[f"layers.{layer}.1.1.weight"] = torch.randn(ff, dim) * 0.05
+        state[f"layers.{layer}.1.3.weight"] = torch.randn(dim, ff) * 0.05
+    return state
+
+
+def _build_instantid(folder: Path) -> None:
+    """InstantX/InstantID ip-adapter.bin: a torch pickle of {"image_proj": Resampler state,
+    "ip_adapter": N.to_{k,v}_ip.weight}, written with plain tensors so weights_only loads it."""
+    import torch
+
+    with _seeded(40):
+        image_proj = instantid_resampler_state(TINY_FACE_HIDDEN, TINY_CROSS_ATTENTION_DIM)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"image_proj": image_proj, "ip_adapter": _adapter_kv(41)}, folder / "ip-adapter.bin")
+
+
+# Widths change at the same levels as the published (32, 32, 64, 128, 256, 512, 512), so the
+# same shortcut convolutions exist and the key sets are equal.
+TINY_DECODER_WIDTHS = (4, 4, 8, 12, 16, 24, 24)
+
+
+def _build_layerdiffuse(folder: Path) -> None:
+    """lllyasviel/LayerDiffuse_Diffusers: attention offsets keyed by UNet weight names, and the
+    transparent decoder (narrow, same module names) and encoder (its fixed published size)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from oneposetrans.layerdiffuse import TransparentDecoderUNet, TransparentOffsetEncoder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with _seeded(50):
+        unet = tiny_unet()
+        offsets = {
+            name: torch.randn_like(weight) * 0.01
+            for name, weight in unet.named_parameters()
+            if ".attn1." in name or ".attn2." in name
+            if name.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
+        }
+        decoder = TransparentDecoderUNet(block_out_channels=TINY_DECODER_WIDTHS)
+        encoder = TransparentOffsetEncoder()
+    save_file(offsets, folder / "ld_diffusers_sdxl_attn.safetensors")
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, folder / "ld_diffusers_sdxl_vae_transparent_decoder.safetensors")
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, folder / "ld_diffusers_sdxl_vae_transparent_encoder.safetensors")
+
+
+def _onnx_head(name: str, side: int, outputs: int, seed: int):
+    """A 3 x side x side -> outputs network (global pooling, one dense layer): the input and output
+    signature by which insightface's router recognises ArcFace, landmark and attribute models."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.RandomState(seed)
+    weight = numpy_helper.from_array(rng.randn(3, outputs).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.randn(outputs).astype(np.float32) * 0.1, "B")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input.1"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "W", "B"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["batch", 3, side, side])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", outputs])],
+        initializer=[weight, bias],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+# Tiny SCRFD: at stride 32 a cell scores high where red clearly exceeds blue (skin-like colour),
+# other strides never fire; boxes are 3 cells wide with fixed five-point landmarks.
+_SCRFD_STRIDES = (8, 16, 32)
+_SCRFD_LANDMARKS = (-0.5, -0.4, 0.5, -0.4, 0.0, 0.0, -0.4, 0.5, 0.4, 0.5)
+
+
+def _onnx_scrfd():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, initializers, outputs = [], [], {"score": [], "bbox": [], "kps": []}
+    for stride in _SCRFD_STRIDES:
+        pooled = f"pool{stride}"
+        nodes.append(helper.make_node("AveragePool", ["input.1"], [pooled], kernel_shape=[stride, stride], strides=[stride, stride]))
+        score_weight = np.zeros((2, 3, 1, 1), np.float32)
+        score_bias = np.full(2, -10.0, np.float32)
+        if stride == 32:
+            score_weight[:, 0], score_weight[:, 2], score_bias[:] = 20.0, -20.0, -6.0
+        heads = {
+            "score": (score_weight, score_bias),
+            "bbox": (np.zeros((8, 3, 1, 1), np.float32), np.full(8, 1.5, np.float32)),
+            "kps": (np.zeros((20, 3, 1, 1), np.float32), np.tile(np.array(_SCRFD_LANDMARKS, np.float32), 2)),
+        }
+        for head, (weight, bias) in heads.items():
+            prefix = f"{head}{stride}"
+            initializers += [numpy_helper.from_array(weight, f"{prefix}_w"), numpy_helper.from_array(bias, f"{prefix}_b")]
+            nodes.append(helper.make_node("Conv", [pooled, f"{prefix}_w", f"{prefix}_b"], [f"{prefix}_conv"]))
+            source = f"{prefix}_conv"
+            if head == "score":
+                nodes.append(helper.make_node("Sigmoid", [source], [f"{prefix}_sig"]))
+                source = f"{prefix}_sig"
+            width = weight.shape[0] // 2
+            nodes.append(helper.make_node("Transpose", [source], [f"{prefix}_t"], perm=[0, 2, 3, 1]))
+            shape = numpy_helper.from_array(np.array([-1, width], np.int64), f"{prefix}_shape")
+            initializers.append(shape)
+            nodes.append(helper.make_node("Reshape", [f"{prefix}_t", f"{prefix}_shape"], [prefix]))
+            outputs[head].append(helper.make_tensor_value_info(prefix, TensorProto.FLOAT, [None, width]))
+    graph = helper.make_graph(
+        nodes, "scrfd_tiny",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        outputs["score"] + outputs["bbox"] + outputs["kps"],
+        initializer=initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def _build_antelopev2(folder: Path) -> None:
+    """The five antelopev2 ONNX files with their real signatures (SCRFD with 9 outputs; ArcFace
+    112 -> 512; 3D-68 and 2D-106 landmarks at 192; gender-age at 96), so that insightface's
+    FaceAnalysis routes and loads them. A reddish patch on a grey photo is "a face"."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(_onnx_scrfd(), folder / "scrfd_10g_bnkps.onnx")
+    onnx.save(_onnx_head("glintr100", 112, ARCFACE_DIM, 60), folder / "glintr100.onnx")
+    onnx.save(_onnx_head("1k3d68", 192, 3309, 61), folder / "1k3d68.onnx")
+    onnx.save(_onnx_head("2d106det", 192, 212, 62), folder / "2d106det.onnx")
+    onnx.save(_onnx_head("genderage", 96, 3, 63), folder / "genderage.onnx")
+
+
 # What the tiny captioner has been taught to answer, whatever the photo.
 TINY_VLM_ANSWER = "A woman with face, orange spacesuit, white gloves"
 _VLM_CHAT_TEMPLATE = (
@@ -304,6 +511,10 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "controlnet-openpose": _build_controlnet,
     "openpose": _build_openpose,
     "caption-vlm": _build_caption_vlm,
+    "ip-adapter": _build_ip_adapter,
+    "instantid": _build_instantid,
+    "layerdiffuse": _build_layerdiffuse,
+    "antelopev2": _build_antelopev2,
 }
 
 

@@ -1,0 +1,205 @@
+"""The OnePoseTrans pipeline: equivalence with stock diffusers, the published checkpoint formats,
+the VCM's face and image branches, the profiles, and LayerDiffuse."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oneposetrans import layerdiffuse, vcm
+from oneposetrans.pipeline_stable_diffusion_xl_oneposetrans import StableDiffusionXLOnePoseTransPipeline
+from oneposetrans.pose import BUNDLED_POSES, load_pose_map
+from tests.conftest import REPO
+
+CAPTION = "A woman with face, red coat"
+
+
+def _pipe(models, profile="default", vcm_on=True, layers=False):
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_pretrained(models / "controlnet-openpose-sdxl-1.0")
+    pipe = StableDiffusionXLOnePoseTransPipeline.from_pretrained(models / "RealVisXL_V4.0", controlnet=controlnet, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if layers:
+        pipe.load_layerdiffuse(models / "LayerDiffuse", encoder=True)
+    if vcm_on:
+        pipe.load_vcm(
+            models / "IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+            models / "IP-Adapter/models/image_encoder",
+            models / "InstantID/ip-adapter.bin",
+            profile=profile,
+        )
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pose():
+    return load_pose_map(BUNDLED_POSES[0], 64)[0]
+
+
+@pytest.fixture(scope="module")
+def face():
+    return np.random.RandomState(0).randn(512).astype(np.float32) * 10
+
+
+def _seed():
+    return torch.Generator().manual_seed(97)
+
+
+def test_with_everything_off_equals_stock_diffusers(tiny_models, pose):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    controlnet = ControlNetModel.from_pretrained(tiny_models / "controlnet-openpose-sdxl-1.0")
+    stock = StableDiffusionXLControlNetPipeline.from_pretrained(tiny_models / "RealVisXL_V4.0", controlnet=controlnet, add_watermarker=False)
+    stock.set_progress_bar_config(disable=True)
+    expected = stock(CAPTION, negative_prompt="low quality, bad quality", image=pose, generator=_seed(), num_inference_steps=3, output_type="np").images
+    ours = _pipe(tiny_models)  # VCM processors installed, but no image, face, LoRA or LayerDiffuse
+    got = ours(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=3, output_type="np").images
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_published_checkpoint_key_names(tiny_models):
+    """The kit's files carry the published key structure, and our loader reads exactly that."""
+    from diffusers import UNet2DConditionModel
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    # SDXL numbering of the published ip_adapter keys: 70 cross-attentions at odd indices 1..139.
+    with init_empty_weights():
+        sdxl = UNet2DConditionModel.from_config(json.loads((REPO / "bench/configs/sdxl_unet.json").read_text()))
+    assert sorted(vcm.cross_attention_processor_indices(sdxl).values()) == list(range(1, 140, 2))
+
+    from oneposetrans.testing.tiny import tiny_unet
+
+    indices = set(vcm.cross_attention_processor_indices(tiny_unet()).values())
+    adapter_keys = {f"{i}.{name}.weight" for i in indices for name in ("to_k_ip", "to_v_ip")}
+    image = vcm.load_adapter_checkpoint(tiny_models / "IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h.safetensors")
+    assert set(image["image_proj"]) == {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
+    assert set(image["ip_adapter"]) == adapter_keys
+    face = vcm.load_adapter_checkpoint(tiny_models / "InstantID/ip-adapter.bin")  # torch.load, weights_only
+    resampler = {"latents", "proj_in.weight", "proj_in.bias", "proj_out.weight", "proj_out.bias", "norm_out.weight", "norm_out.bias"}
+    for layer in range(4):
+        resampler |= {f"layers.{layer}.0.{n}" for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "to_q.weight", "to_kv.weight", "to_out.weight")}
+        resampler |= {f"layers.{layer}.1.{n}" for n in ("0.weight", "0.bias", "1.weight", "3.weight")}
+    assert set(face["image_proj"]) == resampler and set(face["ip_adapter"]) == adapter_keys
+
+    pipe = _pipe(tiny_models)
+    assert type(pipe.image_projection).__name__ == "ImageProjection"
+    assert type(pipe.face_projection).__name__ == "IPAdapterPlusImageProjection"
+    assert pipe.face_projection(torch.zeros(1, 1, 512)).shape[1] == vcm.FACE_TOKENS
+    loaded = pipe.vcm_processors["up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"]
+    index = vcm.cross_attention_processor_indices(pipe.unet)["up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"]
+    assert torch.equal(loaded.to_face_v_ip.weight, face["ip_adapter"][f"{index}.to_v_ip.weight"])
+    assert torch.equal(loaded.to_k_ip.weight, image["ip_adapter"][f"{index}.to_k_ip.weight"])
+
+    folder = tiny_models / "LayerDiffuse"
+    encoder_keys = set(load_file(folder / "ld_diffusers_sdxl_vae_transparent_encoder.safetensors"))
+    assert encoder_keys == {f"blocks.{i}.{p}" for i in range(0, 17, 2) for p in ("weight", "bias")}
+    decoder_keys = set(load_file(folder / "ld_diffusers_sdxl_vae_transparent_decoder.safetensors"))
+    with init_empty_weights():
+        published_size = layerdiffuse.TransparentDecoderUNet()  # widths 32..512 of the published file
+    assert decoder_keys == set(published_size.state_dict())
+    assert {"latent_conv_in.weight", "down_blocks.6.attentions.1.to_q.weight", "up_blocks.0.attentions.2.to_out.0.weight"} <= decoder_keys
+    offsets = load_file(folder / "ld_diffusers_sdxl_attn.safetensors")
+    assert offsets and set(offsets) <= {name for name, _ in tiny_unet().named_parameters()}
+
+
+def test_vcm_face_value_replacement_and_image_branch(tiny_models, pose, face):
+    pipe = _pipe(tiny_models)
+    run = lambda caption, **kw: pipe(caption, image=[pose], generator=[_seed()], num_inference_steps=2, output_type="np", **kw)
+    plain = run(CAPTION).images
+    with_face = run(CAPTION, face_embedding=face)
+    assert np.abs(with_face.images - plain).max() > 0 and with_face.notes == []
+    other_face = run(CAPTION, face_embedding=-face).images
+    assert np.abs(other_face - with_face.images).max() > 0
+    # No "face" in the caption: the face is skipped, with a note, and nothing else changes.
+    faceless = run("A woman in a red coat", face_embedding=face)
+    assert any('no word "face"' in note for note in faceless.notes)
+    assert np.array_equal(faceless.images, run("A woman in a red coat").images)
+
+    # The pooled face value is 4 * sum softmax(V) * V, the published mean * 16 * 4.
+    values = torch.randn(2, 16, 8)
+    published = torch.mean(torch.softmax(values, dim=1) * values, dim=1, keepdim=True) * 16 * 4
+    assert torch.allclose(vcm.pooled_face_value(values), published, atol=1e-6)
+
+
+def test_zero_scale_branches_do_no_work(tiny_models, pose, face):
+    pipe = _pipe(tiny_models)
+    called = set()
+    for name, processor in pipe.vcm_processors.items():
+        for projection in ("to_k_ip", "to_face_k_ip"):
+            getattr(processor, projection).register_forward_hook(lambda *_, n=name, p=projection: called.add((n.split(".transformer")[0], p)))
+    image = Image.new("RGB", (64, 64), "orange")
+    pipe(CAPTION, image=[pose], ip_adapter_image=image, face_embedding=face, generator=[_seed()], num_inference_steps=1)
+    # Image branch only in the two published blocks; the scale-0 face branch never.
+    assert called == {("up_blocks.0.attentions.0", "to_k_ip"), ("up_blocks.0.attentions.1", "to_k_ip")}
+    called.clear()
+    pipe.set_ip_adapter_scale({})
+    pipe(CAPTION, image=[pose], ip_adapter_image=image, generator=[_seed()], num_inference_steps=1)
+    assert called == set()
+
+
+def test_profiles_controlnet_window_and_face_position(tiny_models, pose, face):
+    reference, default = _pipe(tiny_models, "reference"), _pipe(tiny_models)
+    windows = {p.text_tokens for n, p in reference.controlnet.attn_processors.items() if n.endswith("attn2.processor")}
+    assert windows == {57}
+    assert {p.text_tokens for n, p in default.controlnet.attn_processors.items() if n.endswith("attn2.processor")} == {77}
+    caption = "A young woman with face, red coat"  # "face" is token 5, not the published 4
+    assert default.encode_identity(caption, face_embedding=face).face_position == 5
+    assert reference.encode_identity(caption, face_embedding=face).face_position == 4
+    run = lambda pipe: pipe(caption, image=[pose], generator=[_seed()], num_inference_steps=2, output_type="np", face_embedding=face).images
+    assert np.abs(run(reference) - run(default)).max() > 0
+
+
+def test_layerdiffuse_offsets_rgba_and_decoder_latent_by_profile(tiny_models, pose, face):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    base = UNet2DConditionModel.from_pretrained(tiny_models / "RealVisXL_V4.0/unet")
+    pipe = _pipe(tiny_models, layers=True)
+    offsets = load_file(tiny_models / "LayerDiffuse/ld_diffusers_sdxl_attn.safetensors")
+    key = next(iter(offsets))
+    merged = dict(pipe.unet.named_parameters())[key]
+    assert torch.allclose(merged, dict(base.named_parameters())[key] + offsets[key], atol=1e-6)
+
+    seen = []
+    pipe.transparent_decoder.register_forward_hook(lambda module, args, out: seen.append(args[1].abs().mean().item()))
+    [rgba] = pipe(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=2, face_embedding=face).images
+    assert rgba.mode == "RGBA" and rgba.size == pose.size and len(seen) == 8  # 8 flip/rotation views
+    reference = _pipe(tiny_models, "reference", layers=True)
+    reference.transparent_decoder.register_forward_hook(lambda module, args, out: seen.append(args[1].abs().mean().item()))
+    reference(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=2, face_embedding=face)
+    # Reference feeds the latent still multiplied by the VAE scaling factor.
+    assert seen[8] / seen[0] == pytest.approx(pipe.vae.config.scaling_factor, rel=0.2)
+
+
+def test_transparent_decoding_is_rotation_consistent(tiny_models):
+    decoder = layerdiffuse.TransparentDecoderUNet.from_single_file(
+        tiny_models / "LayerDiffuse/ld_diffusers_sdxl_vae_transparent_decoder.safetensors"
+    )
+    torch.manual_seed(0)
+    pixel, latent = torch.rand(1, 3, 64, 64), torch.randn(1, 4, 8, 8)
+    rgba = layerdiffuse.decode_transparent(decoder, pixel, latent)
+    turned = layerdiffuse.decode_transparent(decoder, torch.rot90(pixel, 1, (2, 3)), torch.rot90(latent, 1, (2, 3)))
+    # The eight views are closed under rotation, so the median commutes with it.
+    assert torch.allclose(torch.rot90(rgba, 1, (2, 3)), turned, atol=1e-5)
+    assert rgba.shape == (1, 4, 64, 64) and 0 <= rgba.min() and rgba.max() <= 1
+
+
+def test_transparent_encoder_pads_colour_and_is_deterministic(tiny_models):
+    from diffusers import AutoencoderKL
+
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (200, 40, 40, 255)
+    padded = layerdiffuse.pad_colour(rgba)
+    assert np.allclose(padded[20, 20], np.array([200, 40, 40]) / 255, atol=1e-5)  # visible pixels kept
+    assert padded[0, 0, 0] > padded[0, 0, 1]  # the transparent border takes the person's colour
+    vae = AutoencoderKL.from_pretrained(tiny_models / "RealVisXL_V4.0/vae")
+    encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(
+        tiny_models / "LayerDiffuse/ld_diffusers_sdxl_vae_transparent_encoder.safetensors"
+    )
+    first = layerdiffuse.encode_transparent(vae, encoder, [rgba])
+    assert first.shape == (1, 4, 8, 8) and torch.equal(first, layerdiffuse.encode_transparent(vae, encoder, [rgba]))
