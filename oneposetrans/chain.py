@@ -46,6 +46,7 @@ class ChainRequest:
     device: str = "auto"
     dtype: str = "auto"
     profile: str = "default"
+    identitynet: bool = False
 
 
 @dataclass
@@ -160,7 +161,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     notes: list[str] = []
     if todo:
         started = time.perf_counter()
-        reposer = Reposer(request.models, request.device, request.dtype, request.profile)
+        reposer = Reposer(request.models, request.device, request.dtype, request.profile, request.identitynet)
         echo(f"  models loaded in {time.perf_counter() - started:.1f} s")
         names = list(todo)
         started = time.perf_counter()

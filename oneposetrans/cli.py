@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     repose.add_argument("--no-image-prompt", action="store_true", help="leave out the IP-Adapter image prompt")
     repose.add_argument("--no-face", action="store_true", help="leave out the InstantID face embedding")
     repose.add_argument("--opaque", action="store_true", help="decode RGB with the SDXL VAE instead of LayerDiffuse RGBA")
+    repose.add_argument(
+        "--identitynet",
+        action="store_true",
+        help="add InstantID's IdentityNet on the source's face landmarks as a second ControlNet (not part of the method)",
+    )
+    repose.add_argument("--identitynet-scale", type=float, default=0.8, help="IdentityNet conditioning scale")
     _add_common(repose, results=False)
     repose.set_defaults(handler=_cmd_repose)
 
@@ -359,6 +365,7 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
             use_image_prompt=not arguments.no_image_prompt,
             use_face=not arguments.no_face,
             transparent=not arguments.opaque,
+            identitynet_scale=arguments.identitynet_scale,
         ),
         finetune=FinetuneSettings(
             profile=arguments.profile,
@@ -367,6 +374,7 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         device=arguments.device,
         dtype=arguments.dtype,
         profile=arguments.profile,
+        identitynet=arguments.identitynet,
     )
     try:
         report = run_chain(request, echo=lambda line: print(line, flush=True))

@@ -20,6 +20,30 @@ class FaceResult:
     embedding: np.ndarray | None
     note: str
     faces: int = 0
+    keypoints: np.ndarray | None = None
+    """The five landmarks (eyes, nose, mouth corners) as fractions of the photo's width and height."""
+
+
+# InstantID's IdentityNet reads the five landmarks as coloured points joined to the nose.
+KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
+KEYPOINT_LIMBS = ((0, 2), (1, 2), (3, 2), (4, 2))
+
+
+def draw_face_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """The IdentityNet condition: landmarks (fractions) drawn on black at ``size`` (W, H)."""
+    import cv2
+
+    width, height = size
+    points = np.asarray(keypoints, np.float64) * [width, height]
+    canvas = np.zeros((height, width, 3), np.uint8)
+    thickness = max(1, round(min(width, height) / 256))
+    for start, end in KEYPOINT_LIMBS:
+        a, b = points[start], points[end]
+        cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), KEYPOINT_COLOURS[start], 4 * thickness)
+    canvas = (canvas * 0.6).astype(np.uint8)
+    for colour, (x, y) in zip(KEYPOINT_COLOURS, points):
+        cv2.circle(canvas, (int(x), int(y)), 5 * thickness, colour, -1)
+    return Image.fromarray(canvas)
 
 
 def pick_face(faces: list, profile: str):
@@ -55,4 +79,5 @@ class FaceEmbedder:
             return FaceResult(None, "no face found in the source: generated without face tokens")
         which = "first" if self.profile == "reference" else "largest"
         note = f"{len(faces)} faces found, used the {which}" if len(faces) > 1 else "one face found"
-        return FaceResult(np.asarray(face.embedding, dtype=np.float32), note, len(faces))
+        keypoints = None if face.kps is None else np.asarray(face.kps, np.float64) / [rgb.width, rgb.height]
+        return FaceResult(np.asarray(face.embedding, dtype=np.float32), note, len(faces), keypoints)

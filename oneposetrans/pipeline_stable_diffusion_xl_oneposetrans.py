@@ -219,6 +219,8 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         ip_adapter_image: PIL.Image.Image | None = None,
         face_embedding: np.ndarray | torch.Tensor | None = None,
         identity: vcm.IdentityConditioning | None = None,
+        face_keypoints_image: PIL.Image.Image | None = None,
+        identitynet_conditioning_scale: float = 0.8,
         num_inference_steps: int = 25,
         guidance_scale: float = 5.0,
         controlnet_conditioning_scale: float = 1.0,
@@ -237,7 +239,9 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
 
         ``identity`` (from :meth:`encode_identity`) replaces prompt/ip_adapter_image/face_embedding
         when the caller renders the same identity over several calls. ``transparent`` defaults to
-        True when LayerDiffuse is loaded. Remaining keyword arguments go to the diffusers loop.
+        True when LayerDiffuse is loaded. With a second ControlNet (InstantID's IdentityNet, loaded
+        as a ``MultiControlNetModel``), ``face_keypoints_image`` is its condition for every pose.
+        Remaining keyword arguments go to the diffusers loop.
         """
         self._init_vcm_state()
         poses = [image] if isinstance(image, PIL.Image.Image) else list(image)
@@ -255,13 +259,24 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         if transparent and self.transparent_decoder is None:
             raise BadInputError("transparent decoding needs load_layerdiffuse() first")
 
+        identitynet = len(getattr(self.controlnet, "nets", [])) > 1
+        if identitynet and face_keypoints_image is None:
+            raise BadInputError("the IdentityNet ControlNet needs face_keypoints_image (no face found?)")
+        if identitynet:
+            # diffusers' loop takes one image per ControlNet with several ControlNets: one pose a batch.
+            batch_size = 1
         results = []
         for start in range(0, len(poses), batch_size):
             chunk = poses[start : start + batch_size]
+            control_image, control_scale = chunk, controlnet_conditioning_scale
+            if identitynet:
+                keypoints = face_keypoints_image.resize(chunk[0].size)
+                control_image = [chunk[0], keypoints]
+                control_scale = [controlnet_conditioning_scale, identitynet_conditioning_scale]
             self._set_layout(identity, len(chunk), do_cfg)
             try:
                 output = super().__call__(
-                    image=chunk,
+                    image=control_image,
                     height=chunk[0].height,
                     width=chunk[0].width,
                     num_inference_steps=num_inference_steps,
@@ -270,7 +285,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                     negative_prompt_embeds=_repeat(identity.negative_prompt_embeds, len(chunk)),
                     pooled_prompt_embeds=identity.pooled_prompt_embeds.repeat(len(chunk), 1),
                     negative_pooled_prompt_embeds=_repeat(identity.negative_pooled_prompt_embeds, len(chunk)),
-                    controlnet_conditioning_scale=controlnet_conditioning_scale,
+                    controlnet_conditioning_scale=control_scale,
                     control_guidance_start=control_guidance_start,
                     control_guidance_end=control_guidance_end,
                     generator=generators[start : start + batch_size],

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from oneposetrans import registry
+from oneposetrans.errors import BadInputError
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.vcm import published_ip_scales
 
@@ -54,6 +55,8 @@ class GenerationSettings:
     use_image_prompt: bool = True
     use_face: bool = True
     transparent: bool = True
+    identitynet_scale: float = 0.8
+    """Used only when the Reposer is built with ``identitynet=True`` (not part of the method)."""
     batch_size: int = 4
     """Target poses sampled together in one UNet batch (same pose size only)."""
 
@@ -61,8 +64,16 @@ class GenerationSettings:
 class Reposer:
     """Holds the generation models; load once, then call :meth:`generate` for every identity."""
 
-    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto", profile: str = "default"):
+    def __init__(
+        self,
+        models_dir: str | os.PathLike,
+        device: str = "auto",
+        dtype: str = "auto",
+        profile: str = "default",
+        identitynet: bool = False,
+    ):
         from diffusers import ControlNetModel
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
         from oneposetrans.face import FaceEmbedder
         from oneposetrans.pipeline_stable_diffusion_xl_oneposetrans import StableDiffusionXLOnePoseTransPipeline
@@ -73,6 +84,12 @@ class Reposer:
         self.dtype = resolve_dtype(dtype, self.device)
         self.profile = profile
         controlnet = ControlNetModel.from_pretrained(folders["controlnet-openpose"], dtype=self.dtype, local_files_only=True)
+        self.identitynet = identitynet
+        if identitynet:
+            # Off in the method; InstantID's IdentityNet on the face landmarks as a second ControlNet.
+            identity_folder = registry.require("instantid-identitynet", models_dir) / "ControlNetModel"
+            second = ControlNetModel.from_pretrained(identity_folder, dtype=self.dtype, local_files_only=True)
+            controlnet = MultiControlNetModel([controlnet, second])
         base = folders["sdxl-base"]
         self.pipe = StableDiffusionXLOnePoseTransPipeline.from_pretrained(
             base,
@@ -119,11 +136,17 @@ class Reposer:
                 if self.profile == "reference":
                     # Published: the source is stretched to 1024 x 1024 before everything.
                     reference = reference.resize((PUBLISHED_SOURCE_SIDE, PUBLISHED_SOURCE_SIDE))
-            face_embedding = None
-            if settings.use_face and source is not None:
+            face_embedding = keypoints_image = None
+            if (settings.use_face or self.identitynet) and source is not None:
                 found = self.faces.embed(source)
-                face_embedding = found.embedding
+                face_embedding = found.embedding if settings.use_face else None
                 notes.append(found.note)
+                if self.identitynet:
+                    from oneposetrans.face import draw_face_keypoints
+
+                    if found.keypoints is None:
+                        raise BadInputError("--identitynet needs a face in the source photo; none was found")
+                    keypoints_image = draw_face_keypoints(found.keypoints, pose_maps[0].size)
             identity = self.pipe.encode_identity(
                 caption,
                 settings.negative_prompt,
@@ -140,6 +163,8 @@ class Reposer:
                     output = self.pipe(
                         image=group,
                         identity=identity,
+                        face_keypoints_image=keypoints_image,
+                        identitynet_conditioning_scale=settings.identitynet_scale,
                         num_inference_steps=settings.steps,
                         guidance_scale=settings.guidance,
                         controlnet_conditioning_scale=settings.controlnet_scale,

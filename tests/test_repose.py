@@ -91,3 +91,20 @@ def test_opaque_output_and_switches(reposer, poses, source):
     [plain], notes = reposer.generate(CAPTION, poses[:1], settings, source=source)
     assert not np.array_equal(np.asarray(rgb), np.asarray(plain))
     assert any("without face tokens" in note for note in notes)
+
+
+def test_identitynet_as_second_controlnet(tiny_models, poses):
+    from oneposetrans.face import draw_face_keypoints
+
+    photo = np.full((256, 192, 3), 128, np.uint8)
+    photo[60:140, 50:130] = (220, 140, 90)  # what the tiny detector takes for a face
+    source = Image.fromarray(photo)
+    settings = GenerationSettings(steps=2, resolution=64)
+    with_net = Reposer(tiny_models, "cpu", identitynet=True)
+    assert len(with_net.pipe.controlnet.nets) == 2
+    [rgba], _ = with_net.generate(CAPTION, poses[:1], settings, source=source)
+    settings.identitynet_scale = 0.0
+    [off], _ = with_net.generate(CAPTION, poses[:1], settings, source=source)
+    assert rgba.size == poses[0].size and not np.array_equal(np.asarray(rgba), np.asarray(off))
+    keypoints = draw_face_keypoints(np.array([[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.42, 0.6], [0.58, 0.6]]), (64, 96))
+    assert keypoints.size == (64, 96) and np.asarray(keypoints)[48, 32].tolist() == [0, 0, 255]  # the nose

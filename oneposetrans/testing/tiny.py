@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "4"
+KIT_VERSION = "6"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -190,11 +190,16 @@ def _build_sdxl(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(model_index, indent=2))
 
 
-def _build_controlnet(folder: Path) -> None:
+def _build_controlnet(folder: Path, seed: int = 1) -> None:
+    import torch
     from diffusers import ControlNetModel
 
-    with _seeded(1):
+    with _seeded(seed):
         controlnet = ControlNetModel.from_unet(tiny_unet())
+        # from_unet zero-initialises the output convolutions (a trained ControlNet's are not): left
+        # at zero, the condition would have no effect at all and tests could not see it.
+        for module in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out):
+            torch.nn.init.normal_(module.weight, std=0.05)
     controlnet.save_pretrained(folder)
 
 
@@ -308,6 +313,8 @@ def _build_instantid(folder: Path) -> None:
         image_proj = instantid_resampler_state(TINY_FACE_HIDDEN, TINY_CROSS_ATTENTION_DIM)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"image_proj": image_proj, "ip_adapter": _adapter_kv(41)}, folder / "ip-adapter.bin")
+    # The same repository's optional IdentityNet (instantid-identitynet): a ControlNet folder.
+    _build_controlnet(folder / "ControlNetModel", seed=42)
 
 
 # Widths change at the same levels as the published (32, 32, 64, 128, 256, 512, 512), so the
