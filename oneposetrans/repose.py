@@ -21,10 +21,10 @@ from PIL import Image
 
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
+from oneposetrans.face import PUBLISHED_SIDE
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.vcm import published_ip_scales
 
-PUBLISHED_SOURCE_SIDE = 1024
 REPOSE_MODELS = ("sdxl-base", "controlnet-openpose", "ip-adapter", "instantid", "layerdiffuse", "antelopev2")
 
 
@@ -135,7 +135,7 @@ class Reposer:
                 reference = source.convert("RGB")
                 if self.profile == "reference":
                     # Published: the source is stretched to 1024 x 1024 before everything.
-                    reference = reference.resize((PUBLISHED_SOURCE_SIDE, PUBLISHED_SOURCE_SIDE))
+                    reference = reference.resize((PUBLISHED_SIDE, PUBLISHED_SIDE))
             face_embedding = keypoints_image = None
             if (settings.use_face or self.identitynet) and source is not None:
                 found = self.faces.embed(source)

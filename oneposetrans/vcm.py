@@ -205,21 +205,21 @@ def install_vcm(unet, image_adapter: dict | None, face_adapter: dict | None, lay
     """Give every UNet cross-attention a :class:`VCMAttnProcessor` loaded from the published
     adapter weights (image K/V from the IP-Adapter, face K/V from InstantID)."""
     indices = cross_attention_processor_indices(unet)
+    expected = set(indices.values())
     weights: dict[int, dict[str, torch.Tensor]] = {}
-    for adapter, prefix in ((image_adapter, ""), (face_adapter, "face_")):
-        for key, tensor in (adapter or {}).items():
+    for adapter, prefix, what in ((image_adapter, "", "IP-Adapter"), (face_adapter, "face_", "InstantID")):
+        if adapter is None:
+            continue
+        layers = set()
+        for key, tensor in adapter.items():
             match = _ADAPTER_KEY.match(key)
             if match is None:
                 raise BadInputError(f"unexpected adapter weight {key!r}")
+            layers.add(int(match.group(1)))
             name = match.group(2).replace("to_", f"to_{prefix}", 1)
             weights.setdefault(int(match.group(1)), {})[f"{name}.weight"] = tensor
-    expected = set(indices.values())
-    for adapter, what in ((image_adapter, "IP-Adapter"), (face_adapter, "InstantID")):
-        found = {int(_ADAPTER_KEY.match(k).group(1)) for k in (adapter or {})}
-        if adapter is not None and found != expected:
-            raise BadInputError(
-                f"{what} weights cover {len(found)} cross-attention layers, this UNet has {len(expected)}"
-            )
+        if layers != expected:
+            raise BadInputError(f"{what} weights cover {len(layers)} cross-attention layers, this UNet has {len(expected)}")
 
     processors = {}
     for name, processor in unet.attn_processors.items():
