@@ -21,7 +21,8 @@ from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.pose import BUNDLED_POSES, PoseExtractor, load_pose_map
-from oneposetrans.repose import GenerationSettings, Reposer
+from oneposetrans import registry
+from oneposetrans.repose import REPOSE_MODELS, GenerationSettings, Reposer
 from oneposetrans.report import contact_sheet
 from oneposetrans.results import ResultsTree, is_done, pair_name, stem, write_json_atomic
 from oneposetrans.runtime import resolve_device
@@ -47,6 +48,9 @@ class ChainRequest:
     dtype: str = "auto"
     profile: str = "default"
     identitynet: bool = False
+    composite: bool = True
+    """Segment the source, inpaint its background and paste the results onto it."""
+    inpainter: str = "lama"
 
 
 @dataclass
@@ -95,18 +99,35 @@ def _caption(request: ChainRequest, tree: ResultsTree, name: str) -> tuple[str, 
     return caption, StageStatus("caption", "done", f"by {captioner.model}")
 
 
+def chain_models(request: ChainRequest) -> list[str]:
+    names = list(REPOSE_MODELS)
+    if request.identitynet:
+        names.append("instantid-identitynet")
+    if request.composite:
+        names += ["grounding-dino", "sam", "lama" if request.inpainter == "lama" else "sdxl-inpainting"]
+    return names
+
+
 def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> list[StageStatus]:
     """Run every built stage for one source and all its target poses; return the stage report.
 
     Raises :class:`CaseFailures` at the end if some targets failed; the others are complete.
     """
+    # Every model the run will need is checked before any work, so that a missing one is
+    # reported at once rather than after a fine-tuning.
+    for model in chain_models(request):
+        registry.require(model, request.models)
     tree = ResultsTree(request.out)
     log = tree.log("repose")
     report: list[StageStatus] = []
 
     name, status = _ingest_source(request, tree)
     report.append(status)
-    report.append(StageStatus("segment", "skipped", "not built yet (issue 5)"))
+    person_found = True
+    if request.composite:
+        status = _segment_source(request, tree, name, echo)
+        person_found = status.status != "failed"
+        report.append(status)
     caption, status = _caption(request, tree, name)
     report.append(status)
     lora = tree.file("lora", f"{name}.safetensors")
@@ -190,8 +211,17 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
             + (f"; {'; '.join(notes)}" if notes else ""),
         )
     )
-    report.append(StageStatus("inpaint", "skipped", "not built yet (issue 5)"))
-    report.append(StageStatus("paste", "skipped", "not built yet (issue 5)"))
+    finals: dict[str, Path] = {}
+    if not request.composite:
+        report.append(StageStatus("inpaint", "skipped", "--no-composite"))
+        report.append(StageStatus("paste", "skipped", "--no-composite"))
+    elif not person_found:
+        report.append(StageStatus("inpaint", "skipped", "no person mask of the source"))
+        report.append(StageStatus("paste", "skipped", "no person mask of the source"))
+    else:
+        report.append(_inpaint_source(request, tree, name, echo))
+        status, finals = _paste_results(request, tree, name, list(targets), echo)
+        report.append(status)
     if request.refine:
         report.append(StageStatus("refine", "skipped", "not built yet (issue 6)"))
 
@@ -201,12 +231,96 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         rows = []
         for target_name, pose_map in targets.items():
             result = tree.file("reposed_result", pair_name(name, target_name))
-            rows.append((source_image, pose_map, load_image(result, "RGBA") if is_done(result) else None))
-        contact_sheet(rows, sheet)
+            row = [source_image, pose_map, load_image(result, "RGBA") if is_done(result) else None]
+            if request.composite:
+                final = finals.get(target_name)
+                row.append(load_image(final, "RGB") if final is not None and is_done(final) else None)
+            rows.append(tuple(row))
+        contact_sheet(rows, sheet, header=("source", "pose", "result", "composite") if request.composite else ("source", "pose", "result"))
     report.append(StageStatus("contact sheet", "done", str(sheet)))
+    failed = [s for s in report if s.status == "failed"]
     if log.failed:
-        raise CaseFailures(f"{len(log.failed)} of {len(pose_paths)} targets failed; {log.summary()}")
+        failed.append(StageStatus("repose", "failed", f"{len(log.failed)} of {len(pose_paths)} targets failed; {log.summary()}"))
+    if failed:
+        raise CaseFailures("; ".join(f"{s.stage}: {s.detail}" for s in failed))
     return report
+
+
+def _segment_source(request: ChainRequest, tree: ResultsTree, name: str, echo: Callable[[str], None]) -> StageStatus:
+    """Step 1 of the recipe for the one source: RGBA with the person as alpha, dilated mask."""
+    from oneposetrans.segment import NoPersonError, PersonSegmenter, SegmentOutputs
+
+    outputs = SegmentOutputs.for_mode("dataset", tree.folder("images_mask"), tree.folder("images_rgba"), None)
+    if all(is_done(f) for f in outputs.files(name)):
+        return StageStatus("segment", "resumed", str(outputs.files(name)[0]))
+    source = tree.file("images", f"{name}.png")
+    image = load_image(source, "RGB")
+    try:
+        found = PersonSegmenter(request.models, request.device, request.profile).segment(image, name=str(request.source or source))
+    except NoPersonError as error:
+        tree.log("segment").fail(name, str(error))
+        echo(f"  failed: {error}")
+        return StageStatus("segment", "failed", str(error))
+    outputs.write(image, found, name)
+    tree.log("segment").ok(name, people=found.people, score=round(found.score, 4))
+    return StageStatus("segment", "done", f"{found.people} people found, the {'most confident' if request.profile == 'reference' else 'largest'} kept")
+
+
+def _inpaint_source(request: ChainRequest, tree: ResultsTree, name: str, echo: Callable[[str], None]) -> StageStatus:
+    from oneposetrans.inpaint import make_inpainter
+
+    background = tree.file("images_inpainted", f"{name}.png")
+    if is_done(background):
+        return StageStatus("inpaint", "resumed", str(background))
+    inpainter = make_inpainter(request.inpainter, request.models, request.device, request.dtype, request.profile)
+    image = load_image(tree.file("images", f"{name}.png"), "RGB")
+    save_image(inpainter(image, load_image(tree.file("images_mask", f"{name}.png"), "L")), background)
+    tree.log("inpaint").ok(name, inpainter=request.inpainter)
+    return StageStatus("inpaint", "done", f"{request.inpainter}: {background}")
+
+
+def _paste_results(
+    request: ChainRequest, tree: ResultsTree, name: str, target_names: list[str], echo: Callable[[str], None]
+) -> tuple[StageStatus, dict[str, Path]]:
+    """Every finished result onto the background; results without alpha are segmented first."""
+    from oneposetrans.composite import carries_alpha, composite
+    from oneposetrans.segment import NoPersonError, PersonSegmenter, SegmentOutputs
+
+    background = load_image(tree.file("images_inpainted", f"{name}.png"), "RGB")
+    log = tree.log("paste")
+    finals, pasted = {}, 0
+    segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))
+    for target_name in target_names:
+        result = tree.file("reposed_result", pair_name(name, target_name))
+        final = tree.file("reposed_final_result", result.name)
+        finals[target_name] = final
+        if not is_done(result) or is_done(final):
+            continue
+        foreground = load_image(result, "RGBA")
+        mask = None
+        if request.profile == "reference" or not carries_alpha(foreground):
+            # As the published recipe (steps 7-8): person on black and its mask from SAM.
+            mask_file = tree.file("reposed_mask", result.name)
+            if not is_done(mask_file):
+                try:
+                    found = segmenter().segment(foreground.convert("RGB"), name=str(result))
+                except NoPersonError as error:
+                    log.fail(result.stem, str(error))
+                    echo(f"  failed: {error}")
+                    continue
+                SegmentOutputs.for_mode("rgb", tree.folder("reposed_mask"), None, tree.folder("reposed_rgb")).write(
+                    foreground.convert("RGB"), found, result.stem
+                )
+            mask = load_image(mask_file, "L")
+            if request.profile == "reference":
+                foreground = load_image(tree.file("reposed_rgb", result.name), "RGB")
+        save_image(composite(foreground, background, mask, request.profile), final)
+        log.ok(result.stem, matte="mask" if mask is not None else "alpha")
+        pasted += 1
+    if log.failed:
+        return StageStatus("paste", "failed", f"{pasted} composited, {len(log.failed)} without a person ({log.path})"), finals
+    detail = f"{pasted} composited onto the inpainted background in reposed_final_result"
+    return StageStatus("paste", "done" if pasted else "resumed", detail), finals
 
 
 def format_report(report: list[StageStatus]) -> str:

@@ -33,14 +33,22 @@ def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env):
         assert (out / folder).is_dir()
     results = sorted((out / "reposed_result").iterdir())
     assert [p.name for p in results] == [f"astronaut_to_{p.stem}.png" for p in BUNDLED_POSES]
+    finals = sorted((out / "reposed_final_result").iterdir())
+    assert [p.name for p in finals] == [p.name for p in results]
+    for final, result in zip(finals, results):
+        assert Image.open(final).mode == "RGB" and Image.open(final).size == Image.open(result).size
+    for folder in ("images_rgba", "images_mask", "images_inpainted"):
+        assert [p.name for p in (out / folder).iterdir()] == ["astronaut.png"]
     sheet = Image.open(out / "contact_sheet.png")
-    assert sheet.width == 3 * 256 and sheet.height > 2 * 256
-    assert "segment" in first.stdout and "not built yet (issue 5)" in first.stdout
+    assert sheet.width == 4 * 256 and sheet.height > 2 * 256  # source, pose, result, composite
+    for stage in ("segment", "inpaint", "paste"):
+        assert f"  {stage} " in first.stdout and "not built" not in first.stdout
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     second = subprocess.run(_repose(out, cli_env), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "0 generated, 2 already present" in second.stdout
+    assert second.stdout.count("resumed") >= 6  # source, segment, finetune, pose, repose, inpaint, paste
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
 
 
@@ -93,3 +101,17 @@ def test_bad_target_fails_alone(tmp_path, cli_env):
     assert "Traceback" not in ran.stderr and "1 of 2 targets failed" in ran.stderr
     assert len(list((out / "reposed_result").glob("*.png"))) == 1
     assert "broken.json: not valid JSON" in (out / "logs" / "repose.jsonl").read_text()
+
+
+def test_source_without_a_person_still_reposes_but_is_not_composited(tmp_path, cli_env):
+    source = tmp_path / "empty_room.png"
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(source)
+    out = tmp_path / "nobody"
+    run = subprocess.run(
+        _repose(out, cli_env, "--source", str(source), "--caption", "A woman with face, grey coat", "--pose", str(BUNDLED_POSES[0])),
+        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "no person found" in run.stderr.strip().splitlines()[-1]
+    assert len(list((out / "reposed_result").glob("*.png"))) == 1
+    assert list((out / "reposed_final_result").iterdir()) == [] and list((out / "images_inpainted").iterdir()) == []

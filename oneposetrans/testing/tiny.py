@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "6"
+KIT_VERSION = "7"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -102,12 +102,13 @@ def _write_clip_tokenizer(folder: Path, pad_token: str) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def tiny_unet():
+def tiny_unet(in_channels: int = 4):
+    """SDXL-shaped tiny UNet; ``in_channels=9`` is the inpainting variant (latent, mask, masked image)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=32,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=2,
         block_out_channels=(32, 64, 64),
@@ -124,12 +125,12 @@ def tiny_unet():
     )
 
 
-def _build_sdxl(folder: Path) -> None:
+def _build_sdxl(folder: Path, inpainting: bool = False) -> None:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with _seeded(0):
-        unet = tiny_unet()
+        unet = tiny_unet(9 if inpainting else 4)
         # Four levels: 8x downsampling, like SDXL's VAE, so latents and ControlNet maps line up.
         vae = AutoencoderKL(
             block_out_channels=(8, 16, 32, 32),
@@ -174,7 +175,7 @@ def _build_sdxl(folder: Path) -> None:
     _write_clip_tokenizer(folder / "tokenizer", pad_token="<|endoftext|>")
     _write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
     model_index = {
-        "_class_name": "StableDiffusionXLPipeline",
+        "_class_name": "StableDiffusionXLInpaintPipeline" if inpainting else "StableDiffusionXLPipeline",
         "_diffusers_version": "0.42.1",
         "feature_extractor": [None, None],
         "force_zeros_for_empty_prompt": True,
@@ -415,6 +416,40 @@ def _onnx_scrfd():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+TINY_LAMA_SIDE = 256
+
+
+def _build_lama(folder: Path) -> None:
+    """A fixed-size LaMa-signature ONNX graph: inputs ``image`` (1x3xSxS, 0..1) and ``mask``
+    (1x1xSxS, 0/1), output in 0..255. It fills the hole with a local average: plumbing only."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    side = TINY_LAMA_SIDE
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["blurred"], kernel_shape=[15, 15], pads=[7, 7, 7, 7], count_include_pad=0),
+        helper.make_node("Sub", ["one", "mask"], ["keep"]),
+        helper.make_node("Mul", ["image", "keep"], ["kept"]),
+        helper.make_node("Mul", ["blurred", "mask"], ["filled"]),
+        helper.make_node("Add", ["kept", "filled"], ["unit"]),
+        helper.make_node("Mul", ["unit", "scale"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lama_tiny",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side, side]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, side, side]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, side, side])],
+        initializer=[
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), folder / "lama_fp32.onnx")
+
+
 def _build_antelopev2(folder: Path) -> None:
     """The five antelopev2 ONNX files with their real signatures (SCRFD with 9 outputs; ArcFace
     112 -> 512; 3D-68 and 2D-106 landmarks at 192; gender-age at 96), so that insightface's
@@ -513,8 +548,119 @@ def _build_caption_vlm(folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
+# The tiny detector is trained at build time to call a saturated orange-red region "human" and
+# to find nobody in a low-saturation picture (plain or noisy grey, grey gradients), so that both
+# the found and the not-found paths can be tested. Its boxes are not trained.
+TINY_DETECTOR_STEPS = 200
+_DETECTOR_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "human", "person", "a", "the")
+
+
+def _detector_training_image(rng, person: bool, height: int, width: int):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.full((height, width, 3), rng.uniform(0.2, 0.8)) + rng.normal(0, 0.05, (height, width, 3))
+    if rng.random() < 0.5:
+        pixels *= np.linspace(0.7, 1.2, width)[None, :, None]
+    if person:
+        box_w, box_h = int(width * rng.uniform(0.2, 0.6)), int(height * rng.uniform(0.3, 0.9))
+        x0, y0 = rng.integers(0, width - box_w), rng.integers(0, height - box_h)
+        pixels[y0 : y0 + box_h, x0 : x0 + box_w] = [rng.uniform(0.7, 1), rng.uniform(0.2, 0.6), rng.uniform(0, 0.2)]
+    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+
+
+def _build_grounding_dino(folder: Path) -> None:
+    """IDEA-Research/grounding-dino-tiny's layout (config, safetensors, image processor, BERT
+    tokenizer with vocab.txt) with a Swin backbone and BERT text encoder a few channels wide."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab = Path(scratch) / "vocab.txt"
+        vocab.write_text("\n".join(_DETECTOR_VOCAB) + "\n")
+        tokenizer = BertTokenizer(str(vocab))
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            image_size=96, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+            window_size=4, out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(_DETECTOR_VOCAB), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=64,
+        ),
+        num_queries=20, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, d_model=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2, decoder_n_points=2,
+        max_text_len=16,
+    )
+    astronaut = Image.fromarray(data.astronaut())
+    rng = np.random.default_rng(0)
+    with _seeded(30):
+        # eval(): dropout off; GroupNorm on the coarsest 1x1 level refuses training mode.
+        model = GroundingDinoForObjectDetection(config).eval()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for step in range(TINY_DETECTOR_STEPS):
+            # One size per batch: padded batches teach the model about padding, which a single
+            # image at inference never has.
+            height, width = (int(v) for v in rng.integers(60, 200, 2))
+            people = [True, False] * 4
+            images = [_detector_training_image(rng, person, height, width) for person in people[:-1]]
+            images.append(astronaut.resize((width, height)) if step % 2 == 0 else _detector_training_image(rng, False, height, width))
+            people[-1] = step % 2 == 0
+            inputs = processor(images=images, text=["human."] * len(images), return_tensors="pt")
+            tokens = inputs["input_ids"].shape[1]
+            logits = model(**inputs).logits[:, :, :tokens]
+            target = torch.tensor(people, dtype=torch.float32)[:, None, None].expand_as(logits)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(_DETECTOR_VOCAB) + "\n")
+
+
+def _build_sam(folder: Path) -> None:
+    """facebook/sam-vit-huge's layout (config with vision, prompt-encoder and mask-decoder parts,
+    safetensors, image processor) at a 64-pixel input; random weights."""
+    from transformers import SamConfig, SamImageProcessor, SamModel
+
+    side = 64
+    config = SamConfig(
+        vision_config=dict(
+            hidden_size=16, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=side,
+            patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=32, num_pos_feats=8,
+        ),
+        prompt_encoder_config=dict(hidden_size=16, image_size=side, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16),
+    )
+    with _seeded(31):
+        model = SamModel(config).eval()
+    model.save_pretrained(folder)
+    SamImageProcessor(
+        size={"longest_edge": side},
+        pad_size={"height": side, "width": side},
+        mask_size={"longest_edge": side // 4},
+        mask_pad_size={"height": side // 4, "width": side // 4},
+    ).save_pretrained(folder)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl-base": _build_sdxl,
+    "sdxl-inpainting": functools.partial(_build_sdxl, inpainting=True),
     "controlnet-openpose": _build_controlnet,
     "openpose": _build_openpose,
     "caption-vlm": _build_caption_vlm,
@@ -522,6 +668,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "instantid": _build_instantid,
     "layerdiffuse": _build_layerdiffuse,
     "antelopev2": _build_antelopev2,
+    "lama": _build_lama,
+    "grounding-dino": _build_grounding_dino,
+    "sam": _build_sam,
 }
 
 
