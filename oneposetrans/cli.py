@@ -24,9 +24,6 @@ SMOKE_BANNER = (
 
 # Commands of the original recipe that later issues build: name -> (what, issue).
 NOT_BUILT = {
-    "generate": ("dataset reposing runs", 6),
-    "refine": ("the refining stage", 6),
-    "run": ("the whole numbered dataset recipe", 6),
     "evaluate": ("evaluation (SSIM, PSNR, LPIPS, FID, face identity)", 6),
     "demo": ("the Gradio demo", 7),
 }
@@ -164,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=_not_built(name, what, issue))
 
     _add_tools(commands)
+    _add_dataset_stages(commands)
     return parser
 
 
@@ -240,6 +238,162 @@ def _add_tools(commands) -> None:
     tool_utils.set_defaults(handler=_cmd_tool_utils)
 
 
+def _add_dataset_stages(commands) -> None:
+    from oneposetrans.generate import DATASETS
+
+    generate = commands.add_parser(
+        "generate",
+        help="reposing run over a dataset's pairs (oneposetrans_deepfashion.py, oneposetrans_wpose.py)",
+        description=(
+            "Renders every pair of --pairs into RESULTS/reposed_result/<source>_to_<target>.png (RGBA), sources "
+            "grouped so that each one's LoRA, caption, image prompt and face are prepared once. Resumable; "
+            "under `accelerate launch` the sources are shared among the processes. Needs RESULTS/images/<name>.png, "
+            "RESULTS/lora/<source>.safetensors and captions; DeepFashion poses come from --keypoints, WPose poses "
+            "from OpenPose on the target photo."
+        ),
+    )
+    generate.add_argument("--dataset", choices=DATASETS, required=True, help="dataset adapter")
+    generate.add_argument("--pairs", type=Path, required=True, help="pairs list (DeepFashion CSV or subset file, WPose pairs)")
+    generate.add_argument("--keypoints", type=Path, help="DeepFashion annotation CSV (fasion-resize-annotation-test.csv)")
+    generate.add_argument("--captions", type=Path, help="captions file 'index/name/text' (default: RESULTS/captions)")
+    generate.add_argument("--steps", type=int, default=25, help="denoising steps")
+    generate.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    generate.add_argument("--seed", type=int, default=97, help="sampling seed, the same for every pair")
+    generate.add_argument("--resolution", type=int, help="shorter side of the output (default 1024; 256 with --smoke)")
+    generate.add_argument("--batch-size", type=int, default=4, help="target poses of one source sampled together")
+    _add_common(generate)
+    generate.set_defaults(handler=_cmd_generate)
+
+    refine = commands.add_parser(
+        "refine",
+        help="the refining stage: LayerDiffuse img2img of reposed results (refining_stage_*.py)",
+        description=(
+            "DPM++ 2M Karras img2img at strength 0.65 (25 steps), CFG 7, seed 12345, the source as IP-Adapter "
+            "image prompt and its LoRA at up_blocks.0.attentions.1, from RESULTS/reposed_result (reference profile: "
+            "reposed_rgba) into RESULTS/refined_result. Resumable and sharded like generate."
+        ),
+    )
+    refine.add_argument("--dataset", choices=DATASETS, help="dataset (only names the run; both read the results tree)")
+    refine.add_argument("--captions", type=Path, help="captions file 'index/name/text' (default: RESULTS/captions)")
+    refine.add_argument("--resolution", type=int, help="shorter side (default 1024; 256 with --smoke)")
+    refine.add_argument("--overwrite", action="store_true", help="refine again results that exist")
+    _add_common(refine)
+    refine.set_defaults(handler=_cmd_refine)
+
+    run = commands.add_parser(
+        "run",
+        help="the whole numbered dataset recipe (steps 1-11), each step resuming",
+        description=(
+            "Steps: 1 segment sources, 2 captions, 3 fine-tune, 4 inpaint backgrounds, 5 repose, 6 RGBA of the "
+            "results, 7 person on black + mask, 8 paste, 9 refine, 10 person on black + mask of the refined "
+            "results, 11 paste them. RESULTS/images must hold the images as <name>.png (prepare-deepfashion "
+            "writes them for DeepFashion). Works under `accelerate launch`."
+        ),
+    )
+    run.add_argument("--dataset", choices=DATASETS, required=True, help="dataset adapter")
+    run.add_argument("--pairs", type=Path, required=True, help="pairs list")
+    run.add_argument("--keypoints", type=Path, help="DeepFashion annotation CSV (for step 5)")
+    run.add_argument("--captions", type=Path, help="captions file 'index/name/text' (step 2 imports it; default: caption automatically)")
+    run.add_argument("--steps", default="1-11", help="steps to run, e.g. 1-11, 5, 1-4,9")
+    run.add_argument("--resolution", type=int, help="generation and refining shorter side (default 1024; 256 with --smoke)")
+    run.add_argument("--finetune-resolution", type=int, help="LoRA crop size (default 512; 128 with --smoke)")
+    run.add_argument("--inpainter", choices=("lama", "diffusion"), default="lama", help="background inpainter (step 4)")
+    run.add_argument("--denoise-steps", type=int, help="override the denoising steps of steps 5 and 9 (published: 25), for quick checks")
+    run.add_argument("--finetune-steps", type=int, help="override the LoRA optimisation steps (published: 60), for quick checks")
+    _add_common(run)
+    run.set_defaults(handler=_cmd_run)
+
+
+def _smoke_resolution(arguments: argparse.Namespace) -> int:
+    return arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
+
+
+def _cmd_generate(arguments: argparse.Namespace) -> int:
+    from oneposetrans.generate import load_inputs, run_generate
+    from oneposetrans.repose import GenerationSettings, Reposer
+    from oneposetrans.results import ResultsTree
+
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    tree = ResultsTree(arguments.results)
+    models = _models_dir(arguments)
+    inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints, models, arguments.device)
+    settings = GenerationSettings(
+        steps=arguments.steps,
+        guidance=arguments.guidance,
+        seed=arguments.seed,
+        resolution=_smoke_resolution(arguments),
+        batch_size=arguments.batch_size,
+    )
+    run_generate(
+        inputs,
+        tree,
+        lambda: Reposer(models, arguments.device, arguments.dtype, arguments.profile),
+        settings,
+        profile=arguments.profile,
+        device=arguments.device,
+        echo=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
+def _cmd_refine(arguments: argparse.Namespace) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from oneposetrans.generate import source_captions
+    from oneposetrans.refine import RefineSettings, Refiner, run_refine
+    from oneposetrans.repose import Reposer
+    from oneposetrans.results import ResultsTree
+
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    tree = ResultsTree(arguments.results)
+    models = _models_dir(arguments)
+    state = PartialState(cpu=arguments.device == "cpu" or not torch.cuda.is_available())
+    run_refine(
+        tree,
+        lambda: Refiner(Reposer(models, arguments.device, arguments.dtype, arguments.profile), models),
+        source_captions(tree, arguments.captions),
+        RefineSettings(resolution=_smoke_resolution(arguments)),
+        profile=arguments.profile,
+        overwrite=arguments.overwrite,
+        echo=lambda line: print(line, flush=True),
+        process=(state.process_index, state.num_processes),
+    )
+    return 0
+
+
+def _cmd_run(arguments: argparse.Namespace) -> int:
+    from oneposetrans.recipe import RecipeRequest, check_models, parse_steps, run_recipe
+
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    steps = parse_steps(arguments.steps)
+    models = _models_dir(arguments)
+    check_models(steps, models, arguments.inpainter)
+    request = RecipeRequest(
+        dataset=arguments.dataset,
+        results=arguments.results,
+        models=models,
+        pairs=arguments.pairs,
+        keypoints=arguments.keypoints,
+        captions=arguments.captions,
+        steps=steps,
+        profile=arguments.profile,
+        device=arguments.device,
+        dtype=arguments.dtype,
+        resolution=_smoke_resolution(arguments),
+        finetune_resolution=arguments.finetune_resolution or (SMOKE_FINETUNE_RESOLUTION if arguments.smoke else 512),
+        inpainter=arguments.inpainter,
+        denoise_steps=arguments.denoise_steps,
+        finetune_steps=arguments.finetune_steps,
+    )
+    for step, outcome in run_recipe(request, echo=lambda line: print(line, flush=True)):
+        print(f"  step {step:>2}: {outcome}")
+    return 0
+
+
 def _cmd_tool_utils(arguments: argparse.Namespace) -> int:
     if arguments.mode.startswith("inpainting_"):
         arguments.inpainter = {"inpainting_lama": "lama", "inpainting_diffusion": "diffusion"}[arguments.mode]
@@ -290,6 +444,7 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
             overwrite=arguments.overwrite,
             echo=echo,
             progress=not arguments.quiet,
+            use_alpha=task != "dataset" and arguments.profile != "reference",
         )
     elif stage == "inpaint":
         from oneposetrans.inpaint import make_inpainter, run_inpaint

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -131,9 +132,13 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             folder / "ld_diffusers_sdxl_vae_transparent_decoder.safetensors", self.unet.dtype
         ).to(self.unet.device)
         if encoder:
-            self.transparent_encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(
-                folder / "ld_diffusers_sdxl_vae_transparent_encoder.safetensors", self.unet.dtype
-            ).to(self.unet.device)
+            self.load_transparent_encoder(folder)
+
+    def load_transparent_encoder(self, folder: str | os.PathLike) -> None:
+        """LayerDiffuse's transparent encoder (RGBA -> latent), which only refining needs."""
+        self.transparent_encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(
+            Path(folder) / "ld_diffusers_sdxl_vae_transparent_encoder.safetensors", self.unet.dtype
+        ).to(self.unet.device)
 
     def load_subject_lora(self, path: str | os.PathLike, block_scales: dict | float) -> None:
         """The identity's LoRA (diffusers format) with block-wise scales ("weight injection")."""
@@ -303,6 +308,21 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             return (images, identity.notes)
         return OnePoseTransPipelineOutput(images=images, notes=list(identity.notes))
 
+    @contextlib.contextmanager
+    def identity_layout(self, identity: vcm.IdentityConditioning, rows: int, do_cfg: bool):
+        """Tell the VCM processors how ``identity``'s tokens are laid out while another diffusers
+        loop (the refining img2img) runs the UNet with its embeddings."""
+        self._init_vcm_state()
+        self._set_layout(identity, rows, do_cfg)
+        try:
+            yield
+        finally:
+            self._set_layout(None, 0, do_cfg)
+
+    def decode_transparent_latents(self, latents: torch.Tensor, scaled_decoder_input: bool | None = None) -> list[PIL.Image.Image]:
+        """RGBA images from sampled (scaled) latents; see :meth:`_decode_transparent`."""
+        return self._decode_transparent(latents, "pil", scaled_decoder_input)
+
     def _set_layout(self, identity: vcm.IdentityConditioning | None, rows: int, do_cfg: bool) -> None:
         layout = self.vcm_layout
         if identity is None:
@@ -316,11 +336,12 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         positions = ([negative] * rows if do_cfg else []) + [position] * rows
         layout.face_positions = torch.tensor(positions, device=self._execution_device) if identity.face_tokens else None
 
-    def _decode_transparent(self, latents: torch.Tensor, output_type: str):
+    def _decode_transparent(self, latents: torch.Tensor, output_type: str, scaled_decoder_input: bool | None = None):
         """RGB through the SDXL VAE, then alpha and foreground through the transparent decoder.
 
         Default profile: the decoder reads the unscaled latent, as LayerDiffuse does. Reference:
-        the published main stage passed the latent still multiplied by the scaling factor.
+        the published main stage passed the latent still multiplied by the scaling factor
+        (``scaled_decoder_input`` overrides the profile: the published refine stage divided).
         """
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
@@ -331,7 +352,9 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
         pixel = (pixel * 0.5 + 0.5).clip(0, 1)
-        decoder_latent = latents if self.profile == "reference" else unscaled
+        if scaled_decoder_input is None:
+            scaled_decoder_input = self.profile == "reference"
+        decoder_latent = latents if scaled_decoder_input else unscaled
         rgba = layerdiffuse.decode_transparent(self.transparent_decoder, pixel, decoder_latent).float()
         if output_type == "pt":
             return rgba

@@ -235,10 +235,14 @@ def run_segment(
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
     progress: bool = True,
+    use_alpha: bool = False,
 ) -> None:
     """Segment every image of ``sources`` not segmented yet; one line per failure, the others go on.
 
-    ``segmenter`` may be a factory, so that a run with nothing left to do loads no model.
+    ``segmenter`` may be a factory, so that a run with nothing left to do loads no model. With
+    ``use_alpha`` (the default profile on generated results), an image whose alpha channel is a
+    real matte, LayerDiffuse's, gives the mask itself; the published steps 6, 7 and 10 dropped
+    that alpha on reading and segmented the result again.
     Raises :class:`CaseFailures` at the end when some images failed.
     """
     from tqdm.auto import tqdm
@@ -250,19 +254,31 @@ def run_segment(
             log.skip(name)
         else:
             todo.append(source)
-    if todo and callable(segmenter) and not isinstance(segmenter, PersonSegmenter):
-        segmenter = segmenter()
     for source in tqdm(todo, desc="segment", unit="image", disable=not progress or not todo):
         name = stem(source)
         try:
-            image = load_image(source, "RGB")
+            if use_alpha:
+                rgba = load_image(source, "RGBA")
+                image = rgba.convert("RGB")
+                alpha = np.asarray(rgba)[..., 3]
+                if alpha.min() < 255:
+                    if not (alpha >= 128).any():
+                        raise NoPersonError(f"{source}: the alpha channel is empty")
+                    matte = np.where(alpha >= 128, 255, 0).astype(np.uint8)
+                    outputs.write(image, Segmentation(matte, (0.0, 0.0, float(image.width), float(image.height)), 1.0, 1), name)
+                    log.ok(name, matte="alpha")
+                    continue
+            else:
+                image = load_image(source, "RGB")
+            if callable(segmenter) and not isinstance(segmenter, PersonSegmenter):
+                segmenter = segmenter()
             segmentation = segmenter.segment(image, name=str(source))
         except BadInputError as error:
             log.fail(name, str(error))
             echo(f"failed: {error}")
             continue
         outputs.write(image, segmentation, name)
-        log.ok(name, people=segmentation.people, score=round(segmentation.score, 4), box=[round(v, 1) for v in segmentation.box])
+        log.ok(name, matte="sam", people=segmentation.people, score=round(segmentation.score, 4), box=[round(v, 1) for v in segmentation.box])
     echo(log.summary())
     if log.failed:
         raise CaseFailures(log.summary())

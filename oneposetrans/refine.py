@@ -1,0 +1,197 @@
+"""The refining stage (recipe step 9): LayerDiffuse img2img of each reposed result.
+
+oneposetrans.md §4.2: the reposed RGBA is encoded by the transparent encoder, renoised and
+denoised at strength 0.65 with DPM++ 2M over Karras sigmas (Karras et al., 2022; Lu et al.,
+2022), CFG 7, seed 12345, with the source photo as IP-Adapter image prompt and the source's
+LoRA only at ``up_blocks.0.attentions.1``, then decoded to RGBA again. No ControlNet and no
+face: the pose survives through the img2img strength alone.
+
+The published sampler built ``int(25 / 0.65) = 38`` Karras sigmas and ran the last 26 of them,
+i.e. 25 steps; diffusers' img2img with 38 steps and strength 25/38 starts at the same sigma.
+Its IP-Adapter scale was meant for one block but, through an attribute-name mismatch, applied
+1.0 in all 70 cross-attention layers (§7 item 5): the reference profile does that, the default
+does what was meant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.image_io import load_image, save_image
+from oneposetrans.results import ResultsTree, is_done, split_pair_name
+
+STYLE_BLOCK = "up_blocks.0.attentions.1"
+PUBLISHED_SIGMAS = 38
+"""``int(25 / 0.65)``: the length of the published Karras schedule, of which 25 steps run."""
+
+
+def style_block_only_lora_scales() -> dict:
+    """LoRA strength 1.0 at ``up_blocks.0.attentions.1`` and 0 everywhere else, as published."""
+    return {
+        "down": {"block_1": [0.0, 0.0], "block_2": [0.0, 0.0]},
+        "mid": 0.0,
+        "up": {"block_0": [0.0, 1.0, 0.0], "block_1": [0.0, 0.0, 0.0]},
+    }
+
+
+@dataclass
+class RefineSettings:
+    steps: int = 25
+    strength: float = 0.65
+    guidance: float = 7.0
+    seed: int = 12345
+    negative_prompt: str = "low quality, bad quality"
+    resolution: int = 1024
+    """The published stage stretched init and reference images to 1024x1024; the default keeps the
+    result's own frame (its shorter side at ``resolution``, sides multiples of 64)."""
+
+    @property
+    def schedule_length(self) -> int:
+        return int(self.steps / self.strength)
+
+
+class Refiner:
+    """Shares the reposer's UNet, VAE, text and image encoders; adds the transparent encoder and
+    a DPM++ 2M Karras img2img pipeline around them."""
+
+    def __init__(self, reposer, models_dir):
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline
+
+        from oneposetrans import registry
+
+        self.reposer = reposer
+        self.pipe = reposer.pipe
+        self.profile = reposer.profile
+        if self.pipe.transparent_encoder is None:
+            self.pipe.load_transparent_encoder(registry.require("layerdiffuse", models_dir))
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            self.pipe.scheduler.config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            use_karras_sigmas=True,
+            timestep_spacing="leading",
+            final_sigmas_type="zero",
+        )
+        self.img2img = StableDiffusionXLImg2ImgPipeline(
+            vae=self.pipe.vae,
+            text_encoder=self.pipe.text_encoder,
+            text_encoder_2=self.pipe.text_encoder_2,
+            tokenizer=self.pipe.tokenizer,
+            tokenizer_2=self.pipe.tokenizer_2,
+            unet=self.pipe.unet,
+            scheduler=scheduler,
+            requires_aesthetics_score=False,
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
+        )
+        self.img2img.set_progress_bar_config(disable=True)
+
+    def _unprojected_pooled(self, text: str) -> torch.Tensor:
+        """The published refine stage encoded prompts like its LoRA training: text_encoder_2's
+        pooled output without the projection."""
+        tokenizer = self.pipe.tokenizer_2
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return self.pipe.text_encoder_2.text_model(ids.to(self.pipe.device)).pooler_output
+
+    def frame(self, image: Image.Image, settings: RefineSettings) -> tuple[int, int]:
+        from oneposetrans.pose import generation_size
+
+        if self.profile == "reference":
+            return (1024, 1024)
+        return generation_size(image.width, image.height, settings.resolution)
+
+    @torch.no_grad()
+    def refine(
+        self, reposed: Image.Image, caption: str, source: Image.Image, lora: str | Path | None, settings: RefineSettings
+    ) -> Image.Image:
+        from oneposetrans.layerdiffuse import encode_transparent
+
+        size = self.frame(reposed, settings)
+        reference = source.convert("RGB").resize((1024, 1024)) if self.profile == "reference" else source.convert("RGB")
+        self.pipe.set_ip_adapter_scale(1.0 if self.profile == "reference" else {STYLE_BLOCK: 1.0})
+        if lora is not None:
+            self.pipe.load_subject_lora(Path(lora), style_block_only_lora_scales())
+        try:
+            identity = self.pipe.encode_identity(caption, settings.negative_prompt, reference, None, do_classifier_free_guidance=True)
+            if self.profile == "reference":
+                identity.pooled_prompt_embeds = self._unprojected_pooled(caption).to(identity.pooled_prompt_embeds)
+                identity.negative_pooled_prompt_embeds = self._unprojected_pooled(settings.negative_prompt).to(identity.pooled_prompt_embeds)
+            rgba = np.asarray(reposed.convert("RGBA").resize(size, Image.BICUBIC))
+            latents = encode_transparent(self.pipe.vae, self.pipe.transparent_encoder, [rgba])
+            latents = latents * self.pipe.vae.config.scaling_factor
+            with self.pipe.identity_layout(identity, rows=1, do_cfg=True):
+                output = self.img2img(
+                    image=latents.to(self.pipe.unet.dtype),
+                    prompt_embeds=identity.prompt_embeds,
+                    negative_prompt_embeds=identity.negative_prompt_embeds,
+                    pooled_prompt_embeds=identity.pooled_prompt_embeds,
+                    negative_pooled_prompt_embeds=identity.negative_pooled_prompt_embeds,
+                    num_inference_steps=settings.schedule_length,
+                    strength=settings.steps / settings.schedule_length,
+                    guidance_scale=settings.guidance,
+                    generator=torch.Generator(self.pipe.device).manual_seed(settings.seed),
+                    output_type="latent",
+                )
+            # The published refine stage divides by the scaling factor before decoding.
+            return self.pipe.decode_transparent_latents(output.images, scaled_decoder_input=False)[0]
+        finally:
+            if lora is not None:
+                self.pipe.unload_subject_lora()
+
+
+def run_refine(
+    tree: ResultsTree,
+    refiner_factory: Callable[[], Refiner],
+    captions: dict[str, str],
+    settings: RefineSettings,
+    profile: str = "default",
+    names: list[str] | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+    process: tuple[int, int] = (0, 1),
+) -> dict[str, int]:
+    """Refine every ``reposed_result/<src>_to_<tgt>.png`` (or those of ``names``) into ``refined_result``.
+
+    The default profile refines the LayerDiffuse RGBA itself; the reference profile reads
+    ``reposed_rgba`` (step 6: the generated colours with the SAM mask as alpha), as published.
+    """
+    folder = "reposed_rgba" if profile == "reference" else "reposed_result"
+    log = tree.log("refine")
+    inputs = sorted(p for p in tree.folder(folder).glob("*.png") if names is None or p.name in names)
+    index, count = process
+    todo = []
+    for path in inputs[index::count]:
+        if not overwrite and is_done(tree.file("refined_result", path.name)):
+            log.skip(path.stem)
+        else:
+            todo.append(path)
+    refiner = refiner_factory() if todo else None
+    for path in todo:
+        try:
+            source, _ = split_pair_name(path.name)
+            caption = captions.get(source)
+            if not caption:
+                raise BadInputError(f"{path}: no caption for {source}")
+            source_image = load_image(tree.file("images", f"{source}.png"), "RGB")
+            lora = tree.file("lora", f"{source}.safetensors")
+            if not is_done(lora):
+                raise BadInputError(f"{path}: no LoRA {lora} (run finetune first)")
+            reposed = load_image(path, "RGBA")
+        except BadInputError as error:
+            log.fail(path.stem, str(error))
+            echo(f"failed: {error}")
+            continue
+        refined = refiner.refine(reposed, caption, source_image, lora, settings)
+        save_image(refined, tree.file("refined_result", path.name))
+        log.ok(path.stem, size=list(refined.size))
+    echo(log.summary())
+    if log.failed:
+        raise CaseFailures(log.summary())
+    return {"done": log.done, "skipped": log.skipped}
