@@ -1,8 +1,8 @@
 """The main job: one photo of a person and target poses in, the person in those poses out.
 
 Runs the stages of the method in order over one results tree. Every stage skips the work
-whose output file already exists, so a killed run resumes where it stopped. Stages that are
-not built yet are listed as skipped with the issue that builds them; nothing is faked.
+whose output file already exists, so a killed run resumes where it stopped. Stages left out
+on purpose (``--no-composite``, no ``--refine``) are listed as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -180,9 +180,11 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     for target_name in targets.keys() - todo.keys():
         log.skip(pair_name(name, target_name))
     notes: list[str] = []
+    # Loaded on first use, once: generation and refining share it.
+    reposer = functools.cache(lambda: Reposer(request.models, request.device, request.dtype, request.profile, request.identitynet))
     if todo:
         started = time.perf_counter()
-        reposer = Reposer(request.models, request.device, request.dtype, request.profile, request.identitynet)
+        reposer()
         echo(f"  models loaded in {time.perf_counter() - started:.1f} s")
         names = list(todo)
         started = time.perf_counter()
@@ -197,7 +199,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
                 echo(f"  {output.name}")
 
         source_image = load_image(tree.file("images", f"{name}.png"), "RGB")
-        _, notes = reposer.generate(
+        _, notes = reposer().generate(
             caption, list(todo.values()), request.settings, lora=lora, source=source_image, on_batch=save_batch
         )
         for note in notes:
@@ -223,7 +225,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         status, finals = _paste_results(request, tree, name, list(targets), echo)
         report.append(status)
     if request.refine:
-        report.append(StageStatus("refine", "skipped", "not built yet (issue 6)"))
+        report += _refine_results(request, tree, name, caption, list(targets), reposer, person_found, echo)
 
     sheet = tree.root / "contact_sheet.png"
     if todo or not is_done(sheet):
@@ -279,10 +281,36 @@ def _inpaint_source(request: ChainRequest, tree: ResultsTree, name: str, echo: C
     return StageStatus("inpaint", "done", f"{request.inpainter}: {background}")
 
 
+def _refine_results(
+    request: ChainRequest, tree: ResultsTree, name: str, caption: str, target_names: list[str], reposer, person_found: bool,
+    echo: Callable[[str], None],
+) -> list[StageStatus]:
+    """Step 9 for this source's results, then their paste onto the background (steps 10-11)."""
+    from oneposetrans.refine import RefineSettings, Refiner, run_refine
+
+    names = [pair_name(name, target) for target in target_names]
+    counts = run_refine(
+        tree,
+        lambda: Refiner(reposer(), request.models),
+        {name: caption},
+        RefineSettings(resolution=request.settings.resolution),
+        profile=request.profile,
+        names=names,
+        echo=lambda line: echo(f"  {line}"),
+    )
+    report = [StageStatus("refine", "done" if counts["done"] else "resumed", f"{counts['done']} refined, {counts['skipped']} already present")]
+    if request.composite and person_found:
+        status, _ = _paste_results(request, tree, name, target_names, echo, stage="refined")
+        report.append(StageStatus("paste refined", status.status, status.detail))
+    return report
+
+
 def _paste_results(
-    request: ChainRequest, tree: ResultsTree, name: str, target_names: list[str], echo: Callable[[str], None]
+    request: ChainRequest, tree: ResultsTree, name: str, target_names: list[str], echo: Callable[[str], None],
+    stage: str = "reposed",
 ) -> tuple[StageStatus, dict[str, Path]]:
-    """Every finished result onto the background; results without alpha are segmented first."""
+    """Every finished result (``reposed`` or ``refined``) onto the background; results without a
+    usable alpha, and every result in the reference profile, are segmented first."""
     from oneposetrans.composite import carries_alpha, composite
     from oneposetrans.segment import NoPersonError, PersonSegmenter, SegmentOutputs
 
@@ -291,8 +319,8 @@ def _paste_results(
     finals, pasted = {}, 0
     segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))
     for target_name in target_names:
-        result = tree.file("reposed_result", pair_name(name, target_name))
-        final = tree.file("reposed_final_result", result.name)
+        result = tree.file(f"{stage}_result", pair_name(name, target_name))
+        final = tree.file(f"{stage}_final_result", result.name)
         finals[target_name] = final
         if not is_done(result) or is_done(final):
             continue
@@ -300,7 +328,7 @@ def _paste_results(
         mask = None
         if request.profile == "reference" or not carries_alpha(foreground):
             # As the published recipe (steps 7-8): person on black and its mask from SAM.
-            mask_file = tree.file("reposed_mask", result.name)
+            mask_file = tree.file(f"{stage}_mask", result.name)
             if not is_done(mask_file):
                 try:
                     found = segmenter().segment(foreground.convert("RGB"), name=str(result))
@@ -308,18 +336,21 @@ def _paste_results(
                     log.fail(result.stem, str(error))
                     echo(f"  failed: {error}")
                     continue
-                SegmentOutputs.for_mode("rgb", tree.folder("reposed_mask"), None, tree.folder("reposed_rgb")).write(
-                    foreground.convert("RGB"), found, result.stem
-                )
+                # The reference recipe's steps 6-7 (10 for refined results): RGBA for refining, person on black, mask.
+                SegmentOutputs(
+                    rgba=tree.folder("reposed_rgba") if stage == "reposed" else None,
+                    rgb=tree.folder(f"{stage}_rgb"),
+                    mask=tree.folder(f"{stage}_mask"),
+                ).write(foreground.convert("RGB"), found, result.stem)
             mask = load_image(mask_file, "L")
             if request.profile == "reference":
-                foreground = load_image(tree.file("reposed_rgb", result.name), "RGB")
+                foreground = load_image(tree.file(f"{stage}_rgb", result.name), "RGB")
         save_image(composite(foreground, background, mask, request.profile), final)
         log.ok(result.stem, matte="mask" if mask is not None else "alpha")
         pasted += 1
     if log.failed:
         return StageStatus("paste", "failed", f"{pasted} composited, {len(log.failed)} without a person ({log.path})"), finals
-    detail = f"{pasted} composited onto the inpainted background in reposed_final_result"
+    detail = f"{pasted} composited onto the inpainted background in {stage}_final_result"
     return StageStatus("paste", "done" if pasted else "resumed", detail), finals
 
 

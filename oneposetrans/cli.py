@@ -1,7 +1,7 @@
 """``python -m oneposetrans <command>``: one entry point for every stage.
 
 Exit codes: 0 success; 1 some cases failed (each reason is in ``<results>/logs``) or bad
-input; 2 usage error or a stage that is not built yet; 3 a required model is missing.
+input; 2 usage error; 3 a required model is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from oneposetrans import registry
-from oneposetrans.errors import BadInputError, NotBuiltError, OnePoseTransError
+from oneposetrans.errors import BadInputError, OnePoseTransError
 
 SMOKE_RESOLUTION = 256
 SMOKE_FINETUNE_RESOLUTION = 128
@@ -21,12 +21,6 @@ SMOKE_BANNER = (
     "SMOKE RUN: tiny models with random weights. The images are noise; this run proves the "
     "plumbing (files, stages, resume), not picture quality."
 )
-
-# Commands of the original recipe that later issues build: name -> (what, issue).
-NOT_BUILT = {
-    "evaluate": ("evaluation (SSIM, PSNR, LPIPS, FID, face identity)", 6),
-    "demo": ("the Gradio demo", 7),
-}
 
 
 def _add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
@@ -154,14 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         handler=lambda arguments: _prepare_deepfashion(arguments.root, arguments.results)
     )
 
-    for name, (what, issue) in NOT_BUILT.items():
-        command = commands.add_parser(name, help=f"{what} [not built yet: issue {issue}]")
-        command.add_argument("--dataset", choices=("deepfashion", "wpose"), help="dataset adapter")
-        _add_common(command)
-        command.set_defaults(handler=_not_built(name, what, issue))
 
     _add_tools(commands)
     _add_dataset_stages(commands)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the Gradio demo: the whole in-the-wild flow in the browser (demo.py)",
+        description="Serves on 127.0.0.1 unless --host is given; no public share link unless --share.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    demo.add_argument("--port", type=int, default=7860, help="port")
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    demo.add_argument("--workdir", type=Path, help="where visitors' folders go (default: a temp folder)")
+    _add_common(demo, results=False)
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
@@ -239,6 +240,7 @@ def _add_tools(commands) -> None:
 
 
 def _add_dataset_stages(commands) -> None:
+    from oneposetrans.evaluate import ALL_METRICS
     from oneposetrans.generate import DATASETS
 
     generate = commands.add_parser(
@@ -303,6 +305,26 @@ def _add_dataset_stages(commands) -> None:
     _add_common(run)
     run.set_defaults(handler=_cmd_run)
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="SSIM (both community variants), PSNR, LPIPS, FID (community and standard), masked metrics, face identity",
+        description=(
+            "Scores RESULTS/<folder>/<source>_to_<target>.png against GROUND_TRUTH/<target>.(png|jpg) at the "
+            "field's evaluation size. Writes RESULTS/evaluation/metrics.json (summary and per pair), metrics.md "
+            "(a table for a paper or README) and report.html (histograms, best and worst cases). Backbones come "
+            "from the models folder: lpips-alex, fid-inception, fid-inception-tf, antelopev2."
+        ),
+    )
+    evaluate.add_argument("--ground-truth", type=Path, required=True, help="folder of the target images")
+    evaluate.add_argument("--folder", default="reposed_final_result", help="results folder to score (e.g. refined_final_result)")
+    evaluate.add_argument("--size", default="256x176", choices=("256x176", "512x352"), help="evaluation size, height x width")
+    evaluate.add_argument("--metrics", default=",".join(ALL_METRICS), help="comma-separated subset")
+    evaluate.add_argument("--real", type=Path, help="FID real set: the training images (default: --ground-truth)")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    evaluate.add_argument("--out", type=Path, help="report folder (default: RESULTS/evaluation)")
+    _add_common(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
 
 def _smoke_resolution(arguments: argparse.Namespace) -> int:
     return arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
@@ -361,6 +383,48 @@ def _cmd_refine(arguments: argparse.Namespace) -> int:
         echo=lambda line: print(line, flush=True),
         process=(state.process_index, state.num_processes),
     )
+    return 0
+
+
+def _cmd_demo(arguments: argparse.Namespace) -> int:
+    from oneposetrans.demo import DemoConfig, default_workdir, launch
+
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    config = DemoConfig(
+        models=_models_dir(arguments),
+        workdir=arguments.workdir or default_workdir(),
+        device=arguments.device,
+        dtype=arguments.dtype,
+        profile=arguments.profile,
+        resolution=SMOKE_RESOLUTION if arguments.smoke else 1024,
+        finetune_resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else 512,
+        # The smoke demo must answer within a browser test's patience on a CPU.
+        finetune_steps=10 if arguments.smoke else 60,
+        denoise_steps=4 if arguments.smoke else 25,
+    )
+    launch(config, arguments.host, arguments.port, arguments.share)
+    return 0
+
+
+def _cmd_evaluate(arguments: argparse.Namespace) -> int:
+    from oneposetrans.evaluate import EvaluationRequest, evaluate, markdown_table, parse_metrics
+
+    request = EvaluationRequest(
+        results=arguments.results,
+        ground_truth=arguments.ground_truth,
+        models=_models_dir(arguments),
+        folder=arguments.folder,
+        size=arguments.size,
+        metrics=parse_metrics(arguments.metrics),
+        real=arguments.real,
+        batch_size=arguments.batch_size,
+        device=arguments.device,
+        out=arguments.out,
+    )
+    summary = evaluate(request, echo=lambda line: print(line, flush=True))
+    print(markdown_table(summary), end="")
+    print(f"report: {(request.out or request.results / 'evaluation') / 'report.html'}")
     return 0
 
 
@@ -624,13 +688,6 @@ def _prepare_deepfashion(root: Path, results: Path | None) -> int:
 
     counts = prepare_deepfashion(root, results)
     return 1 if counts["missing"] else 0
-
-
-def _not_built(name: str, what: str, issue: int):
-    def handler(arguments: argparse.Namespace) -> int:
-        raise NotBuiltError(f"{name}: {what} is not built yet (tracked in issue {issue}); nothing was done")
-
-    return handler
 
 
 def _models_dir(arguments: argparse.Namespace) -> Path:

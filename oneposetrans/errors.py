@@ -20,11 +20,5 @@ class MissingModelError(OnePoseTransError):
     exit_code = 3
 
 
-class NotBuiltError(OnePoseTransError):
-    """The stage exists in the original project but is not implemented here yet."""
-
-    exit_code = 2
-
-
 class CaseFailures(OnePoseTransError):
     """Some cases of a batch failed; each one's reason is in the stage log."""

@@ -175,7 +175,8 @@ def run_recipe(request: RecipeRequest, echo: Callable[[str], None] = print) -> l
         )
 
     actions: dict[int, Callable[[], None]] = {
-        1: lambda: step_segment("images", "dataset", "images_rgba", None, "images_mask", set(sources)),
+        # All of images/, as published: the targets' masks serve the masked metrics.
+        1: lambda: step_segment("images", "dataset", "images_rgba", None, "images_mask"),
         2: step_captions,
         3: step_finetune,
         4: step_inpaint,

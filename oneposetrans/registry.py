@@ -227,6 +227,33 @@ MODELS: tuple[ModelSpec, ...] = (
         allow_patterns=("body_pose_model.pth", "hand_pose_model.pth"),
         notes="only to extract a pose from a photo; keypoints JSON needs no model",
     ),
+    ModelSpec(
+        name="lpips-alex",
+        title="AlexNet ImageNet weights, LPIPS backbone (the v0.1 linear layers ship with the lpips package)",
+        folder="lpips",
+        required=("alexnet-owt-7be5be79.pth",),
+        stages=("evaluate",),
+        licence="BSD-3-Clause (torchvision)",
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    ),
+    ModelSpec(
+        name="fid-inception",
+        title="Inception-v3 ImageNet weights (torchvision), FID in the pose-transfer community protocol",
+        folder="fid-inception",
+        required=("inception_v3_google-0cc3c7bd.pth",),
+        stages=("evaluate",),
+        licence="Apache-2.0 (TensorFlow weights) / BSD-3-Clause (torchvision)",
+        url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+    ),
+    ModelSpec(
+        name="fid-inception-tf",
+        title="TF-ported FID Inception (pytorch-fid / torch-fidelity), FID in the standard protocol",
+        folder="fid-inception-tf",
+        required=("weights-inception-2015-12-05-6726825d.pth",),
+        stages=("evaluate",),
+        licence="Apache-2.0",
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in MODELS}

@@ -1,4 +1,4 @@
-"""Visual summaries of a run: the contact sheet (source | pose | result, one row per target)."""
+"""Visual summaries of a run: contact sheets (source | pose | result ..., one row per case)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ LABEL_HEIGHT = 18
 
 
 def contact_sheet(
-    rows: list[tuple[Image.Image, Image.Image, Image.Image | None]],
+    rows: list[tuple[Image.Image | None, ...]],
     path: str | os.PathLike,
     header: tuple[str, ...] = ("source", "pose", "result"),
 ) -> None:
     """Write a grid with one row per target; a missing result leaves its cell grey."""
+    save_image(render_contact_sheet(rows, header), path)
+
+
+def render_contact_sheet(rows: list[tuple[Image.Image | None, ...]], header: tuple[str, ...]) -> Image.Image:
     columns = len(header)
     sheet = Image.new("RGB", (columns * CELL, LABEL_HEIGHT + len(rows) * CELL), "white")
     draw = ImageDraw.Draw(sheet)
@@ -34,4 +38,4 @@ def contact_sheet(
                 backdrop = Image.new("RGBA", image.size, (128, 128, 128, 255))
                 image = Image.alpha_composite(backdrop, image)
             sheet.paste(ImageOps.pad(image.convert("RGB"), (CELL, CELL), color=(0, 0, 0)), box)
-    save_image(sheet, path)
+    return sheet

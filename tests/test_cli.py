@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from oneposetrans.cli import NOT_BUILT, main
+from oneposetrans.cli import main
 from tests.conftest import REPO
 
 ROOT_SCRIPTS = [
@@ -16,14 +16,6 @@ ROOT_SCRIPTS = [
 ]
 
 
-@pytest.mark.parametrize("command", sorted(NOT_BUILT))
-def test_unbuilt_stages_say_so_and_exit_2(command, capsys, tmp_path):
-    assert main([command, "--results", str(tmp_path / "r")]) == 2
-    error = capsys.readouterr().err
-    assert "not built yet" in error and f"issue {NOT_BUILT[command][1]}" in error
-    assert not (tmp_path / "r").exists()
-
-
 def _run(*args):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
@@ -32,13 +24,6 @@ def _run(*args):
 def test_root_scripts_have_help(script):
     helped = _run(script, "--help")
     assert helped.returncode == 0 and "--models" in helped.stdout
-
-
-# The built scripts are run by the tests of their stages (test_segment, test_recipe, test_finetune).
-@pytest.mark.parametrize("script", ["demo.py"])
-def test_unbuilt_root_scripts_do_not_pretend(script):
-    ran = _run(script, "--results", "/nonexistent-results")
-    assert ran.returncode == 2 and "not built yet" in ran.stderr and "Traceback" not in ran.stderr
 
 
 def test_tool_utils_missing_folder_is_one_line(tmp_path):

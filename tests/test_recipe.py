@@ -75,6 +75,16 @@ def test_whole_recipe_then_nothing_left(tmp_path, cli_env):
     assert sorted(r["case"] for r in records if r["status"] == "done") == expected
     assert all(r["seconds_per_target"] > 0 for r in records if r["status"] == "done")
 
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "oneposetrans", "evaluate", "--results", str(results), "--ground-truth", str(results / "images"),
+         "--folder", "refined_final_result", "--metrics", "ssim,ssim_256,psnr,lpips,masked_ssim,fid", "--smoke"],
+        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    summary = json.loads((results / "evaluation" / "metrics.json").read_text())["summary"]
+    assert summary["pairs"] == 6 and {"ssim", "ssim_256", "psnr", "lpips", "masked_ssim", "fid"} <= set(summary)
+    assert (results / "evaluation" / "report.html").exists() and (results / "evaluation" / "metrics.md").exists()
+
     stamps = _stamps(results)
     second = subprocess.run(_run_command(tmp_path, files), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

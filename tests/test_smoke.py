@@ -115,3 +115,17 @@ def test_source_without_a_person_still_reposes_but_is_not_composited(tmp_path, c
     assert "no person found" in run.stderr.strip().splitlines()[-1]
     assert len(list((out / "reposed_result").glob("*.png"))) == 1
     assert list((out / "reposed_final_result").iterdir()) == [] and list((out / "images_inpainted").iterdir()) == []
+
+
+def test_refine_flag_refines_and_composites_the_results(tmp_path, cli_env):
+    out = tmp_path / "refined"
+    run = subprocess.run(
+        _repose(out, cli_env, "--refine", "--steps", "2", "--resolution", "128", "--pose", str(BUNDLED_POSES[0])),
+        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    name = f"astronaut_to_{BUNDLED_POSES[0].stem}.png"
+    refined = Image.open(out / "refined_result" / name)
+    assert refined.mode == "RGBA"
+    assert Image.open(out / "refined_final_result" / name).size == refined.size
+    assert "refine " in run.stdout and "paste refined" in run.stdout

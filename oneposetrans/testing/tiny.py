@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "7"
+KIT_VERSION = "8"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -658,6 +658,48 @@ def _build_sam(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+def _build_lpips_alex(folder: Path) -> None:
+    """torchvision's AlexNet state dict (the file of alexnet-owt-7be5be79.pth), random weights.
+    Only ``features.*`` is written: LPIPS reads nothing else, and the classifier is 230 MB."""
+    import torch
+    from torchvision.models import alexnet
+
+    with _seeded(40):
+        features = {k: v for k, v in alexnet().state_dict().items() if k.startswith("features.")}
+    torch.save(features, folder / "alexnet-owt-7be5be79.pth")
+
+
+def _half_state(module) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+def _build_fid_inception(folder: Path) -> None:
+    """torchvision's Inception-v3 at full size (the architecture is fixed), random weights stored
+    in fp16 to halve the file."""
+    import torch
+    from torchvision.models import inception_v3
+
+    with _seeded(41):
+        model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    torch.save(_half_state(model), folder / "inception_v3_google-0cc3c7bd.pth")
+
+
+def _build_fid_inception_tf(folder: Path) -> None:
+    """torch-fidelity's TF-ported Inception at full size, random weights in fp16."""
+    from unittest import mock
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with _seeded(42):
+        # torch-fidelity's constructor insists on loading weights; the kit has none yet to give it.
+        with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"), mock.patch(
+            "torch_fidelity.feature_extractor_inceptionv3.torch.load", return_value={}
+        ):
+            model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    torch.save(_half_state(model), folder / "weights-inception-2015-12-05-6726825d.pth")
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl-base": _build_sdxl,
     "sdxl-inpainting": functools.partial(_build_sdxl, inpainting=True),
@@ -671,6 +713,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "lama": _build_lama,
     "grounding-dino": _build_grounding_dino,
     "sam": _build_sam,
+    "lpips-alex": _build_lpips_alex,
+    "fid-inception": _build_fid_inception,
+    "fid-inception-tf": _build_fid_inception_tf,
 }
 
 

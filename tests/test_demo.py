@@ -1,0 +1,167 @@
+"""The Gradio demo: driven end to end in headless Chromium, and visitors kept apart."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from oneposetrans.cli import build_parser
+from oneposetrans.demo import DemoConfig, DemoSteps, page_errors
+from oneposetrans.pose import BUNDLED_POSES
+from tests.conftest import REPO
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def _steps(tiny_models, workdir):
+    return DemoSteps(DemoConfig(tiny_models, workdir, "cpu", resolution=128, finetune_resolution=128, finetune_steps=3, denoise_steps=2))
+
+
+def test_defaults_bind_loopback_without_a_share_link():
+    arguments = build_parser().parse_args(["demo"])
+    assert arguments.host == "127.0.0.1" and arguments.share is False
+
+
+def test_two_concurrent_visitors_get_separate_folders_and_results(tiny_models, tmp_path):
+    steps = _steps(tiny_models, tmp_path / "work")
+    photos = {}
+    for name, colour in (("red", (230, 110, 40)), ("blue", (40, 110, 230))):
+        pixels = np.full((256, 192, 3), 120, np.uint8)
+        pixels[40:240, 50:140] = (230, 110, 40)  # the person the tiny detector finds
+        pixels[:20] = colour  # what tells the two photos apart
+        photos[name] = tmp_path / f"{name}.png"
+        Image.fromarray(pixels).save(photos[name])
+    visitors, errors = {}, []
+
+    def session(name):
+        try:
+            visitor = steps.new_visitor()
+            visitors[name] = visitor
+            steps.upload(visitor, str(photos[name]))
+            steps.segment(visitor, False)
+            steps.finetune(visitor, f"A woman with face, {name} coat")
+            steps.poses(visitor, [str(BUNDLED_POSES[0])])
+            steps.repose(visitor)
+            steps.background(visitor, None)
+            steps.composite(visitor, False)
+        except Exception as error:  # reported below, with the visitor's name
+            errors.append((name, error))
+
+    threads = [threading.Thread(target=session, args=(name,)) for name in photos]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    red, blue = visitors["red"].tree.root, visitors["blue"].tree.root
+    assert red != blue and red.parent == blue.parent == tmp_path / "work"
+    for root, name in ((red, "red"), (blue, "blue")):
+        source = np.asarray(Image.open(root / "images" / "source.png"))
+        assert tuple(source[5, 5]) == ((40, 110, 230) if name == "blue" else (230, 110, 40))
+        assert len(list((root / "reposed_final_result").glob("*.png"))) == 1
+    assert visitors["red"].caption.endswith("red coat") and visitors["blue"].caption.endswith("blue coat")
+
+
+def test_bad_input_becomes_a_message_in_the_page(tiny_models, tmp_path):
+    steps = _steps(tiny_models, tmp_path / "work")
+    visitor = steps.new_visitor()
+    grey, text = tmp_path / "grey.png", tmp_path / "notes.png"
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(grey)
+    text.write_text("hello")
+    with pytest.raises(gr.Error, match="not an image file"):
+        page_errors(steps.upload)(visitor, str(text))
+    steps.upload(visitor, str(grey))
+    with pytest.raises(gr.Error, match="no person found"):
+        page_errors(steps.segment)(visitor, False)
+    with pytest.raises(gr.Error, match="fine-tune first"):
+        page_errors(steps.repose)(visitor)
+    missing = DemoSteps(DemoConfig(tmp_path / "no-models", tmp_path / "work2", "cpu"))
+    with pytest.raises(gr.Error, match="missing model 'grounding-dino'"):
+        page_errors(missing.segment)(visitor, False)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_whole_flow_in_headless_chromium(tiny_models, tmp_path, cli_env):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        pytest.skip(f"the Playwright client is not installed ({error})")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed here (.ci/run installs Debian's chromium where apt-get works)")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "oneposetrans", "demo", "--smoke", "--device", "cpu", "--port", str(port), "--workdir", str(tmp_path / "work")],
+        cwd=REPO, env={**cli_env, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(url, timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the demo did not start: " + server.stdout.read()[-2000:] if server.poll() is not None else "timeout")
+        photo, grey = tmp_path / "astronaut.png", tmp_path / "grey.png"
+        Image.fromarray(data.astronaut()).save(photo)
+        Image.new("RGB", (200, 150), (128, 128, 128)).save(grey)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+            )
+            # A first visitor with a photo without a person: the page says so.
+            other = browser.new_page()
+            other.goto(url)
+            other.locator("#photo input[type=file]").set_input_files(str(grey))
+            other.wait_for_timeout(1000)
+            other.click("#segment")
+            other.get_by_text("no person found").first.wait_for(timeout=60000)
+            other.close()
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(url)
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
+            page.wait_for_timeout(1000)
+            page.click("#segment")
+            page.wait_for_selector("#mask img", timeout=60000)
+            page.fill("#caption textarea", "A woman with face, orange spacesuit, white gloves")
+            page.click("#finetune")
+            page.wait_for_function("document.querySelector('#finetune-status textarea').value.includes('LoRA')", timeout=180000)
+            page.locator("#poses input[type=file]").set_input_files([str(p) for p in BUNDLED_POSES])
+            page.wait_for_timeout(1000)
+            page.click("#load-poses")
+            page.wait_for_selector("#pose-gallery img", timeout=60000)
+            page.click("#repose")
+            page.wait_for_selector("#results img", timeout=180000)
+            page.click("#background")
+            page.wait_for_selector("#background-view img", timeout=60000)
+            page.click("#composite")
+            page.wait_for_selector("#final img", timeout=60000)
+            assert page.locator("#final img").count() == len(BUNDLED_POSES)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+            browser.close()
+        finals = list((tmp_path / "work").glob("*/reposed_final_result/*.png"))
+        assert len(finals) == len(BUNDLED_POSES)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

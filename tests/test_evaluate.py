@@ -1,0 +1,123 @@
+"""Metrics in the field's protocol: equal to the reference implementations, and the report."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from oneposetrans.errors import BadInputError
+from oneposetrans.evaluate import Lpips, frechet_distance, parse_metrics, psnr, ssim
+from tests.conftest import REPO
+
+
+def _pairs(count=3, seed=0):
+    rng = np.random.default_rng(seed)
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((176, 256)), np.float64) / 255.0
+    generated = np.stack([np.clip(photo + rng.normal(0, 0.05 * (i + 1), photo.shape), 0, 1) for i in range(count)])
+    target = np.stack([np.roll(photo, 3 * i, axis=1) for i in range(count)])
+    as_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float()  # noqa: E731
+    return as_tensor(generated), as_tensor(target)
+
+
+def _numpy(tensor):
+    return tensor.permute(0, 2, 3, 1).double().numpy()
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])  # torch is the GPU path, checked here on the CPU
+def test_ssim_both_variants_and_psnr_equal_scikit_image(backend):
+    generated, target = _pairs(count=5)
+    ours_ssim, ours_256 = ssim(generated, target, "ssim", backend), ssim(generated, target, "ssim_256", backend)
+    ours_psnr = psnr(generated, target)
+    for index, (g, t) in enumerate(zip(_numpy(generated), _numpy(target))):
+        # GFLA/CFLD "ssim": [0,1], 51x51 uniform window.
+        assert ours_ssim[index] == pytest.approx(structural_similarity(g, t, win_size=51, data_range=1, channel_axis=2), abs=1e-6)
+        # "ssim_256": [0,255], Gaussian sigma 1.5, population covariance, data range of the generated image.
+        g255, t255 = g * 255, t * 255
+        reference = structural_similarity(
+            g255, t255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+            data_range=g255.max() - g255.min(), channel_axis=2,
+        )
+        assert ours_256[index] == pytest.approx(reference, abs=1e-6)
+        assert ours_psnr[index] == pytest.approx(peak_signal_noise_ratio(t, g, data_range=1), abs=1e-4)
+
+
+def test_frechet_distance_equals_the_closed_form():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, (400, 8)) @ rng.normal(0, 1, (8, 8))
+    b = rng.normal(0.5, 2, (300, 8))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # Tr sqrt(A B) = Tr sqrt(A^1/2 B A^1/2), computed by symmetric eigendecompositions only.
+    values, vectors = np.linalg.eigh(sigma_a)
+    root_a = vectors @ np.diag(np.sqrt(values)) @ vectors.T
+    inner = np.linalg.eigvalsh(root_a @ sigma_b @ root_a)
+    closed = ((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum()
+    assert frechet_distance(a, b) == pytest.approx(closed, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lpips_equals_the_lpips_package_with_the_same_backbone(tiny_models):
+    import lpips
+    from torchvision.models import alexnet
+
+    ours = Lpips(tiny_models, torch.device("cpu"))
+    backbone = alexnet()
+    backbone.load_state_dict(torch.load(tiny_models / "lpips" / "alexnet-owt-7be5be79.pth", weights_only=True), strict=False)
+    package = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    for index in range(1, package.net.N_slices + 1):
+        for name, module in getattr(package.net, f"slice{index}").named_children():
+            module.load_state_dict(backbone.features[int(name)].state_dict())
+    generated, target = _pairs()
+    batched = ours(generated, target)
+    for index in range(len(generated)):
+        single = package(generated[index : index + 1] * 2 - 1, target[index : index + 1] * 2 - 1).item()
+        assert batched[index].item() == pytest.approx(single, rel=1e-5, abs=1e-7)
+
+
+def test_unknown_metric_is_one_line():
+    with pytest.raises(BadInputError, match="known metrics"):
+        parse_metrics("ssim,fidd")
+
+
+def test_evaluate_writes_json_table_and_report(tmp_path, cli_env):
+    results, truth = tmp_path / "results", tmp_path / "truth"
+    for folder in ("reposed_final_result", "images", "images_rgba", "poses"):
+        (results / folder).mkdir(parents=True)
+    truth.mkdir()
+    photo = Image.fromarray(data.astronaut()).resize((352, 512))
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        target = Image.fromarray(np.roll(np.asarray(photo), 8 * index, axis=1))
+        target.save(truth / f"t{index}.jpg")
+        alpha = np.zeros((512, 352), np.uint8)
+        alpha[100:450, 80:280] = 255
+        Image.fromarray(np.dstack([np.asarray(target), alpha]), "RGBA").save(results / "images_rgba" / f"t{index}.png")
+        noisy = np.clip(np.asarray(target, np.float64) + rng.normal(0, 10 * (index + 1), (512, 352, 3)), 0, 255)
+        Image.fromarray(noisy.astype(np.uint8)).resize((1024, 1024)).save(results / "reposed_final_result" / f"src_to_t{index}.png")
+    photo.save(results / "images" / "src.png")
+    Image.new("RGB", (64, 64)).save(results / "reposed_final_result" / "src_to_orphan.png")
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "oneposetrans", "evaluate", "--results", str(results), "--ground-truth", str(truth), "--smoke"],
+        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = json.loads((results / "evaluation" / "metrics.json").read_text())
+    summary, per_pair = report["summary"], report["per_pair"]
+    assert summary["pairs"] == 5 and summary["size"] == "256x176"
+    for metric in ("ssim", "ssim_256", "psnr", "lpips", "masked_ssim", "masked_psnr", "masked_lpips", "fid", "fid_standard"):
+        assert np.isfinite(summary[metric]), metric
+    assert any("orphan" in problem for problem in report["problems"])
+    # More noise, lower PSNR: the per-pair numbers belong to their pairs.
+    values = [per_pair[f"src_to_t{i}"]["psnr"] for i in range(5)]
+    assert values == sorted(values, reverse=True)
+    table = (results / "evaluation" / "metrics.md").read_text()
+    assert table.startswith("| pairs | size | ssim ↑") and "| 5 | 256x176 |" in table
+    page = (results / "evaluation" / "report.html").read_text()
+    assert "Best cases" in page and "Worst cases" in page and page.count("data:image/png;base64,") >= 6
