@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 from PIL import Image
@@ -33,7 +32,6 @@ class DatasetCase:
     source: str
     targets: list[str]
     caption: str | None
-    problem: str | None = None
 
 
 @dataclass
@@ -49,7 +47,6 @@ class GenerateInputs:
     """WPose: a factory for the OpenPose detector, called on first use."""
     targets_folder: str = "images"
     """Where WPose target photos are read, inside the results tree."""
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def group_by_source(pairs: list[tuple[str, str]], captions: dict[str, str], tree: ResultsTree, log: StageLog) -> list[DatasetCase]:

@@ -25,20 +25,12 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.repose import style_block_lora_scales
 from oneposetrans.results import ResultsTree, is_done, split_pair_name
 
 STYLE_BLOCK = "up_blocks.0.attentions.1"
 PUBLISHED_SIGMAS = 38
 """``int(25 / 0.65)``: the length of the published Karras schedule, of which 25 steps run."""
-
-
-def style_block_only_lora_scales() -> dict:
-    """LoRA strength 1.0 at ``up_blocks.0.attentions.1`` and 0 everywhere else, as published."""
-    return {
-        "down": {"block_1": [0.0, 0.0], "block_2": [0.0, 0.0]},
-        "mid": 0.0,
-        "up": {"block_0": [0.0, 1.0, 0.0], "block_1": [0.0, 0.0, 0.0]},
-    }
 
 
 @dataclass
@@ -117,7 +109,8 @@ class Refiner:
         reference = source.convert("RGB").resize((1024, 1024)) if self.profile == "reference" else source.convert("RGB")
         self.pipe.set_ip_adapter_scale(1.0 if self.profile == "reference" else {STYLE_BLOCK: 1.0})
         if lora is not None:
-            self.pipe.load_subject_lora(Path(lora), style_block_only_lora_scales())
+            # As published: the LoRA acts only at up_blocks.0.attentions.1 while refining.
+            self.pipe.load_subject_lora(Path(lora), style_block_lora_scales(0.0))
         try:
             identity = self.pipe.encode_identity(caption, settings.negative_prompt, reference, None, do_classifier_free_guidance=True)
             if self.profile == "reference":

@@ -28,13 +28,19 @@ from oneposetrans.vcm import published_ip_scales
 REPOSE_MODELS = ("sdxl-base", "controlnet-openpose", "ip-adapter", "instantid", "layerdiffuse", "antelopev2")
 
 
-def published_lora_scales() -> dict:
-    """LoRA strength per attention block: full only where the style lives (up_blocks.0.attentions.1)."""
+def style_block_lora_scales(elsewhere: float) -> dict:
+    """LoRA strength per attention block: 1.0 where the style lives (up_blocks.0.attentions.1),
+    ``elsewhere`` in every other attention block (diffusers' block-wise ``set_adapters`` layout)."""
     return {
-        "down": {"block_1": [0.2, 0.2], "block_2": [0.2, 0.2]},
-        "mid": 0.2,
-        "up": {"block_0": [0.2, 1.0, 0.2], "block_1": [0.2, 0.2, 0.2]},
+        "down": {"block_1": [elsewhere] * 2, "block_2": [elsewhere] * 2},
+        "mid": elsewhere,
+        "up": {"block_0": [elsewhere, 1.0, elsewhere], "block_1": [elsewhere] * 3},
     }
+
+
+def published_lora_scales() -> dict:
+    """The main stage's "weight injection": 0.2 outside the style block."""
+    return style_block_lora_scales(0.2)
 
 
 @dataclass

@@ -3,7 +3,6 @@ import sys
 
 import pytest
 
-from oneposetrans.cli import main
 from tests.conftest import REPO
 
 ROOT_SCRIPTS = [

@@ -1,6 +1,5 @@
 """The Gradio demo: driven end to end in headless Chromium, and visitors kept apart."""
 
-import os
 import shutil
 import socket
 import subprocess
