@@ -171,7 +171,8 @@ class DemoSteps:
         visitor.targets = names
         return maps
 
-    def repose(self, visitor: Visitor) -> list[Image.Image]:
+    def repose(self, visitor: Visitor) -> tuple[list[Image.Image], str]:
+        """The RGBA results, and what the identity lacked (e.g. no face found in the photo)."""
         from oneposetrans.image_io import load_image, save_image
         from oneposetrans.repose import GenerationSettings
 
@@ -183,10 +184,10 @@ class DemoSteps:
         maps = [load_image(visitor.tree.file("poses", f"{t}.png"), "RGB") for t in visitor.targets]
         settings = GenerationSettings(resolution=self.config.resolution, steps=self.config.denoise_steps)
         with self._lock:
-            images, _ = self.reposer().generate(visitor.caption, maps, settings, lora=lora, source=self._source(visitor))
+            images, notes = self.reposer().generate(visitor.caption, maps, settings, lora=lora, source=self._source(visitor))
         for target, image in zip(visitor.targets, images):
             save_image(image, visitor.tree.file("reposed_result", pair_name(SOURCE_NAME, target)))
-        return images
+        return images, "; ".join(notes) or f"{len(images)} poses rendered"
 
     def refine(self, visitor: Visitor) -> list[Image.Image]:
         from oneposetrans.refine import RefineSettings, Refiner, run_refine
@@ -290,6 +291,7 @@ def build_demo(steps: DemoSteps):
                 pose_gallery = gr.Gallery(label="poses", elem_id="pose-gallery", format="png")
                 repose_button = gr.Button("Repose", elem_id="repose", variant="primary")
                 results = gr.Gallery(label="reposed (RGBA)", elem_id="results", format="png")
+                repose_notes = gr.Textbox(label="notes", interactive=False, elem_id="repose-notes")
                 refine_button = gr.Button("Refine (optional)", elem_id="refine")
                 refined = gr.Gallery(label="refined", elem_id="refined", format="png")
             with gr.Column():
@@ -320,8 +322,10 @@ def build_demo(steps: DemoSteps):
             """Gradio callback for ``steps.<method>(visitor, *fixed, *inputs)``, returning (state, output)."""
 
             def call(state, *inputs, progress=gr.Progress()):
+                progress(0, desc=f"{method.replace('_', ' ')}: running")
                 visitor = visitor_of(state)
-                return visitor, getattr(steps, method)(visitor, *fixed, *inputs)
+                output = getattr(steps, method)(visitor, *fixed, *inputs)
+                return (visitor, *output) if isinstance(output, tuple) else (visitor, output)
 
             return guarded(call)
 
@@ -332,7 +336,7 @@ def build_demo(steps: DemoSteps):
         caption_button.click(handler("auto_caption"), [state], [state, caption])
         finetune_button.click(handler("finetune"), [state, caption], [state, finetune_status])
         poses_button.click(handler("poses"), [state, pose_files], [state, pose_gallery])
-        repose_button.click(handler("repose"), [state], [state, results])
+        repose_button.click(handler("repose"), [state], [state, results, repose_notes])
         refine_button.click(handler("refine"), [state], [state, refined])
         background_button.click(handler("background"), [state, background_upload], [state, background])
         composite_button.click(handler("composite"), [state, use_refined], [state, finals])

@@ -151,6 +151,7 @@ def test_whole_flow_in_headless_chromium(tiny_models, tmp_path, cli_env):
             page.wait_for_selector("#pose-gallery img", timeout=60000)
             page.click("#repose")
             page.wait_for_selector("#results img", timeout=180000)
+            page.wait_for_function("document.querySelector('#repose-notes textarea').value.includes('face')", timeout=30000)
             page.click("#background")
             page.wait_for_selector("#background-view img", timeout=60000)
             page.click("#composite")
