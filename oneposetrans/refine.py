@@ -29,8 +29,6 @@ from oneposetrans.repose import style_block_lora_scales
 from oneposetrans.results import ResultsTree, is_done, split_pair_name
 
 STYLE_BLOCK = "up_blocks.0.attentions.1"
-PUBLISHED_SIGMAS = 38
-"""``int(25 / 0.65)``: the length of the published Karras schedule, of which 25 steps run."""
 
 
 @dataclass
@@ -46,6 +44,7 @@ class RefineSettings:
 
     @property
     def schedule_length(self) -> int:
+        """``int(25 / 0.65) = 38``: the published Karras schedule, of which the last 25 steps run."""
         return int(self.steps / self.strength)
 
 
