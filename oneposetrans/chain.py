@@ -25,6 +25,7 @@ from oneposetrans import registry
 from oneposetrans.repose import REPOSE_MODELS, GenerationSettings, Reposer
 from oneposetrans.report import contact_sheet
 from oneposetrans.results import ResultsTree, is_done, pair_name, stem, write_json_atomic
+from oneposetrans.segment import PersonSegmenter
 from oneposetrans.runtime import resolve_device
 
 BUNDLED_SOURCE_NAME = "astronaut"
@@ -123,9 +124,11 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
 
     name, status = _ingest_source(request, tree)
     report.append(status)
+    # GroundingDINO + SAM load once, on first use, for the source and any result that needs a mask.
+    segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))
     person_found = True
     if request.composite:
-        status = _segment_source(request, tree, name, echo)
+        status = _segment_source(request, tree, name, segmenter, echo)
         person_found = status.status != "failed"
         report.append(status)
     caption, status = _caption(request, tree, name)
@@ -222,10 +225,10 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         report.append(StageStatus("paste", "skipped", "no person mask of the source"))
     else:
         report.append(_inpaint_source(request, tree, name, echo))
-        status, finals = _paste_results(request, tree, name, list(targets), echo)
+        status, finals = _paste_results(request, tree, name, list(targets), segmenter, echo)
         report.append(status)
     if request.refine:
-        report += _refine_results(request, tree, name, caption, list(targets), reposer, person_found, echo)
+        report += _refine_results(request, tree, name, caption, list(targets), reposer, segmenter, person_found, echo)
 
     sheet = tree.root / "contact_sheet.png"
     if todo or not is_done(sheet):
@@ -248,9 +251,9 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     return report
 
 
-def _segment_source(request: ChainRequest, tree: ResultsTree, name: str, echo: Callable[[str], None]) -> StageStatus:
+def _segment_source(request: ChainRequest, tree: ResultsTree, name: str, segmenter, echo: Callable[[str], None]) -> StageStatus:
     """Step 1 of the recipe for the one source: RGBA with the person as alpha, dilated mask."""
-    from oneposetrans.segment import NoPersonError, PersonSegmenter, SegmentOutputs
+    from oneposetrans.segment import NoPersonError, SegmentOutputs
 
     outputs = SegmentOutputs.for_mode("dataset", tree.folder("images_mask"), tree.folder("images_rgba"), None)
     if all(is_done(f) for f in outputs.files(name)):
@@ -258,7 +261,7 @@ def _segment_source(request: ChainRequest, tree: ResultsTree, name: str, echo: C
     source = tree.file("images", f"{name}.png")
     image = load_image(source, "RGB")
     try:
-        found = PersonSegmenter(request.models, request.device, request.profile).segment(image, name=str(request.source or source))
+        found = segmenter().segment(image, name=str(request.source or source))
     except NoPersonError as error:
         tree.log("segment").fail(name, str(error))
         echo(f"  failed: {error}")
@@ -282,8 +285,8 @@ def _inpaint_source(request: ChainRequest, tree: ResultsTree, name: str, echo: C
 
 
 def _refine_results(
-    request: ChainRequest, tree: ResultsTree, name: str, caption: str, target_names: list[str], reposer, person_found: bool,
-    echo: Callable[[str], None],
+    request: ChainRequest, tree: ResultsTree, name: str, caption: str, target_names: list[str], reposer, segmenter,
+    person_found: bool, echo: Callable[[str], None],
 ) -> list[StageStatus]:
     """Step 9 for this source's results, then their paste onto the background (steps 10-11)."""
     from oneposetrans.refine import RefineSettings, Refiner, run_refine
@@ -300,24 +303,23 @@ def _refine_results(
     )
     report = [StageStatus("refine", "done" if counts["done"] else "resumed", f"{counts['done']} refined, {counts['skipped']} already present")]
     if request.composite and person_found:
-        status, _ = _paste_results(request, tree, name, target_names, echo, stage="refined")
+        status, _ = _paste_results(request, tree, name, target_names, segmenter, echo, stage="refined")
         report.append(StageStatus("paste refined", status.status, status.detail))
     return report
 
 
 def _paste_results(
-    request: ChainRequest, tree: ResultsTree, name: str, target_names: list[str], echo: Callable[[str], None],
+    request: ChainRequest, tree: ResultsTree, name: str, target_names: list[str], segmenter, echo: Callable[[str], None],
     stage: str = "reposed",
 ) -> tuple[StageStatus, dict[str, Path]]:
     """Every finished result (``reposed`` or ``refined``) onto the background; results without a
     usable alpha, and every result in the reference profile, are segmented first."""
     from oneposetrans.composite import carries_alpha, composite
-    from oneposetrans.segment import NoPersonError, PersonSegmenter, SegmentOutputs
+    from oneposetrans.segment import NoPersonError, SegmentOutputs
 
     background = load_image(tree.file("images_inpainted", f"{name}.png"), "RGB")
     log = tree.log("paste")
     finals, pasted = {}, 0
-    segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))
     for target_name in target_names:
         result = tree.file(f"{stage}_result", pair_name(name, target_name))
         final = tree.file(f"{stage}_final_result", result.name)

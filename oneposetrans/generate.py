@@ -44,9 +44,8 @@ class GenerateInputs:
     keypoints: dict | None = None
     """DeepFashion target keypoints by image stem (from the annotation CSV)."""
     extractor: Callable | None = None
-    """WPose: a factory for the OpenPose detector, called on first use."""
-    targets_folder: str = "images"
-    """Where WPose target photos are read, inside the results tree."""
+    """WPose: a factory for the OpenPose detector, called on first use; target photos are read
+    from the results tree's ``images`` folder, beside the sources."""
 
 
 def group_by_source(pairs: list[tuple[str, str]], captions: dict[str, str], tree: ResultsTree, log: StageLog) -> list[DatasetCase]:
@@ -76,7 +75,7 @@ def target_pose(inputs: GenerateInputs, target: str, tree: ResultsTree, resoluti
             raise BadInputError(f"{target}: no keypoints for this target in the annotation CSV")
         pose_map = render_deepfashion_pose(inputs.keypoints[target], profile, resolution)
     else:
-        photo_file = tree.file(inputs.targets_folder, f"{target}.png")
+        photo_file = tree.file("images", f"{target}.png")
         if not photo_file.exists():
             raise BadInputError(f"{target}: no target photo {photo_file}")
         found, pose_map = inputs.extractor().extract(load_image(photo_file, "RGB"), resolution)
