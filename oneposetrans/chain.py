@@ -22,9 +22,9 @@ from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.pose import BUNDLED_POSES, PoseExtractor, load_pose_map
 from oneposetrans import registry
-from oneposetrans.repose import REPOSE_MODELS, GenerationSettings, Reposer
+from oneposetrans.repose import REPOSE_MODELS, GenerationSettings, Reposer, load_identity_image
 from oneposetrans.report import contact_sheet
-from oneposetrans.results import ResultsTree, is_done, pair_name, stem, write_json_atomic
+from oneposetrans.results import ResultsTree, is_done, pair_name, pose_map_name, stem, write_json_atomic
 from oneposetrans.segment import PersonSegmenter
 from oneposetrans.runtime import resolve_device
 
@@ -101,11 +101,12 @@ def _caption(request: ChainRequest, tree: ResultsTree, name: str) -> tuple[str, 
 
 
 def chain_models(request: ChainRequest) -> list[str]:
-    names = list(REPOSE_MODELS)
+    # The source is always segmented: the image prompt and the face read the person on black.
+    names = [*REPOSE_MODELS, "grounding-dino", "sam"]
     if request.identitynet:
         names.append("instantid-identitynet")
     if request.composite:
-        names += ["grounding-dino", "sam", "lama" if request.inpainter == "lama" else "sdxl-inpainting"]
+        names.append("lama" if request.inpainter == "lama" else "sdxl-inpainting")
     return names
 
 
@@ -126,11 +127,9 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     report.append(status)
     # GroundingDINO + SAM load once, on first use, for the source and any result that needs a mask.
     segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))
-    person_found = True
-    if request.composite:
-        status = _segment_source(request, tree, name, segmenter, echo)
-        person_found = status.status != "failed"
-        report.append(status)
+    status = _segment_source(request, tree, name, segmenter, echo)
+    person_found = status.status != "failed"
+    report.append(status)
     caption, status = _caption(request, tree, name)
     report.append(status)
     lora = tree.file("lora", f"{name}.safetensors")
@@ -156,14 +155,14 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
 
     for pose_path in pose_paths:
         target_name = stem(pose_path)
-        map_file = tree.file("poses", f"{target_name}.png")
+        map_file = tree.file("poses", pose_map_name(target_name, request.profile))
         try:
             if target_name in targets:
                 raise BadInputError(f"{pose_path}: a second target pose named {target_name!r}")
             if is_done(map_file):
                 targets[target_name] = load_image(map_file, "RGB")
             else:
-                targets[target_name], found = load_pose_map(pose_path, request.settings.resolution, extractor)
+                targets[target_name], found = load_pose_map(pose_path, request.settings.resolution, extractor, request.profile)
                 if found is not None:
                     write_json_atomic(tree.file("poses", f"{target_name}.json"), found)
                 save_image(targets[target_name], map_file)
@@ -201,10 +200,11 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
                 log.ok(output.name, seconds_per_target=round(seconds, 3), size=list(image.size), mode=image.mode)
                 echo(f"  {output.name}")
 
-        source_image = load_image(tree.file("images", f"{name}.png"), "RGB")
+        identity, missing_mask = load_identity_image(tree, name, request.profile)
         _, notes = reposer().generate(
-            caption, list(todo.values()), request.settings, lora=lora, source=source_image, on_batch=save_batch
+            caption, list(todo.values()), request.settings, lora=lora, source=identity, on_batch=save_batch
         )
+        notes = [missing_mask, *notes] if missing_mask else notes
         for note in notes:
             echo(f"  note: {note}")
     report.append(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, OnePoseTransError
+from oneposetrans.results import PROFILES
 
 SMOKE_RESOLUTION = 256
 SMOKE_FINETUNE_RESOLUTION = 128
@@ -37,7 +38,7 @@ def _add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
     )
     parser.add_argument(
         "--profile",
-        choices=("default", "reference"),
+        choices=PROFILES,
         default="default",
         help="'reference' reproduces the published code's behaviour, quirks included; 'default' fixes them",
     )
@@ -317,7 +318,12 @@ def _add_dataset_stages(commands) -> None:
     )
     evaluate.add_argument("--ground-truth", type=Path, required=True, help="folder of the target images")
     evaluate.add_argument("--folder", default="reposed_final_result", help="results folder to score (e.g. refined_final_result)")
-    evaluate.add_argument("--size", default="256x176", choices=("256x176", "512x352"), help="evaluation size, height x width")
+    evaluate.add_argument(
+        "--size",
+        default="256x176",
+        help="evaluation size HEIGHTxWIDTH (the field's DeepFashion sizes: 256x176, 512x352), or 'native': "
+        "each pair at its ground truth's own frame, as for WPose (default: 256x176)",
+    )
     evaluate.add_argument("--metrics", default=",".join(ALL_METRICS), help="comma-separated subset")
     evaluate.add_argument("--real", type=Path, help="FID real set: the training images (default: --ground-truth)")
     evaluate.add_argument("--batch-size", type=int, default=16, help="images per batch")

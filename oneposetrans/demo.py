@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from oneposetrans.errors import BadInputError, OnePoseTransError
-from oneposetrans.results import ResultsTree, pair_name, stem
+from oneposetrans.results import ResultsTree, pair_name, pose_map_name, stem
 
 SOURCE_NAME = "source"
 MAX_FILE_SIZE = "25mb"
@@ -164,8 +164,8 @@ class DemoSteps:
         maps, names = [], []
         for path in files:
             name = stem(Path(path).name)
-            pose_map, _ = load_pose_map(path, self.config.resolution, extractor)
-            save_image(pose_map, visitor.tree.file("poses", f"{name}.png"))
+            pose_map, _ = load_pose_map(path, self.config.resolution, extractor, self.config.profile)
+            save_image(pose_map, visitor.tree.file("poses", pose_map_name(name, self.config.profile)))
             maps.append(pose_map)
             names.append(name)
         visitor.targets = names
@@ -174,17 +174,20 @@ class DemoSteps:
     def repose(self, visitor: Visitor) -> tuple[list[Image.Image], str]:
         """The RGBA results, and what the identity lacked (e.g. no face found in the photo)."""
         from oneposetrans.image_io import load_image, save_image
-        from oneposetrans.repose import GenerationSettings
+        from oneposetrans.repose import GenerationSettings, load_identity_image
 
         lora = visitor.tree.file("lora", f"{SOURCE_NAME}.safetensors")
         if not lora.exists():
             raise BadInputError("fine-tune first")
         if not visitor.targets:
             raise BadInputError("give the target poses first")
-        maps = [load_image(visitor.tree.file("poses", f"{t}.png"), "RGB") for t in visitor.targets]
+        maps = [load_image(visitor.tree.file("poses", pose_map_name(t, self.config.profile)), "RGB") for t in visitor.targets]
         settings = GenerationSettings(resolution=self.config.resolution, steps=self.config.denoise_steps)
+        self._source(visitor)
+        identity, missing_mask = load_identity_image(visitor.tree, SOURCE_NAME, self.config.profile)
         with self._lock:
-            images, notes = self.reposer().generate(visitor.caption, maps, settings, lora=lora, source=self._source(visitor))
+            images, notes = self.reposer().generate(visitor.caption, maps, settings, lora=lora, source=identity)
+        notes = [missing_mask, *notes] if missing_mask else notes
         for target, image in zip(visitor.targets, images):
             save_image(image, visitor.tree.file("reposed_result", pair_name(SOURCE_NAME, target)))
         return images, "; ".join(notes) or f"{len(images)} poses rendered"

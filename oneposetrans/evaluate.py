@@ -5,8 +5,8 @@
   (sigma 1.5, ``use_sample_covariance=False``) and the per-image data range ``max - min`` of the
   generated image. Computed here with valid-region convolutions, equal to scikit-image's values.
 * PSNR on [0,1], data range 1. LPIPS with the AlexNet backbone (the lpips package) on [-1,1].
-* FID, community protocol: torchvision's ImageNet Inception-v3 (bilinear resize to 299, ImageNet
-  normalisation, 2048-d pool features), real set = the training images, every image kept (the
+* FID, community protocol: torchvision's ImageNet Inception-v3 (bilinear resize to 299, CFLD's
+  input transform, 2048-d pool features), real set = the training images, every image kept (the
   GFLA scripts dropped the last partial batch). Standard protocol: the TF-ported Inception of
   pytorch-fid / torch-fidelity on the same sets. Frechet distance with scipy's ``sqrtm``.
 * Foreground-masked SSIM/PSNR/LPIPS: both images with the background set to black by the target's
@@ -35,10 +35,11 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image
-from oneposetrans.results import split_pair_name, write_json_atomic, write_text_atomic
+from oneposetrans.results import PROFILES, pose_map_name, split_pair_name, write_json_atomic, write_text_atomic
 
 SIZES = {"256x176": (176, 256), "512x352": (352, 512)}
-"""Evaluation sizes as the field names them (height x width) -> PIL (width, height)."""
+"""The field's DeepFashion evaluation sizes (height x width) -> PIL (width, height)."""
+NATIVE = "native"
 PAIR_METRICS = ("ssim", "ssim_256", "psnr", "lpips", "masked_ssim", "masked_psnr", "masked_lpips", "face_source", "face_target")
 SET_METRICS = ("fid", "fid_standard")
 ALL_METRICS = PAIR_METRICS + SET_METRICS
@@ -173,6 +174,22 @@ class Lpips:
         return self.model(generated * 2 - 1, target * 2 - 1).flatten()
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def community_inception_input(images: torch.Tensor) -> torch.Tensor:
+    """What the pose-transfer FID feeds the Inception network (CFLD's ``forward_inception``,
+    copied by MCLD and others): [0, 1] images resized bilinearly to 299x299, then, per channel,
+    ``x * (std / 0.5) + (mean - 0.5) / 0.5``. That is torchvision's ``transform_input`` (meant
+    for ImageNet-normalised input) applied to raw [0, 1] pixels: not a textbook normalisation,
+    but the one behind the field's FID tables, so it is kept exactly."""
+    x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
+    scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], device=x.device, dtype=x.dtype)[:, None, None]
+    shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], device=x.device, dtype=x.dtype)[:, None, None]
+    return x * scale + shift
+
+
 class InceptionFeatures:
     """2048-d pool features for FID, community (torchvision ImageNet) or standard (TF-ported)."""
 
@@ -199,10 +216,7 @@ class InceptionFeatures:
         """Features of N x 3 x H x W images in [0,1]."""
         images = images.to(self.device)
         if self.protocol == "community":
-            x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-            mean = torch.tensor([0.485, 0.456, 0.406], device=x.device)[:, None, None]
-            std = torch.tensor([0.229, 0.224, 0.225], device=x.device)[:, None, None]
-            return self.model((x - mean) / std).double().cpu().numpy()
+            return self.model(community_inception_input(images)).double().cpu().numpy()
         return self.model((images * 255).round().to(torch.uint8))[0].double().cpu().numpy()
 
 
@@ -262,6 +276,30 @@ def _tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(image, np.float32) / 255.0 for image in images])).permute(0, 3, 1, 2)
 
 
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``--size``: "HxW" (e.g. the field's 256x176 and 512x352) -> PIL (width, height), or None for
+    ``native``: every pair at its ground truth's own frame (WPose)."""
+    if text == NATIVE:
+        return None
+    height, _, width = text.partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise BadInputError(f"--size {text!r}: give HEIGHTxWIDTH (e.g. {', '.join(SIZES)}) or {NATIVE}")
+    return int(width), int(height)
+
+
+def _same_frame_batches(items: list, batch_size: int, frame_of: Callable) -> list[list]:
+    """Batches of at most ``batch_size`` items of one frame each (first-seen frame order)."""
+    groups: dict[tuple[int, int], list] = {}
+    for item in items:
+        groups.setdefault(frame_of(item), []).append(item)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def _frame(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
 def _at_size(path: Path, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
     image = load_image(path, mode)
     return image if image.size == size else image.resize(size, Image.BICUBIC)
@@ -273,9 +311,7 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
 
     quiet_libraries()
     device = resolve_device(request.device)
-    size = SIZES.get(request.size)
-    if size is None:
-        raise BadInputError(f"--size {request.size!r}: choose from {', '.join(SIZES)}")
+    size = parse_size(request.size)
     unknown = sorted(set(request.metrics) - set(ALL_METRICS))
     if unknown:
         raise BadInputError(f"unknown metrics {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
@@ -295,8 +331,10 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
     fake_features: dict[str, list[np.ndarray]] = {metric: [] for metric in inceptions}
     per_case: dict[str, dict[str, float]] = {case.name: {} for case in cases}
 
-    for first in range(0, len(cases), request.batch_size):
-        batch = cases[first : first + request.batch_size]
+    frames = {case.name: size or _frame(case.target) for case in cases}
+    evaluated = 0
+    for batch in _same_frame_batches(cases, request.batch_size, lambda case: frames[case.name]):
+        size = frames[batch[0].name]
         generated_images = [_at_size(case.generated, size) for case in batch]
         target_images = [_at_size(case.target, size) for case in batch]
         generated, target = _tensor(generated_images), _tensor(target_images)
@@ -342,7 +380,8 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
                             per_case[case.name][metric] = float(np.dot(embedding, other) / (np.linalg.norm(embedding) * np.linalg.norm(other)))
         for metric, extractor in inceptions.items():
             fake_features[metric].append(extractor(generated))
-        echo(f"evaluated {min(first + len(batch), len(cases))} of {len(cases)}")
+        evaluated += len(batch)
+        echo(f"evaluated {evaluated} of {len(cases)}")
 
     summary: dict[str, float | int | str] = {"pairs": len(cases), "size": request.size, "folder": request.folder}
     for metric in PAIR_METRICS:
@@ -355,17 +394,16 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
         if len(real_paths) < 2 or len(cases) < 2:
             request.problems.append("FID needs at least 2 real and 2 generated images")
         else:
+            real_size = parse_size(request.size)
+            real_batches = _same_frame_batches(real_paths, request.batch_size, lambda path: real_size or _frame(path))
             for metric, extractor in inceptions.items():
-                real = [
-                    extractor(_tensor([_at_size(p, size) for p in real_paths[i : i + request.batch_size]]))
-                    for i in range(0, len(real_paths), request.batch_size)
-                ]
+                real = [extractor(_tensor([_at_size(p, real_size or _frame(p)) for p in batch])) for batch in real_batches]
                 summary[metric] = frechet_distance(np.concatenate(fake_features[metric]), np.concatenate(real))
             summary["fid_real_images"] = len(real_paths)
     out = request.out or request.results / "evaluation"
     write_json_atomic(out / "metrics.json", {"summary": summary, "per_pair": per_case, "problems": request.problems})
     write_text_atomic(out / "metrics.md", markdown_table(summary))
-    write_text_atomic(out / "report.html", html_report(summary, per_case, cases, size))
+    write_text_atomic(out / "report.html", html_report(summary, per_case, cases))
     for problem in request.problems:
         echo(f"note: {problem}")
     return summary
@@ -402,7 +440,7 @@ def _histogram(values: list[float], width: int = 240, height: int = 80, bins: in
     return image
 
 
-def html_report(summary: dict, per_case: dict, cases: list[EvaluationCase], size: tuple[int, int]) -> str:
+def html_report(summary: dict, per_case: dict, cases: list[EvaluationCase]) -> str:
     """A self-contained page: the table, per-metric histograms, and best and worst cases by LPIPS
     (or SSIM when LPIPS was not computed), each as source | pose | result | ground truth."""
     from oneposetrans.report import render_contact_sheet
@@ -428,10 +466,11 @@ def html_report(summary: dict, per_case: dict, cases: list[EvaluationCase], size
         rows = []
         for case in chosen:
             _, target = split_pair_name(case.generated.name)
-            pose = case.generated.parent.parent / "poses" / f"{target}.png"
+            poses = case.generated.parent.parent / "poses"
+            pose = next((p for p in (poses / pose_map_name(target, profile) for profile in PROFILES) if p.exists()), None)
             rows.append((
                 load_image(case.source, "RGB") if case.source else None,
-                load_image(pose, "RGB") if pose.exists() else None,
+                load_image(pose, "RGB") if pose else None,
                 load_image(case.generated, "RGB"),
                 load_image(case.target, "RGB"),
             ))

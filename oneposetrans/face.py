@@ -69,10 +69,8 @@ class FaceEmbedder:
         self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=DETECTION_SIZE)
 
     def embed(self, photo: Image.Image) -> FaceResult:
+        """The face of ``photo`` as given (the reposer passes :func:`~oneposetrans.repose.identity_image`)."""
         rgb = photo.convert("RGB")
-        if self.profile == "reference":
-            # Published: detection on the source stretched to 1024 x 1024.
-            rgb = rgb.resize((PUBLISHED_SIDE, PUBLISHED_SIDE))
         faces = self.app.get(np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1]))
         face = pick_face(faces, self.profile)
         if face is None:

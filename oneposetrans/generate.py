@@ -20,7 +20,7 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, stem, write_json_atomic
+from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, pose_map_name, stem, write_json_atomic
 
 DATASETS = ("deepfashion", "wpose")
 
@@ -64,10 +64,10 @@ def group_by_source(pairs: list[tuple[str, str]], captions: dict[str, str], tree
 
 
 def target_pose(inputs: GenerateInputs, target: str, tree: ResultsTree, resolution: int, profile: str) -> Image.Image:
-    """The ControlNet map of one target, rendered once into ``poses/<target>.png``."""
-    from oneposetrans.pose import render_deepfashion_pose
+    """The ControlNet map of one target, rendered once per profile into ``poses/`` (:func:`pose_map_name`)."""
+    from oneposetrans.pose import fit_pose_map, render_deepfashion_pose
 
-    cached = tree.file("poses", f"{target}.png")
+    cached = tree.file("poses", pose_map_name(target, profile))
     if is_done(cached):
         return load_image(cached, "RGB")
     if inputs.dataset == "deepfashion":
@@ -82,6 +82,7 @@ def target_pose(inputs: GenerateInputs, target: str, tree: ResultsTree, resoluti
         if not found["people"]:
             raise BadInputError(f"{photo_file}: no person found by the pose detector")
         write_json_atomic(tree.file("poses", f"{target}.json"), found)
+        pose_map = fit_pose_map(pose_map, profile)
     save_image(pose_map, cached)
     return pose_map
 
@@ -103,6 +104,8 @@ def run_generate(
     import torch
     from accelerate import PartialState
 
+    from oneposetrans.repose import load_identity_image
+
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     log = tree.log("generate")
     cases = group_by_source(inputs.pairs, inputs.captions, tree, log)
@@ -118,7 +121,8 @@ def run_generate(
             lora = tree.file("lora", f"{case.source}.safetensors")
             if not is_done(lora):
                 raise BadInputError(f"{case.source}: no LoRA {lora} (run finetune first)")
-            source = load_image(tree.file("images", f"{case.source}.png"), "RGB")
+            # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
+            source, missing_mask = load_identity_image(tree, case.source, profile, required=profile == "reference")
         except BadInputError as error:
             for pair in pairs:
                 log.fail(pair, str(error))
@@ -147,6 +151,7 @@ def run_generate(
                 log.ok(name, seconds_per_target=round(seconds, 3), size=list(image.size), process=state.process_index)
 
         _, notes = reposer.generate(case.caption, maps, settings, lora=lora, source=source, on_batch=save_batch)
+        notes = [missing_mask, *notes] if missing_mask else notes
         done += len(maps)
         note = f"; {'; '.join(notes)}" if notes else ""
         echo(f"{prefix}[{number}/{len(mine)}] {case.source}: {len(maps)} targets in {time.perf_counter() - started:.1f} s{note}")

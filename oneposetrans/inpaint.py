@@ -5,11 +5,15 @@ Two inpainters, as in the published tool (oneposetrans.md §4.1): LaMa (Suvorov 
 a fixed-size ONNX export through onnxruntime, and SDXL inpainting through diffusers. Both are
 loaded once per run. Differences from the published code, by profile:
 
-* LaMa: the published output stays at the model's 1024x1024, which only lines up with square
-  DeepFashion results. The default profile resizes it back to the source size and keeps the
-  source's own pixels outside the (dilated) mask, where LaMa had nothing to do.
+* LaMa: both profiles resize the photo and its mask to the model's input with bicubic
+  resampling and take every non-zero pixel of the resized mask as hole, as published. The
+  published output stays at the model's 1024x1024 (``reference``, which needs that 1024x1024
+  export), which only lines up with square DeepFashion results. The default profile resizes it
+  back to the source size and keeps the source's own pixels outside the (dilated) mask, where
+  LaMa had nothing to do.
 * SDXL inpainting: strength 0.6 in the reference profile leaves a ghost of the person in the hole;
-  the default uses 1.0.
+  the default uses 1.0. The reference profile also keeps the published call's output size
+  (diffusers' default, 1024x1024 for SDXL) and a seed-0 generator on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ DIFFUSION_GUIDANCE = 8.0
 DIFFUSION_SEED = 0
 DIFFUSION_STRENGTH = {"default": 1.0, "reference": 0.6}
 
+PUBLISHED_LAMA = "lama_fp32_1024.onnx"
+PUBLISHED_LAMA_SIDE = 1024
+
 
 def binary_mask(mask: Image.Image | np.ndarray) -> np.ndarray:
     """Any mask image (L, RGB, 0/255 or soft) as H x W booleans, hole = True (any non-zero pixel)."""
@@ -52,7 +59,10 @@ class LamaInpainter:
         from oneposetrans.runtime import resolve_device
 
         folder = registry.require("lama", models_dir)
-        self.path = sorted(folder.glob("lama_fp32*.onnx"))[0]
+        exports = sorted(folder.glob("lama_fp32*.onnx"))
+        if profile == "reference" and (folder / PUBLISHED_LAMA) in exports:
+            exports.insert(0, folder / PUBLISHED_LAMA)
+        self.path = exports[0]
         available = onnxruntime.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in available:
@@ -67,6 +77,13 @@ class LamaInpainter:
         # Dynamic exports name their axes; they run at the photo's size rounded up to 8.
         self.size = (width, height) if isinstance(height, int) and isinstance(width, int) else None
         self.profile = profile
+        if profile == "reference" and self.size != (PUBLISHED_LAMA_SIDE, PUBLISHED_LAMA_SIDE):
+            found = "a dynamic-size" if self.size is None else f"a {self.size[0]}x{self.size[1]}"
+            raise BadInputError(
+                f"{self.path}: {found} LaMa export; --profile reference needs the published "
+                f"{PUBLISHED_LAMA_SIDE}x{PUBLISHED_LAMA_SIDE} export as {folder / PUBLISHED_LAMA} (see the README, "
+                "'Reproducing the paper')"
+            )
 
     def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> Image.Image:
         image = image.convert("RGB")
@@ -74,8 +91,10 @@ class LamaInpainter:
         if hole.shape != (image.height, image.width):
             hole = np.asarray(Image.fromarray(hole).resize(image.size, Image.NEAREST))
         size = self.size or (-(-image.width // 8) * 8, -(-image.height // 8) * 8)
-        pixels = np.asarray(image.resize(size, Image.BILINEAR), np.float32) / 255.0
-        model_hole = np.asarray(Image.fromarray(hole).resize(size, Image.NEAREST), np.float32)
+        # As published: bicubic for both, and any pixel the resized mask touches is hole.
+        pixels = np.asarray(image.resize(size, Image.BICUBIC), np.float32) / 255.0
+        hole_image = Image.fromarray(np.where(hole, 255, 0).astype(np.uint8), "L")
+        model_hole = (np.asarray(hole_image.resize(size, Image.BICUBIC)) > 0).astype(np.float32)
         output = self.session.run(
             None, {"image": pixels.transpose(2, 0, 1)[None], "mask": model_hole[None, None]}
         )[0][0]
@@ -104,26 +123,35 @@ class DiffusionInpainter:
         self.pipeline.to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.strength = DIFFUSION_STRENGTH[profile]
+        self.profile = profile
         self._torch = torch
 
     def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> Image.Image:
         image = image.convert("RGB")
         hole = Image.fromarray(np.where(binary_mask(mask), 255, 0).astype(np.uint8), "L").resize(image.size, Image.NEAREST)
-        # SDXL needs sides divisible by 8; it runs at the nearest such size and the result is mapped back.
-        width, height = max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)
+        if self.profile == "reference":
+            # Published: no size given, so diffusers' default (1024x1024 for SDXL) and that output kept;
+            # the seed-0 generator lives on the GPU the pipeline runs on.
+            size: dict[str, int] = {}
+            generator_device = self.device if self.device.type == "cuda" else "cpu"
+        else:
+            # SDXL needs sides divisible by 8; it runs at the nearest such size and the result is mapped back.
+            size = {"width": max(8, image.width // 8 * 8), "height": max(8, image.height // 8 * 8)}
+            generator_device = "cpu"
         result = self.pipeline(
             prompt="",
             negative_prompt="",
             image=image,
             mask_image=hole,
-            width=width,
-            height=height,
+            **size,
             strength=self.strength,
             guidance_scale=DIFFUSION_GUIDANCE,
             num_inference_steps=DIFFUSION_STEPS,
-            generator=self._torch.Generator("cpu").manual_seed(DIFFUSION_SEED),
+            generator=self._torch.Generator(generator_device).manual_seed(DIFFUSION_SEED),
         ).images[0]
-        return result if result.size == image.size else result.resize(image.size, Image.BICUBIC)
+        if self.profile == "reference" or result.size == image.size:
+            return result
+        return result.resize(image.size, Image.BICUBIC)
 
 
 def make_inpainter(

@@ -154,6 +154,19 @@ def render_keypoints_reference(points: np.ndarray, frame: tuple[int, int] = DEEP
     return Image.fromarray(reference_pose_canvas(points, frame)).resize((1024, 1024), Image.BICUBIC)
 
 
+PUBLISHED_POSE_SIDE = 1024
+
+
+def fit_pose_map(pose_map: Image.Image, profile: str) -> Image.Image:
+    """The map the generator is given. ``reference``: stretched to 1024x1024 with PIL's default
+    (bicubic), as the only runnable published path did (``Image.open(pose).resize((1024, 1024))``;
+    the active WPose line passed a numpy map that diffusers 0.28 rejects). ``default``: unchanged,
+    the person keeps the aspect ratio of the target."""
+    if profile == "reference" and pose_map.size != (PUBLISHED_POSE_SIDE, PUBLISHED_POSE_SIDE):
+        return pose_map.resize((PUBLISHED_POSE_SIDE, PUBLISHED_POSE_SIDE), Image.BICUBIC)
+    return pose_map
+
+
 def render_deepfashion_pose(
     points: np.ndarray, profile: str = "default", resolution: int = 1024, frame: tuple[int, int] = DEEPFASHION_FRAME
 ) -> Image.Image:
@@ -228,24 +241,30 @@ def _looks_like_pose_map(image: Image.Image) -> bool:
 
 
 def load_pose_map(
-    path: str | os.PathLike, resolution: int, extractor: "Callable[[], PoseExtractor] | None" = None
+    path: str | os.PathLike,
+    resolution: int,
+    extractor: "Callable[[], PoseExtractor] | None" = None,
+    profile: str = "default",
 ) -> tuple[Image.Image, dict | None]:
-    """A target pose as a ControlNet map at its generation size, and the keypoints found when
-    the pose was extracted from a photo.
+    """A target pose as a ControlNet map at its generation size (:func:`fit_pose_map` for the
+    profile), and the keypoints found when the pose was extracted from a photo.
 
     ``path`` is OpenPose JSON keypoints, an already rendered pose map, or a photo of a person
     (then ``extractor`` supplies the detector, loaded on first use).
     """
     path = Path(path)
+    found = None
     if path.suffix.lower() == ".json":
         keypoints = load_keypoints(path)
-        return render_keypoints(keypoints, generation_size(keypoints.width, keypoints.height, resolution)), None
-    image = load_image(path, "RGB")
-    if _looks_like_pose_map(image):
-        return image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR), None
-    if extractor is None:
-        raise BadInputError(f"{path}: looks like a photo, and no pose detector was given")
-    found, pose_map = extractor().extract(image, resolution)
-    if not found["people"]:
-        raise BadInputError(f"{path}: no person found by the pose detector")
-    return pose_map, found
+        pose_map = render_keypoints(keypoints, generation_size(keypoints.width, keypoints.height, resolution))
+    else:
+        image = load_image(path, "RGB")
+        if _looks_like_pose_map(image):
+            pose_map = image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR)
+        elif extractor is None:
+            raise BadInputError(f"{path}: looks like a photo, and no pose detector was given")
+        else:
+            found, pose_map = extractor().extract(image, resolution)
+            if not found["people"]:
+                raise BadInputError(f"{path}: no person found by the pose detector")
+    return fit_pose_map(pose_map, profile), found

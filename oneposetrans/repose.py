@@ -22,6 +22,8 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.face import PUBLISHED_SIDE
+from oneposetrans.image_io import load_image
+from oneposetrans.results import ResultsTree, is_done
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.vcm import published_ip_scales
 
@@ -65,6 +67,41 @@ class GenerationSettings:
     """Used only when the Reposer is built with ``identitynet=True`` (not part of the method)."""
     batch_size: int = 4
     """Target poses sampled together in one UNet batch (same pose size only)."""
+
+
+def identity_image(photo: Image.Image, profile: str) -> Image.Image:
+    """What the image prompt (CLIP ViT-H) and the face detector see: the segmented person on black.
+
+    ``photo`` is the source as RGBA with the person mask as alpha (``images_rgba``). The published
+    generator opened that file and resized it to 1024x1024; Pillow resizes RGBA in premultiplied
+    form, so every pixel of alpha 0 comes back black, and ``convert("RGB")`` then kept the person
+    on black, stretched to a square (``reference``). ``default`` keeps the person's aspect ratio
+    and pads the picture to a square with black, so that CLIP's centre crop cuts neither head nor
+    feet. An opaque photo (no mask) passes through the same steps unchanged in content.
+    """
+    rgba = photo.convert("RGBA")
+    if profile == "reference":
+        return rgba.resize((PUBLISHED_SIDE, PUBLISHED_SIDE)).convert("RGB")
+    person = Image.composite(rgba.convert("RGB"), Image.new("RGB", rgba.size), rgba.getchannel("A"))
+    side = max(person.size)
+    square = Image.new("RGB", (side, side))
+    square.paste(person, ((side - person.width) // 2, (side - person.height) // 2))
+    return square
+
+
+def load_identity_image(tree: ResultsTree, name: str, profile: str, required: bool = False) -> tuple[Image.Image, str | None]:
+    """:func:`identity_image` of ``images_rgba/<name>.png`` and None; without that file, the whole
+    photo ``images/<name>.png`` and a note saying so (or BadInputError when ``required``)."""
+    rgba_file = tree.file("images_rgba", f"{name}.png")
+    if is_done(rgba_file):
+        return identity_image(load_image(rgba_file, "RGBA"), profile), None
+    if required:
+        raise BadInputError(
+            f"{name}: no person mask {rgba_file}: the image prompt and the face read the person on black "
+            "(run segment --mode dataset first)"
+        )
+    photo = load_image(tree.file("images", f"{name}.png"), "RGBA")
+    return identity_image(photo, profile), "no person mask of the source: the image prompt and face saw the whole photo"
 
 
 class Reposer:
@@ -129,22 +166,18 @@ class Reposer:
     ) -> tuple[list[Image.Image], list[str]]:
         """One image per pose map (RGBA when ``settings.transparent``) and notes on what the
         identity lacked. Prompt, image prompt, face and LoRA are prepared once for all targets;
-        every target starts from the same seed, as each published case did. ``on_batch(first,
+        every target starts from the same seed, as each published case did. ``source`` is what the
+        image prompt and the face detector read (:func:`identity_image`). ``on_batch(first,
         images)`` is called as each batch finishes, so that callers can save early."""
         self.pipe.set_ip_adapter_scale(settings.ip_scales if settings.use_image_prompt else {}, settings.face_scale)
         if lora is not None:
             self.pipe.load_subject_lora(Path(lora), settings.lora_scales)
         try:
             notes: list[str] = []
-            reference = None
-            if source is not None:
-                reference = source.convert("RGB")
-                if self.profile == "reference":
-                    # Published: the source is stretched to 1024 x 1024 before everything.
-                    reference = reference.resize((PUBLISHED_SIDE, PUBLISHED_SIDE))
+            reference = source.convert("RGB") if source is not None else None
             face_embedding = keypoints_image = None
-            if (settings.use_face or self.identitynet) and source is not None:
-                found = self.faces.embed(source)
+            if (settings.use_face or self.identitynet) and reference is not None:
+                found = self.faces.embed(reference)
                 face_embedding = found.embedding if settings.use_face else None
                 notes.append(found.note)
                 if self.identitynet:
@@ -162,8 +195,10 @@ class Reposer:
             )
             notes += identity.notes
             images: list[Image.Image] = []
-            for first in range(0, len(pose_maps), settings.batch_size):
-                batch = pose_maps[first : first + settings.batch_size]
+            # Published: one target per pipeline call (batching changes the kernels, hence the bits).
+            batch_size = 1 if self.profile == "reference" else settings.batch_size
+            for first in range(0, len(pose_maps), batch_size):
+                batch = pose_maps[first : first + batch_size]
                 # Poses of different sizes cannot share a UNet batch; split where the size changes.
                 for group in _same_size_runs(batch):
                     output = self.pipe(

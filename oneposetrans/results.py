@@ -40,6 +40,7 @@ FOLDERS: tuple[str, ...] = (
 )
 
 PAIR_SEPARATOR = "_to_"
+PROFILES = ("default", "reference")
 _PARTIAL_SUFFIX = ".partial"
 _HOST = socket.gethostname()
 
@@ -67,6 +68,12 @@ def stem(name: str | os.PathLike) -> str:
 def pair_name(source: str | os.PathLike, target: str | os.PathLike, suffix: str = ".png") -> str:
     """The one naming scheme for generated files: ``<source>_to_<target>.png``."""
     return f"{stem(source)}{PAIR_SEPARATOR}{stem(target)}{suffix}"
+
+
+def pose_map_name(target: str | os.PathLike, profile: str = "default") -> str:
+    """The cached ControlNet map of a target under ``poses/``; the profiles draw different maps
+    (``reference`` stretches them to 1024x1024), so the name carries any profile but the default."""
+    return f"{stem(target)}.png" if profile == "default" else f"{stem(target)}.{profile}.png"
 
 
 def split_pair_name(name: str) -> tuple[str, str]:

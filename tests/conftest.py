@@ -11,7 +11,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """A private cache folder, so that --smoke runs in tests never touch the user's cache."""
+    """A private cache folder, so that --smoke runs in tests never touch the user's cache.
+    ``ONEPOSETRANS_TEST_CACHE`` names a lasting one instead, to reuse the kit between runs."""
+    lasting = os.environ.get("ONEPOSETRANS_TEST_CACHE")
+    if lasting:
+        Path(lasting).mkdir(parents=True, exist_ok=True)
+        return Path(lasting)
     return tmp_path_factory.mktemp("cache")
 
 

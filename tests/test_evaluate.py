@@ -7,12 +7,27 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from oneposetrans.errors import BadInputError
-from oneposetrans.evaluate import Lpips, frechet_distance, parse_metrics, psnr, ssim
+from oneposetrans import evaluate as evaluate_module
+from oneposetrans.evaluate import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvaluationRequest,
+    InceptionFeatures,
+    Lpips,
+    community_inception_input,
+    evaluate,
+    frechet_distance,
+    parse_metrics,
+    parse_size,
+    psnr,
+    ssim,
+)
 from tests.conftest import REPO
 
 
@@ -121,3 +136,58 @@ def test_evaluate_writes_json_table_and_report(tmp_path, cli_env):
     assert table.startswith("| pairs | size | ssim ↑") and "| 5 | 256x176 |" in table
     page = (results / "evaluation" / "report.html").read_text()
     assert "Best cases" in page and "Worst cases" in page and page.count("data:image/png;base64,") >= 6
+
+
+def test_community_fid_feeds_inception_exactly_as_cfld(tiny_models):
+    """CFLD's forward_inception: bilinear 299x299, then x * (std / 0.5) + (mean - 0.5) / 0.5 per
+    channel on [0, 1] pixels (written out here as CFLD writes it), then the Inception blocks."""
+    features = InceptionFeatures(tiny_models, torch.device("cpu"), "community")
+    images = torch.rand(2, 3, 256, 176, generator=torch.Generator().manual_seed(0))
+    x = F.interpolate(images, size=(299, 299), mode="bilinear")
+    x[:, 0] = x[:, 0] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+    x[:, 1] = x[:, 1] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+    x[:, 2] = x[:, 2] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+    assert torch.allclose(community_inception_input(images), x, atol=1e-6)
+    with torch.no_grad():
+        expected = features.model(x).double().numpy()
+        imagenet_normalised = (F.interpolate(images, size=(299, 299), mode="bilinear") - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        textbook = features.model(imagenet_normalised).double().numpy()
+    ours = features(images)
+    # The tiny kit's random Inception gives small features: compare relative to their size.
+    scale = np.linalg.norm(expected)
+    assert np.linalg.norm(ours - expected) <= 1e-5 * scale
+    assert np.linalg.norm(ours - textbook) > 0.05 * scale  # the transform matters to the features
+
+
+def test_sizes_parse_as_height_by_width_or_native():
+    assert parse_size("256x176") == (176, 256) and parse_size("512x352") == (352, 512)
+    assert parse_size("1024x768") == (768, 1024)
+    assert parse_size("native") is None
+    for bad in ("256", "256x", "x176", "0x176", "big"):
+        with pytest.raises(BadInputError, match="HEIGHTxWIDTH"):
+            parse_size(bad)
+
+
+def test_native_size_scores_each_pair_at_its_ground_truth_frame(tmp_path, tiny_models):
+    """WPose frames differ per photo: each pair is scored at its own ground truth's size."""
+    results, truth = tmp_path / "results", tmp_path / "truth"
+    (results / "reposed_final_result").mkdir(parents=True)
+    truth.mkdir()
+    photo = Image.fromarray(data.astronaut())
+    frames = {"a": (300, 400), "b": (256, 192), "c": (300, 400)}
+    for name, frame in frames.items():
+        target = photo.resize(frame)
+        target.save(truth / f"{name}.png")
+        # A result at 1024x1024 that is the ground truth stretched: at the native frame it comes back almost exact.
+        target.resize((1024, 1024), Image.BICUBIC).save(results / "reposed_final_result" / f"src_to_{name}.png")
+    seen = []
+    request = EvaluationRequest(results, truth, tiny_models, size="native", metrics=("psnr", "fid"), batch_size=8, device="cpu")
+    original = evaluate_module.psnr
+    evaluate_module.psnr = lambda g, t: seen.append(tuple(g.shape[-2:])) or original(g, t)
+    try:
+        summary = evaluate(request, echo=lambda _: None)
+    finally:
+        evaluate_module.psnr = original
+    assert sorted(seen) == [(192, 256), (400, 300)]  # one batch per frame, each at the truth's (H, W)
+    assert summary["size"] == "native" and summary["pairs"] == 3 and np.isfinite(summary["fid"])
+    assert summary["psnr"] > 25

@@ -132,3 +132,37 @@ def test_default_rendering_keeps_aspect_and_skips_out_of_frame_joints():
     assert not image[:, :20].any()  # nothing drawn for the joint at x = -31
     # Neck at (88/176*256, 100/256*384) = (128, 150) in its OpenPose colour.
     assert tuple(image[150, 128]) == (255, 85, 0)
+
+
+class _FakeDetector:
+    """Stands in for OpenPose: one person, the map drawn at the generation size of the photo."""
+
+    def extract(self, photo, resolution):
+        size = generation_size(photo.width, photo.height, resolution)
+        found = {"canvas_width": photo.width, "canvas_height": photo.height, "people": [{"pose_keypoints_2d": [1.0] * 54}]}
+        return found, Image.new("RGB", size, (0, 0, 255))
+
+
+@pytest.mark.parametrize("profile, size, name", [("reference", (1024, 1024), "t.reference.png"), ("default", (1024, 1344), "t.png")])
+def test_wpose_pose_maps_by_profile(tmp_path, profile, size, name):
+    """A 3:4 target photo: the reference map is stretched to 1024x1024 (the only runnable published
+    path), the default one keeps the aspect ratio; each profile caches its own file."""
+    from oneposetrans.generate import GenerateInputs, target_pose
+    from oneposetrans.results import ResultsTree
+
+    tree = ResultsTree(tmp_path / "results")
+    Image.new("RGB", (768, 1024), (90, 90, 90)).save(tree.file("images", "t.png"))
+    inputs = GenerateInputs("wpose", [], {}, extractor=_FakeDetector)
+    pose_map = target_pose(inputs, "t", tree, 1024, profile)
+    assert pose_map.size == size
+    assert sorted(p.name for p in tree.folder("poses").glob("*.png")) == [name]
+    assert Image.open(tree.file("poses", name)).size == size
+
+
+def test_reference_stretches_every_kind_of_target_to_1024(tmp_path):
+    for path in (BUNDLED_POSES[0], _astronaut(tmp_path)):
+        default, _ = load_pose_map(path, 1024, _FakeDetector)
+        reference, _ = load_pose_map(path, 1024, _FakeDetector, profile="reference")
+        assert reference.size == (1024, 1024)
+        assert np.array_equal(np.asarray(reference), np.asarray(default.resize((1024, 1024), Image.BICUBIC)))
+    assert load_pose_map(BUNDLED_POSES[0], 1024)[0].size == (1024, 1536)

@@ -108,3 +108,76 @@ def test_identitynet_as_second_controlnet(tiny_models, poses):
     assert rgba.size == poses[0].size and not np.array_equal(np.asarray(rgba), np.asarray(off))
     keypoints = draw_face_keypoints(np.array([[0.4, 0.4], [0.6, 0.4], [0.5, 0.5], [0.42, 0.6], [0.58, 0.6]]), (64, 96))
     assert keypoints.size == (64, 96) and np.asarray(keypoints)[48, 32].tolist() == [0, 0, 255]  # the nose
+
+
+def _segmented_source(tmp_path, size=(300, 400)):
+    """A results tree whose images_rgba holds a photo with a grey background and a person mask."""
+    from oneposetrans.results import ResultsTree
+
+    tree = ResultsTree(tmp_path / "results")
+    photo = np.full((size[1], size[0], 3), 128, np.uint8)
+    photo[40:360, 100:200] = (220, 140, 90)
+    alpha = np.zeros((size[1], size[0]), np.uint8)
+    alpha[40:360, 100:200] = 255
+    Image.fromarray(photo).save(tree.file("images", "src.png"))
+    Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(tree.file("images_rgba", "src.png"))
+    return tree
+
+
+def test_reference_identity_image_is_the_published_premultiplied_stretch(tmp_path):
+    from oneposetrans.repose import load_identity_image
+
+    tree = _segmented_source(tmp_path)
+    identity, note = load_identity_image(tree, "src", "reference", required=True)
+    published = Image.open(tree.file("images_rgba", "src.png")).resize((1024, 1024)).convert("RGB")
+    assert note is None and identity.size == (1024, 1024)
+    assert np.array_equal(np.asarray(identity), np.asarray(published))
+    pixels = np.asarray(identity)
+    assert (pixels[:50] == 0).all() and (pixels[:, :200] == 0).all()  # the grey background came back black
+    assert (pixels[512, 512] > 0).all()  # the person stays
+
+
+def test_default_identity_image_keeps_the_aspect_and_pads_with_black(tmp_path):
+    from oneposetrans.repose import load_identity_image
+
+    tree = _segmented_source(tmp_path)
+    identity, _ = load_identity_image(tree, "src", "default")
+    pixels = np.asarray(identity)
+    assert identity.size == (400, 400)  # the 300x400 photo, padded left and right
+    assert (pixels[:, :50] == 0).all() and (pixels[:, 350:] == 0).all()
+    assert (pixels[40:360, 150:250] == (220, 140, 90)).all()  # head to feet, undistorted
+    assert (pixels[:40] == 0).all() and (pixels[360:] == 0).all()
+
+
+def test_without_a_mask_the_whole_photo_with_a_note_or_a_clear_error(tmp_path):
+    from oneposetrans.errors import BadInputError
+    from oneposetrans.repose import load_identity_image
+
+    tree = _segmented_source(tmp_path)
+    tree.file("images_rgba", "src.png").unlink()
+    identity, note = load_identity_image(tree, "src", "default")
+    assert "whole photo" in note and (np.asarray(identity)[0, 100] == 128).all()
+    with pytest.raises(BadInputError, match="no person mask .*run segment --mode dataset first"):
+        load_identity_image(tree, "src", "reference", required=True)
+
+
+def test_clip_and_face_detector_read_the_identity_image(reposer, poses, tmp_path, monkeypatch):
+    from oneposetrans.repose import load_identity_image
+
+    identity, _ = load_identity_image(_segmented_source(tmp_path), "src", "reference")
+    seen = {}
+    extractor, detector = reposer.pipe.feature_extractor, reposer.faces.app.get
+    monkeypatch.setattr(reposer.pipe, "feature_extractor", lambda image, **kw: seen.setdefault("clip", image) and extractor(image, **kw))
+    monkeypatch.setattr(reposer.faces.app, "get", lambda bgr, **kw: seen.setdefault("face", bgr) is not None and detector(bgr, **kw))
+    reposer.generate(CAPTION, poses[:1], GenerationSettings(steps=1, resolution=64), source=identity)
+    assert np.array_equal(np.asarray(seen["clip"]), np.asarray(identity))
+    assert np.array_equal(seen["face"][:, :, ::-1], np.asarray(identity))
+
+
+def test_reference_renders_one_target_per_pipeline_call(tiny_models, poses, source, monkeypatch):
+    reference = Reposer(tiny_models, "cpu", profile="reference")
+    calls = []
+    pipeline_call = type(reference.pipe).__call__
+    monkeypatch.setattr(type(reference.pipe), "__call__", lambda self, **kw: calls.append(len(kw["image"])) or pipeline_call(self, **kw))
+    images, _ = reference.generate(CAPTION, [poses[0]] * 3, GenerationSettings(steps=1, resolution=64, batch_size=4), source=source)
+    assert len(images) == 3 and calls == [1, 1, 1]

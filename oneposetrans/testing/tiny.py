@@ -419,14 +419,13 @@ def _onnx_scrfd():
 TINY_LAMA_SIDE = 256
 
 
-def _build_lama(folder: Path) -> None:
+def _build_lama(folder: Path, side: int = TINY_LAMA_SIDE, name: str = "lama_fp32.onnx") -> None:
     """A fixed-size LaMa-signature ONNX graph: inputs ``image`` (1x3xSxS, 0..1) and ``mask``
     (1x1xSxS, 0/1), output in 0..255. It fills the hole with a local average: plumbing only."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    side = TINY_LAMA_SIDE
     nodes = [
         helper.make_node("AveragePool", ["image"], ["blurred"], kernel_shape=[15, 15], pads=[7, 7, 7, 7], count_include_pad=0),
         helper.make_node("Sub", ["one", "mask"], ["keep"]),
@@ -447,7 +446,7 @@ def _build_lama(folder: Path) -> None:
             numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
         ],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), folder / "lama_fp32.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), folder / name)
 
 
 def _build_antelopev2(folder: Path) -> None:
