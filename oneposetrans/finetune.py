@@ -8,7 +8,10 @@ each case adds a fresh adapter to the same UNet and deletes it afterwards.
 Profiles differ where the published trainer disagrees with inference:
 
 * ``reference``: pooled text embedding = text_encoder_2's *unprojected* pooler output, and
-  SDXL time ids (W, H, 0, 0, W, H) of the full-size photo, as published.
+  SDXL time ids (W, H, 0, 0, W, H) of the full-size photo, as published. The crops come from
+  torchvision's ``Resize(512)`` (long side truncated) and ``RandomCrop(512)`` drawing from torch's
+  generator, and the VAE encodes in the training precision (fp16 on a GPU), so that seed 0 gives
+  the published crops and latents.
 * ``default``: the *projected* pooled embedding the generator uses, and time ids
   (H, W, crop top, crop left, 512, 512) that describe the crop actually trained on (the
   SDXL training convention).
@@ -103,8 +106,8 @@ class LoraTrainer:
             module.requires_grad_(False).eval()
         for encoder in self.text_encoders:
             encoder.to(self.device, self.weight_dtype)
-        # The VAE only encodes; fp32 avoids the SDXL VAE's fp16 overflow.
-        self.vae.to(self.device, torch.float32)
+        # The VAE only encodes; fp32 avoids the SDXL VAE's fp16 overflow (the published trainer used fp16).
+        self.vae.to(self.device, self.weight_dtype if settings.profile == "reference" else torch.float32)
         self.unet.to(self.device, self.weight_dtype)
         self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -151,6 +154,8 @@ class LoraTrainer:
 
     def _augment(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """Shorter side to the training resolution (bilinear), then a random square crop."""
+        if self.settings.profile == "reference":
+            return self._augment_as_published(image, mask)
         size = self.settings.resolution
         scale = size / min(image.size)
         width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
@@ -161,6 +166,22 @@ class LoraTrainer:
         weight = None
         if mask is not None:
             cropped = mask.resize((width, height), Image.NEAREST).crop(box)
+            weight = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None]
+        return pixels, weight, [top, left]
+
+    def _augment_as_published(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """torchvision's Resize (long side truncated, e.g. 750x1101 -> 512x751), RandomCrop's two
+        draws from torch's generator, ToTensor and Normalize(0.5, 0.5): the published transforms."""
+        from torchvision import transforms
+        from torchvision.transforms import functional
+
+        size = self.settings.resolution
+        resized = transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR)(image)
+        top, left, _, _ = transforms.RandomCrop.get_params(resized, (size, size))
+        pixels = functional.normalize(functional.to_tensor(functional.crop(resized, top, left, size, size)), [0.5], [0.5])
+        weight = None
+        if mask is not None:
+            cropped = mask.resize(resized.size, Image.NEAREST).crop((left, top, left + size, top + size))
             weight = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None]
         return pixels, weight, [top, left]
 
@@ -234,7 +255,7 @@ class LoraTrainer:
                 (self._augment(*view), view[0].size)
                 for view in (random.choice(views) for _ in range(settings.batch_size))
             ]
-            pixels = torch.stack([c[0][0] for c in crops]).to(self.device)
+            pixels = torch.stack([c[0][0] for c in crops]).to(self.device, self.vae.dtype)
             time_ids = torch.tensor(
                 [self._time_ids(size, crop[2]) for crop, size in crops], dtype=prompt_embeds.dtype, device=self.device
             )

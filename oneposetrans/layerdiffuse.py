@@ -14,6 +14,7 @@ state dicts; layer widths are read from the file, so the tiny kit's narrow copie
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -26,6 +27,8 @@ from torch import nn
 
 from oneposetrans.errors import BadInputError
 
+logger = logging.getLogger(__name__)
+
 PUBLISHED_DECODER_WIDTHS = (32, 32, 64, 128, 256, 512, 512)
 LATENT_INJECTION_LEVEL = 3
 """The latent joins the pixel features after three downsamplings, at the latent's resolution."""
@@ -33,17 +36,24 @@ ENCODER_OFFSET_SCALE = 300.0
 
 
 def merge_attention_offsets(unet: nn.Module, path: str | os.PathLike) -> int:
-    """W <- W + dW for every UNet weight named in the offsets file; returns how many."""
+    """W <- W + dW for every UNet weight named in the offsets file; returns how many were merged.
+
+    As published, offsets that name no UNet weight are skipped (with a warning that counts them);
+    a file most of whose keys match nothing is not an offsets file for this UNet and is refused.
+    """
     offsets = load_file(path)
     parameters = dict(unet.named_parameters())
     unknown = [key for key in offsets if key not in parameters]
+    if len(unknown) * 2 > len(offsets):
+        raise BadInputError(f"{path}: {len(unknown)} of {len(offsets)} offsets match no UNet weight, e.g. {unknown[0]}")
     if unknown:
-        raise BadInputError(f"{path}: {len(unknown)} offsets match no UNet weight, e.g. {unknown[0]}")
+        logger.warning("%s: %d of %d offsets match no UNet weight and were skipped, e.g. %s", path, len(unknown), len(offsets), unknown[0])
     with torch.no_grad():
         for key, delta in offsets.items():
-            weight = parameters[key]
-            weight.copy_((weight.float() + delta.to(weight.device, torch.float32)).to(weight.dtype))
-    return len(offsets)
+            if key in parameters:
+                weight = parameters[key]
+                weight.copy_((weight.float() + delta.to(weight.device, torch.float32)).to(weight.dtype))
+    return len(offsets) - len(unknown)
 
 
 class TransparentDecoderUNet(ModelMixin, ConfigMixin):
@@ -224,11 +234,20 @@ def pad_colour(rgba: np.ndarray, shrink: float = 1.2) -> np.ndarray:
 @torch.no_grad()
 def encode_transparent(vae, encoder: TransparentOffsetEncoder, rgba_images: list[np.ndarray]) -> torch.Tensor:
     """Latents (unscaled VAE space) of RGBA uint8 images: the VAE mean of the premultiplied
-    image plus its std times the encoder's offset (x300), deterministic."""
+    image plus its std times the encoder's offset (x300), deterministic.
+
+    An fp16 VAE that asks for upcasting (``force_upcast``, as SDXL's does: it overflows in fp16)
+    encodes in fp32; the published refining stage held its VAE in bf16 for the same reason."""
     padded = torch.from_numpy(np.stack([pad_colour(image) for image in rgba_images])).movedim(-1, 1).float()
     rgba = torch.from_numpy(np.stack(rgba_images)).movedim(-1, 1).float() / 255.0
     rgb, alpha = rgba[:, :3], rgba[:, 3:]
-    premultiplied = ((rgb * 2.0 - 1.0) * alpha).to(vae.device, vae.dtype)
-    distribution = vae.encode(premultiplied).latent_dist
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        distribution = vae.encode(((rgb * 2.0 - 1.0) * alpha).to(vae.device, vae.dtype)).latent_dist
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     offset = encoder(torch.cat([alpha, padded], dim=1).to(vae.device, next(encoder.parameters()).dtype))
     return distribution.mean + distribution.std * (offset * ENCODER_OFFSET_SCALE).to(distribution.std)

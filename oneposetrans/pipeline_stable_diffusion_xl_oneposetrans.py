@@ -319,9 +319,9 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         finally:
             self._set_layout(None, 0, do_cfg)
 
-    def decode_transparent_latents(self, latents: torch.Tensor, scaled_decoder_input: bool | None = None) -> list[PIL.Image.Image]:
+    def decode_transparent_latents(self, latents: torch.Tensor, main_stage: bool = True) -> list[PIL.Image.Image]:
         """RGBA images from sampled (scaled) latents; see :meth:`_decode_transparent`."""
-        return self._decode_transparent(latents, "pil", scaled_decoder_input)
+        return self._decode_transparent(latents, "pil", main_stage)
 
     def _set_layout(self, identity: vcm.IdentityConditioning | None, rows: int, do_cfg: bool) -> None:
         layout = self.vcm_layout
@@ -336,12 +336,14 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         positions = ([negative] * rows if do_cfg else []) + [position] * rows
         layout.face_positions = torch.tensor(positions, device=self._execution_device) if identity.face_tokens else None
 
-    def _decode_transparent(self, latents: torch.Tensor, output_type: str, scaled_decoder_input: bool | None = None):
+    def _decode_transparent(self, latents: torch.Tensor, output_type: str, main_stage: bool = True):
         """RGB through the SDXL VAE, then alpha and foreground through the transparent decoder.
 
-        Default profile: the decoder reads the unscaled latent, as LayerDiffuse does. Reference:
-        the published main stage passed the latent still multiplied by the scaling factor
-        (``scaled_decoder_input`` overrides the profile: the published refine stage divided).
+        Default profile: the decoder reads the unscaled latent, as LayerDiffuse does, and the
+        8-bit output is rounded. Reference: the published main stage passed the latent still
+        multiplied by the scaling factor and gave the decoder the pipeline's 8-bit RGB (rounded);
+        its refining stage (``main_stage=False``) did neither. Both truncated the output to 8 bits
+        (numpy's ``astype(uint8)``).
         """
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
@@ -352,13 +354,15 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
         pixel = (pixel * 0.5 + 0.5).clip(0, 1)
-        if scaled_decoder_input is None:
-            scaled_decoder_input = self.profile == "reference"
-        decoder_latent = latents if scaled_decoder_input else unscaled
+        reference = self.profile == "reference"
+        if reference and main_stage:
+            pixel = (pixel.float() * 255.0).round() / 255.0
+        decoder_latent = latents if reference and main_stage else unscaled
         rgba = layerdiffuse.decode_transparent(self.transparent_decoder, pixel, decoder_latent).float()
         if output_type == "pt":
             return rgba
-        array = (rgba.movedim(1, -1).cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        array = rgba.movedim(1, -1).cpu().numpy() * 255.0
+        array = (array if reference else array.round()).clip(0, 255).astype(np.uint8)
         if output_type == "np":
             return array
         return [PIL.Image.fromarray(item, "RGBA") for item in array]

@@ -131,8 +131,8 @@ class Refiner:
                     generator=torch.Generator(self.pipe.device).manual_seed(settings.seed),
                     output_type="latent",
                 )
-            # The published refine stage divides by the scaling factor before decoding.
-            return self.pipe.decode_transparent_latents(output.images, scaled_decoder_input=False)[0]
+            # The published refine stage divided by the scaling factor and gave the decoder the VAE's own RGB.
+            return self.pipe.decode_transparent_latents(output.images, main_stage=False)[0]
         finally:
             if lora is not None:
                 self.pipe.unload_subject_lora()

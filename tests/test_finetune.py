@@ -138,6 +138,35 @@ def test_profiles_differ_in_pooled_embedding_and_time_ids(tiny_models):
     assert default._time_ids((750, 1101), [30, 0]) == [1101, 750, 30, 0, 64, 64]
 
 
+def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
+    """Resize(512) truncates the long side (750x1101 -> 512x751, where rounding gives 752) and
+    RandomCrop draws from torch's generator: the same seed gives the published crop, bit for bit."""
+    from torchvision import transforms
+
+    settings = FinetuneSettings(profile="reference", resolution=512, **{k: v for k, v in FAST.items() if k != "resolution"})
+    trainer = LoraTrainer.from_models_dir(tiny_models, settings, "cpu")
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1101, 750, 3), np.uint8))
+    published = transforms.Compose([
+        transforms.Resize(512, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.RandomCrop(512),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+    ])
+    torch.manual_seed(0)
+    expected = [published(photo) for _ in range(2)]
+    torch.manual_seed(0)
+    ours = [trainer._augment(photo, None) for _ in range(2)]
+    assert all(torch.equal(pixels, wanted) for (pixels, _, _), wanted in zip(ours, expected))
+    assert transforms.Resize(512)(photo).size == (512, 751)
+    assert ours[0][2] != ours[1][2]  # two draws, two crops (top, left)
+
+
+def test_reference_vae_encodes_in_the_training_precision(tiny_models):
+    half = dict(FAST, mixed_precision="fp16")
+    assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(profile="reference", **half), "cpu").vae.dtype == torch.float16
+    assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**half), "cpu").vae.dtype == torch.float32
+
+
 def test_multi_view_trains_one_lora(tiny_models, photo, tmp_path):
     mirrored = tmp_path / "mirrored.png"
     Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)

@@ -203,3 +203,56 @@ def test_transparent_encoder_pads_colour_and_is_deterministic(tiny_models):
     )
     first = layerdiffuse.encode_transparent(vae, encoder, [rgba])
     assert first.shape == (1, 4, 8, 8) and torch.equal(first, layerdiffuse.encode_transparent(vae, encoder, [rgba]))
+
+
+@pytest.mark.parametrize("profile", ["default", "reference"])
+def test_transparent_decode_quantisation_by_profile(tiny_models, profile):
+    """Reference: the decoder reads the 8-bit RGB the published pipeline returned, and its output is
+    truncated to uint8 (numpy's astype); default: rounded."""
+    pipe = _pipe(tiny_models, profile, layers=True)
+    pixels = []
+    pipe.transparent_decoder.register_forward_hook(lambda module, args, out: pixels.append(args[0]))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    exact = pipe._decode_transparent(latents, "pt")[0].movedim(0, -1).numpy() * 255.0
+    array = pipe._decode_transparent(latents, "np")[0]
+    on_grid = torch.equal(pixels[0] * 255, (pixels[0] * 255).round())
+    assert on_grid == (profile == "reference")
+    expected = np.floor(exact) if profile == "reference" else np.round(exact)
+    assert np.array_equal(array, expected.clip(0, 255).astype(np.uint8))
+    assert not np.array_equal(np.floor(exact), np.round(exact))  # the two rules differ on this output
+    pipe.decode_transparent_latents(latents, main_stage=False)  # the refining stage read the VAE's own RGB
+    assert not torch.equal(pixels[-1] * 255, (pixels[-1] * 255).round())
+
+
+def test_layerdiffuse_offsets_without_a_unet_weight_are_skipped_with_a_count(tiny_models, tmp_path, caplog):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file, save_file
+
+    from oneposetrans.errors import BadInputError
+
+    offsets = load_file(tiny_models / "LayerDiffuse/ld_diffusers_sdxl_attn.safetensors")
+    unet = UNet2DConditionModel.from_pretrained(tiny_models / "RealVisXL_V4.0/unet")
+    extra = dict(offsets, **{"down_blocks.9.attentions.0.missing.weight": torch.zeros(2)})
+    save_file(extra, tmp_path / "extra.safetensors")
+    with caplog.at_level("WARNING"):
+        assert layerdiffuse.merge_attention_offsets(unet, tmp_path / "extra.safetensors") == len(offsets)
+    assert f"1 of {len(extra)} offsets match no UNet weight and were skipped" in caplog.text
+    wrong = {f"other.{index}.weight": torch.zeros(2) for index in range(len(offsets) + 1)}
+    save_file({**offsets, **wrong}, tmp_path / "wrong.safetensors")
+    with pytest.raises(BadInputError, match="offsets match no UNet weight"):
+        layerdiffuse.merge_attention_offsets(unet, tmp_path / "wrong.safetensors")
+
+
+def test_transparent_encode_upcasts_an_fp16_vae_that_asks_for_it(tiny_models):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_models / "RealVisXL_V4.0/vae").to(torch.float16)
+    vae.register_to_config(force_upcast=True)
+    encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(
+        tiny_models / "LayerDiffuse/ld_diffusers_sdxl_vae_transparent_encoder.safetensors"
+    )
+    seen = []
+    vae.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+    rgba = np.full((64, 64, 4), 200, np.uint8)
+    latents = layerdiffuse.encode_transparent(vae, encoder, [rgba])
+    assert seen == [torch.float32] and vae.dtype == torch.float16 and torch.isfinite(latents).all()
