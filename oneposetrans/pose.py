@@ -80,7 +80,8 @@ def load_keypoints(path: str | os.PathLike) -> Keypoints:
 def generation_size(width: int, height: int, resolution: int = 1024, multiple: int = 64) -> tuple[int, int]:
     """Scale so the shorter side is ``resolution``, then round both sides to ``multiple``.
 
-    This is how the published WPose path sized its pose maps (and hence its outputs).
+    The size the published WPose detector drew its maps at; the published generator then could
+    only run the path that stretched them to 1024x1024 (:func:`fit_pose_map`).
     """
     scale = resolution / min(width, height)
     return (

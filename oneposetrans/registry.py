@@ -190,7 +190,11 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         hf_repo="Carve/LaMa-ONNX",
         allow_patterns=("lama_fp32.onnx",),
-        notes="the original used a 1024x1024 export (lama_fp32_1024.onnx); any size works, it is read from the model",
+        notes=(
+            "any fixed size works in the default profile (read from the model); --profile reference needs the "
+            "published 1024x1024 export as lama/lama_fp32_1024.onnx (the original's Baidu-pan file, or big-lama "
+            "exported at 1024 with Carve-Photos/lama's export_LaMa_to_onnx notebook)"
+        ),
     ),
     ModelSpec(
         name="sdxl-inpainting",
