@@ -61,6 +61,9 @@ class FinetuneSettings:
     mixed_precision: str = "auto"
     profile: str = "default"
     masked_loss: bool = False
+    fast_step: bool | None = None
+    """LoRA weights in the UNet's dtype with fp32 masters, fused AdamW, no per-step sync. None: on
+    in the default profile, off in the reference one (which keeps the published computation)."""
 
 
 @dataclass
@@ -226,19 +229,26 @@ class LoraTrainer:
             adapter_name=ADAPTER,
         )
         parameters = [p for p in self.unet.parameters() if p.requires_grad]
-        for parameter in parameters:
-            parameter.data = parameter.data.float()
+        published = settings.profile == "reference" if settings.fast_step is None else not settings.fast_step
+        if published:
+            # As published (accelerate + cast_training_params): fp32 LoRA weights under autocast,
+            # which casts each of them to the compute dtype at every call.
+            lora_weights = _PublishedWeights(parameters)
+        else:
+            lora_weights = _MasterWeights(parameters, self.weight_dtype)
         optimizer = torch.optim.AdamW(
-            parameters,
+            lora_weights.optimized,
             lr=settings.learning_rate,
             betas=(settings.adam_beta1, settings.adam_beta2),
             weight_decay=settings.weight_decay,
             eps=settings.adam_epsilon,
+            # One fused update for all 1,120 LoRA matrices instead of about ten operations each.
+            fused=None if published else True,
         )
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         autocast = (
             torch.autocast(self.device.type, dtype=self.weight_dtype)
-            if self.precision != "no"
+            if self.precision != "no" and published
             else contextlib.nullcontext()
         )
         prompt_embeds, pooled = self.encode_caption(case.caption)
@@ -282,10 +292,14 @@ class LoraTrainer:
             else:
                 loss = error.mean()
             scaler.scale(loss).backward()
+            lora_weights.gradients_to_optimizer()
             scaler.step(optimizer)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            lora_weights.optimizer_to_model()
+            lora_weights.zero_grad(optimizer)
+            # Kept on the device: reading it every step would wait for the GPU each time.
+            losses.append(loss.detach())
+        losses = torch.stack(losses).float().cpu().tolist()
         self.unet.eval()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -317,6 +331,61 @@ class LoraTrainer:
     def discard(self) -> None:
         if ADAPTER in getattr(self.unet, "peft_config", {}):
             self.unet.delete_adapters(ADAPTER)
+
+
+class _PublishedWeights:
+    """The LoRA weights themselves in fp32, updated by the optimizer in place."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter]):
+        for parameter in parameters:
+            parameter.data = parameter.data.float()
+        self.optimized = parameters
+
+    def gradients_to_optimizer(self) -> None:
+        pass
+
+    def optimizer_to_model(self) -> None:
+        pass
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+
+class _MasterWeights:
+    """LoRA weights that compute in the UNet's dtype, so no call casts them, and fp32 master
+    copies that the optimizer updates (the mixed-precision scheme of Micikevicius et al., 2018,
+    "Mixed Precision Training"): after backward the gradients are copied to the masters in one
+    multi-tensor copy, after the update the masters are copied back. With an fp32 UNet the
+    masters are the weights themselves and both copies are skipped."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], dtype: torch.dtype):
+        for parameter in parameters:
+            parameter.data = parameter.data.to(dtype)
+        self.parameters = parameters
+        self.separate = dtype != torch.float32
+        if not self.separate:
+            self.optimized = parameters
+            return
+        self.optimized = [torch.nn.Parameter(p.detach().float()) for p in parameters]
+        for master in self.optimized:
+            master.grad = torch.zeros_like(master)
+
+    def gradients_to_optimizer(self) -> None:
+        if self.separate:
+            torch._foreach_copy_([m.grad for m in self.optimized], [p.grad for p in self.parameters])
+
+    @torch.no_grad()
+    def optimizer_to_model(self) -> None:
+        if self.separate:
+            torch._foreach_copy_(self.parameters, self.optimized)
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        # The masters' gradients are overwritten by the next copy; only the model's are dropped.
+        if not self.separate:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        for parameter in self.parameters:
+            parameter.grad = None
 
 
 def run_finetune(

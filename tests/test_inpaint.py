@@ -14,7 +14,7 @@ from oneposetrans.inpaint import (
     LamaInpainter,
     binary_mask,
 )
-from oneposetrans.testing.tiny import TINY_LAMA_SIDE, _build_lama
+from oneposetrans.testing.tiny import TINY_LAMA_SIDE
 
 
 def _photo_and_hole(size=(300, 200)):
@@ -35,37 +35,36 @@ def test_lama_fills_the_hole_and_returns_the_source_size(tiny_models):
     assert np.abs(after[hole > 0].astype(int) - before[hole > 0]).mean() > 5
 
 
-def _models_with_published_lama(tiny_models, tmp_path):
-    """The tiny kit with a 1024x1024 LaMa export beside its own, as the published file name."""
+def _models_without_published_lama(tiny_models, tmp_path):
+    """The tiny kit with only the registry's smaller LaMa export."""
     models = tmp_path / "models"
     models.mkdir()
     for entry in tiny_models.iterdir():
-        (models / entry.name).symlink_to(entry)
-    (models / "lama").unlink()
+        if entry.name != "lama":
+            (models / entry.name).symlink_to(entry)
     (models / "lama").mkdir()
     (models / "lama" / "lama_fp32.onnx").symlink_to(tiny_models / "lama" / "lama_fp32.onnx")
-    _build_lama(models / "lama", side=PUBLISHED_LAMA_SIDE, name=PUBLISHED_LAMA)
     return models
 
 
-def test_lama_reference_profile_refuses_an_export_of_another_size(tiny_models):
+def test_lama_reference_profile_refuses_an_export_of_another_size(tiny_models, tmp_path):
     with pytest.raises(BadInputError, match=f"{TINY_LAMA_SIDE}x{TINY_LAMA_SIDE} LaMa export; --profile reference needs"):
-        LamaInpainter(tiny_models, "cpu", profile="reference")
+        LamaInpainter(_models_without_published_lama(tiny_models, tmp_path), "cpu", profile="reference")
 
 
-def test_lama_reference_profile_uses_the_1024_export_and_keeps_its_size(tiny_models, tmp_path):
+def test_lama_reference_profile_uses_the_1024_export_and_keeps_its_size(tiny_models):
     photo, hole = _photo_and_hole()
-    lama = LamaInpainter(_models_with_published_lama(tiny_models, tmp_path), "cpu", profile="reference")
+    lama = LamaInpainter(tiny_models, "cpu", profile="reference")
     assert lama.path.name == PUBLISHED_LAMA
     filled = lama(photo, hole)
     assert filled.size == (PUBLISHED_LAMA_SIDE, PUBLISHED_LAMA_SIDE)
 
 
 @pytest.mark.parametrize("profile", ["default", "reference"])
-def test_lama_inputs_are_the_published_bicubic_resizes(tiny_models, tmp_path, profile):
+def test_lama_inputs_are_the_published_bicubic_resizes(tiny_models, profile):
     """Image: PIL bicubic to the model size, in 0..1. Mask: the 0/255 mask resized bicubic, hole where > 0."""
     photo, hole = _photo_and_hole()
-    lama = LamaInpainter(_models_with_published_lama(tiny_models, tmp_path), "cpu", profile=profile)
+    lama = LamaInpainter(tiny_models, "cpu", profile=profile)
     seen = {}
     run = lama.session.run
     lama.session = type("Spy", (), {"run": lambda self, names, feed: seen.update(feed) or run(names, feed)})()

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from oneposetrans import registry
 
 # Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "8"
+KIT_VERSION = "9"
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
@@ -419,7 +419,14 @@ def _onnx_scrfd():
 TINY_LAMA_SIDE = 256
 
 
-def _build_lama(folder: Path, side: int = TINY_LAMA_SIDE, name: str = "lama_fp32.onnx") -> None:
+def _build_lama(folder: Path) -> None:
+    """The registry's 512-style export at the tiny side, and the published 1024x1024 one that
+    ``--profile reference`` requires."""
+    _build_lama_export(folder, TINY_LAMA_SIDE, "lama_fp32.onnx")
+    _build_lama_export(folder, 1024, "lama_fp32_1024.onnx")
+
+
+def _build_lama_export(folder: Path, side: int, name: str) -> None:
     """A fixed-size LaMa-signature ONNX graph: inputs ``image`` (1x3xSxS, 0..1) and ``mask``
     (1x1xSxS, 0/1), output in 0..255. It fills the hole with a local average: plumbing only."""
     import numpy as np

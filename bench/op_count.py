@@ -1,0 +1,167 @@
+"""Launch-overhead proxy that needs no GPU (not a test): aten operations per LoRA training step
+and per denoising step of the *full-size* SDXL UNet.
+
+    python bench/op_count.py              # full-size UNet from bench/configs, CPU, about 2 minutes
+    python bench/op_count.py --json out.json
+
+At full size on an H100 the LoRA step is launch-bound: every aten operation that reaches a
+kernel costs a launch (~5-10 us of host time) whatever its size, so the number of operations per
+step bounds the step time from below. The count does not depend on the device or the weight
+values, so it is taken here on the CPU: the UNet is built from its published config with
+uninitialised weights (``to_empty``: values do not change which operations run), in bf16 with
+bf16 autocast (the CPU counterpart of the GPU's fp16 autocast: the same casts are inserted), at a
+tiny latent so that the compute is cheap, under a ``TorchDispatchMode`` that counts every aten
+operation below autograd and autocast, backward and optimizer included.
+
+Three numbers per step: all aten operations; "kernels", those that launch work on a GPU (views,
+allocations and metadata-only operations left out); and ``_to_copy`` (dtype casts), the share
+the profiler found largest. The training step is the real ``LoraTrainer.train`` step (two runs of
+1 and 2 steps; the difference is one step, so adapter set-up cancels out), counted for the
+published step and the fast one in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+CONFIGS = Path(__file__).parent / "configs"
+CAPTION = "A woman with face, orange spacesuit with mission patches"
+# Operations that launch no kernel on a GPU: allocations, metadata, host-side reads.
+NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "_local_scalar_dense", "set_", "resize_"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten operations by name while active (autograd's backward included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] += 1
+        if not func.is_view and name not in NO_KERNEL:
+            self.kernels += 1
+        return func(*args, **(kwargs or {}))
+
+    def summary(self) -> dict:
+        return {"aten_ops": sum(self.counts.values()), "kernel_ops": self.kernels, "casts": self.counts["_to_copy"],
+                "top": dict(self.counts.most_common(8))}
+
+
+def _config(name: str) -> dict:
+    return {k: v for k, v in json.loads((CONFIGS / name).read_text()).items() if not k.startswith("_")}
+
+
+def full_size_unet(dtype: torch.dtype):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_config("sdxl_unet.json"))
+    return unet.to_empty(device="cpu").to(dtype)
+
+
+def _difference(first: dict, second: dict) -> dict:
+    top = collections.Counter(second["top"])
+    top.subtract(first["top"])
+    return {
+        "aten_ops": second["aten_ops"] - first["aten_ops"],
+        "kernel_ops": second["kernel_ops"] - first["kernel_ops"],
+        "casts": second["casts"] - first["casts"],
+        "top": dict(top.most_common(8)),
+    }
+
+
+def training_step_ops(unet, latent_side: int, fast_step: bool) -> dict:
+    """One step of ``LoraTrainer.train`` (published recipe: rank 32, batch 2, bf16), with the
+    published step (fp32 LoRA weights under autocast, torch's default AdamW) or the fast one."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from PIL import Image
+    from skimage import data
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
+    from oneposetrans.testing import cached_tiny_models
+
+    text = _config("clip_text_encoders.json")
+    tokenizers = cached_tiny_models() / "RealVisXL_V4.0"  # the real CLIP BPE vocabulary
+    with torch.device("meta"):
+        vae = AutoencoderKL(**_config("sdxl_vae.json"))
+    components = {
+        "unet": unet,
+        "vae": vae.to_empty(device="cpu"),
+        # Built for real: their position-id buffers must hold indices (they run once per case, outside the steps).
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**text["text_encoder"])),
+        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**text["text_encoder_2"])),
+        "tokenizer": CLIPTokenizer.from_pretrained(tokenizers, subfolder="tokenizer"),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(tokenizers, subfolder="tokenizer_2"),
+        "noise_scheduler": DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    }
+    settings = FinetuneSettings(mixed_precision="bf16", resolution=latent_side * 8, fast_step=fast_step)
+    trainer = LoraTrainer(components, settings, torch.device("cpu"))
+    trainer.encode_caption(CAPTION)  # once per case, outside the steps
+    photo = Path("/tmp") / "op_count_source.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    counted = []
+    for steps in (1, 2):
+        trainer.settings = FinetuneSettings(mixed_precision="bf16", resolution=latent_side * 8, steps=steps, fast_step=fast_step)
+        with OpCounter() as counter:
+            trainer.train(FinetuneCase("count", [photo], CAPTION))
+        trainer.discard()
+        counted.append(counter.summary())
+    return _difference(*counted)
+
+
+@torch.no_grad()
+def denoising_step_ops(unet, latent_side: int) -> dict:
+    """One UNet call of the generator's loop: batch 2 (CFG), 77 text tokens + 4 image tokens."""
+    dtype = next(unet.parameters()).dtype
+    latents = torch.zeros(2, 4, latent_side, latent_side, dtype=dtype)
+    tokens = torch.zeros(2, 81, 2048, dtype=dtype)
+    added = {"text_embeds": torch.zeros(2, 1280, dtype=dtype), "time_ids": torch.zeros(2, 6, dtype=dtype)}
+    with OpCounter() as counter:
+        unet(latents, torch.tensor(500), encoder_hidden_states=tokens, added_cond_kwargs=added)
+    return counter.summary()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latent", type=int, default=8, help="latent side for the count (ops do not depend on it)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    arguments = parser.parse_args()
+    started = time.perf_counter()
+    unet = full_size_unet(torch.bfloat16)
+    unet.eval()
+    denoise = denoising_step_ops(unet, arguments.latent)
+    published = training_step_ops(unet, arguments.latent, fast_step=False)
+    fast = training_step_ops(unet, arguments.latent, fast_step=True)
+    figures = {"torch": torch.__version__, "training_step_published": published, "training_step_fast": fast, "denoising_step_unet": denoise}
+    print(f"full-size SDXL UNet ({sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B parameters), torch {torch.__version__}, "
+          f"counted on the CPU in {time.perf_counter() - started:.0f} s")
+    rows = (
+        ("LoRA training step, published (fp32 LoRA under autocast, per-tensor AdamW)", published),
+        ("LoRA training step, fast (default profile)", fast),
+        ("denoising step, UNet only, CFG batch", denoise),
+    )
+    for title, figure in rows:
+        print(f"  {title}: {figure['aten_ops']} aten ops, {figure['kernel_ops']} kernel ops, {figure['casts']} casts")
+        print(f"    most frequent: {', '.join(f'{name} {count}' for name, count in figure['top'].items())}")
+    print(f"  training step, fast / published: {fast['kernel_ops'] / published['kernel_ops']:.2f}x kernel ops, "
+          f"{fast['aten_ops'] / published['aten_ops']:.2f}x aten ops")
+    if arguments.json:
+        arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
