@@ -140,16 +140,48 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             Path(folder) / "ld_diffusers_sdxl_vae_transparent_encoder.safetensors", self.unet.dtype
         ).to(self.unet.device)
 
-    def load_subject_lora(self, path: str | os.PathLike, block_scales: dict | float) -> None:
-        """The identity's LoRA (diffusers format) with block-wise scales ("weight injection")."""
+    def load_subject_lora(self, path: str | os.PathLike, block_scales: dict | float, fuse: bool = False) -> None:
+        """The identity's LoRA (diffusers format) with block-wise scales ("weight injection").
+
+        ``fuse`` merges it, scales included, into the UNet's weights for the denoising loop, so
+        that no step pays the 560 adapters' extra matrix products; :meth:`unload_subject_lora`
+        then restores the exact original weights (an unmerge alone would leave rounding behind,
+        and it would build up over the identities of a run)."""
         path = Path(path)
         self.load_lora_weights(path.parent, weight_name=path.name, adapter_name=SUBJECT_ADAPTER)
         # Pipeline-level dicts are keyed by component; a bare block dict would be dropped.
         self.set_adapters([SUBJECT_ADAPTER], adapter_weights=[{"unet": block_scales}])
+        if fuse:
+            self._fuse_subject_lora()
 
     def unload_subject_lora(self) -> None:
+        for name, module in self._fused_subject_layers():
+            module.unmerge()
+            module.get_base_layer().weight.data.copy_(self._unfused_weights[name])
         if SUBJECT_ADAPTER in self.get_list_adapters().get("unet", []):
             self.delete_adapters(SUBJECT_ADAPTER)
+
+    def _subject_layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in self.unet.named_modules():
+            if isinstance(module, BaseTunerLayer) and SUBJECT_ADAPTER in getattr(module, "lora_A", {}):
+                yield name, module
+
+    def _fused_subject_layers(self):
+        return [(name, module) for name, module in self._subject_layers() if SUBJECT_ADAPTER in module.merged_adapters]
+
+    @torch.no_grad()
+    def _fuse_subject_lora(self) -> None:
+        if not hasattr(self, "_unfused_weights"):
+            self._unfused_weights: dict[str, torch.Tensor] = {}
+        pin = torch.cuda.is_available() and self.unet.device.type == "cuda"
+        for name, module in self._subject_layers():
+            if name not in self._unfused_weights:
+                # Taken once per process: the base weights only ever change by these merges.
+                weight = module.get_base_layer().weight
+                self._unfused_weights[name] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=pin).copy_(weight)
+            module.merge(adapter_names=[SUBJECT_ADAPTER])
 
     # -- identity conditioning ----------------------------------------------------------------
 
@@ -325,6 +357,9 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
 
     def _set_layout(self, identity: vcm.IdentityConditioning | None, rows: int, do_cfg: bool) -> None:
         layout = self.vcm_layout
+        layout.changed()
+        for processor in self.vcm_processors.values():
+            processor.forget()
         if identity is None:
             layout.image_tokens = layout.face_tokens = 0
             layout.face_positions = None

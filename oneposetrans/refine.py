@@ -109,7 +109,7 @@ class Refiner:
         self.pipe.set_ip_adapter_scale(1.0 if self.profile == "reference" else {STYLE_BLOCK: 1.0})
         if lora is not None:
             # As published: the LoRA acts only at up_blocks.0.attentions.1 while refining.
-            self.pipe.load_subject_lora(Path(lora), style_block_lora_scales(0.0))
+            self.pipe.load_subject_lora(Path(lora), style_block_lora_scales(0.0), fuse=self.profile != "reference")
         try:
             identity = self.pipe.encode_identity(caption, settings.negative_prompt, reference, None, do_classifier_free_guidance=True)
             if self.profile == "reference":

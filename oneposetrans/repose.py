@@ -171,7 +171,8 @@ class Reposer:
         images)`` is called as each batch finishes, so that callers can save early."""
         self.pipe.set_ip_adapter_scale(settings.ip_scales if settings.use_image_prompt else {}, settings.face_scale)
         if lora is not None:
-            self.pipe.load_subject_lora(Path(lora), settings.lora_scales)
+            # The published pipeline ran the adapters unfused; merging them is the same sum, once.
+            self.pipe.load_subject_lora(Path(lora), settings.lora_scales, fuse=self.profile != "reference")
         try:
             notes: list[str] = []
             reference = source.convert("RGB") if source is not None else None

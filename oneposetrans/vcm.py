@@ -54,6 +54,11 @@ class VCMLayout:
     """Per batch row, the text position whose value takes the face vector; -1 leaves a row alone."""
     face_key_from_value: bool = False
     """Reference quirk: the face key used the value projection (only matters if face_scale > 0)."""
+    generation: int = 0
+    """Bumped whenever the layout changes, so that processors drop what they kept for the last one."""
+
+    def changed(self) -> None:
+        self.generation += 1
 
 
 class VCMAttnProcessor(nn.Module):
@@ -72,9 +77,55 @@ class VCMAttnProcessor(nn.Module):
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_face_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_face_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self._kept: list[tuple] = []
 
     def _heads(self, attn, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
         return tensor.view(batch_size, -1, attn.heads, tensor.shape[-1] // attn.heads).transpose(1, 2)
+
+    def _identity_keys_values(self, attn, encoder_hidden_states: torch.Tensor, batch_size: int) -> tuple:
+        """Text key, text value with the face vector in place, image-prompt key and value, and
+        the face value, all in heads layout: the same at every denoising step of one identity,
+        so they are computed at the first step and kept while the layout and the sequence tensor
+        stay the same (at most two sequences: samplers that call the UNet for the conditional
+        and unconditional halves separately). Identical to recomputing them."""
+        layout = self.layout
+        keep = not torch.is_grad_enabled()  # a kept tensor must not carry an autograd graph across calls
+        version = (layout.generation, _version_of(encoder_hidden_states), self.ip_scale, self.face_scale)
+        if keep:
+            for source, kept_version, kept in self._kept:
+                if source is encoder_hidden_states and kept_version == version:
+                    return kept
+        extra = layout.image_tokens + layout.face_tokens
+        text = encoder_hidden_states[:, : encoder_hidden_states.shape[1] - extra]
+        image = encoder_hidden_states[:, text.shape[1] : text.shape[1] + layout.image_tokens]
+        face = encoder_hidden_states[:, text.shape[1] + layout.image_tokens :]
+        if attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+        key = attn.to_k(text)
+        value = attn.to_v(text)
+        face_value = None
+        if layout.face_tokens:
+            face_value = self.to_face_v_ip(face)
+            value = _replace_face_value(value, face_value, layout.face_positions)
+        key, value = self._heads(attn, key, batch_size), self._heads(attn, value, batch_size)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        ip_key = ip_value = face_key = None
+        if layout.image_tokens and self.ip_scale != 0:
+            ip_key = self._heads(attn, self.to_k_ip(image), batch_size)
+            ip_value = self._heads(attn, self.to_v_ip(image), batch_size)
+        if layout.face_tokens and self.face_scale != 0:
+            face_key = self._heads(attn, (self.to_face_v_ip if layout.face_key_from_value else self.to_face_k_ip)(face), batch_size)
+            face_value = self._heads(attn, face_value, batch_size)
+        kept = (key, value, ip_key, ip_value, face_key, face_value)
+        if keep:
+            current = [entry for entry in self._kept if entry[1][0] == layout.generation]
+            self._kept = current[-1:] + [(encoder_hidden_states, version, kept)]
+        return kept
+
+    def forget(self) -> None:
+        """Drop what was kept for the last identity (called when the layout changes)."""
+        self._kept = []
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
@@ -88,41 +139,15 @@ class VCMAttnProcessor(nn.Module):
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
-        layout = self.layout
-        extra = layout.image_tokens + layout.face_tokens
-        text = encoder_hidden_states[:, : encoder_hidden_states.shape[1] - extra]
-        image = encoder_hidden_states[:, text.shape[1] : text.shape[1] + layout.image_tokens]
-        face = encoder_hidden_states[:, text.shape[1] + layout.image_tokens :]
-        if attn.norm_cross:
-            text = attn.norm_encoder_hidden_states(text)
-
-        key = attn.to_k(text)
-        value = attn.to_v(text)
-        face_value = None
-        if layout.face_tokens:
-            face_value = self.to_face_v_ip(face)
-            value = _replace_face_value(value, face_value, layout.face_positions)
-
-        query = self._heads(attn, query, batch_size)
-        key = self._heads(attn, key, batch_size)
-        value = self._heads(attn, value, batch_size)
+        query = self._heads(attn, attn.to_q(hidden_states), batch_size)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        key, value, ip_key, ip_value, face_key, face_value = self._identity_keys_values(attn, encoder_hidden_states, batch_size)
         hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-
-        if layout.image_tokens and self.ip_scale != 0:
-            ip_key = self._heads(attn, self.to_k_ip(image), batch_size)
-            ip_value = self._heads(attn, self.to_v_ip(image), batch_size)
+        if ip_key is not None:
             hidden_states = hidden_states + self.ip_scale * F.scaled_dot_product_attention(query, ip_key, ip_value)
-        if layout.face_tokens and self.face_scale != 0:
-            face_key = (self.to_face_v_ip if layout.face_key_from_value else self.to_face_k_ip)(face)
-            face_key = self._heads(attn, face_key, batch_size)
-            hidden_states = hidden_states + self.face_scale * F.scaled_dot_product_attention(
-                query, face_key, self._heads(attn, face_value, batch_size)
-            )
+        if face_key is not None:
+            hidden_states = hidden_states + self.face_scale * F.scaled_dot_product_attention(query, face_key, face_value)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * hidden_states.shape[-1])
         hidden_states = hidden_states.to(query.dtype)
@@ -133,6 +158,15 @@ class VCMAttnProcessor(nn.Module):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _version_of(tensor: torch.Tensor) -> int:
+    """The in-place version counter; inference tensors have none (and cannot change outside
+    inference mode)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
 
 
 def pooled_face_value(face_value: torch.Tensor) -> torch.Tensor:
