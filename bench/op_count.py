@@ -1,7 +1,7 @@
 """Launch-overhead proxy that needs no GPU (not a test): aten operations per LoRA training step
 and per denoising step of the *full-size* SDXL UNet.
 
-    python bench/op_count.py              # full-size UNet from bench/configs, CPU, about 2 minutes
+    python bench/op_count.py              # full-size UNet from bench/configs, CPU, about 5 minutes
     python bench/op_count.py --json out.json
 
 At full size on an H100 the LoRA step is launch-bound: every aten operation that reaches a
@@ -12,6 +12,11 @@ uninitialised weights (``to_empty``: values do not change which operations run),
 bf16 autocast (the CPU counterpart of the GPU's fp16 autocast: the same casts are inserted), at a
 tiny latent so that the compute is cheap, under a ``TorchDispatchMode`` that counts every aten
 operation below autograd and autocast, backward and optimizer included.
+
+The generator's UNet step is counted with the Visual Consistency Module and a subject LoRA at
+the published scales: recomputing the identity's keys and values (the first call, what every
+step did before they were kept), keeping them, and with the LoRA merged into the weights; the
+stock UNet step is counted in the same run for the ratio.
 
 Three numbers per step: all aten operations; "kernels", those that launch work on a GPU (views,
 allocations and metadata-only operations left out); and ``_to_copy`` (dtype casts), the share
@@ -134,6 +139,48 @@ def denoising_step_ops(unet, latent_side: int) -> dict:
     return counter.summary()
 
 
+@torch.no_grad()
+def generator_step_ops(unet, latent_side: int) -> dict:
+    """UNet calls of the OnePoseTrans generator: VCM (text 77 + image 4 + face 16 tokens, the
+    published image scales) and a rank-32 subject LoRA at the published block scales. The first
+    call of an identity computes its K/V (what every step cost before they were kept); later
+    calls reuse them; then the LoRA merged into the weights."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from oneposetrans.repose import published_lora_scales
+    from oneposetrans.vcm import VCMLayout, install_vcm, published_ip_scales, set_ip_scales
+
+    dtype = next(unet.parameters()).dtype
+    layout = VCMLayout(image_tokens=4, face_tokens=16, face_positions=torch.tensor([4, 4]))
+    with torch.device("meta"):
+        processors = install_vcm(unet, None, None, layout)
+    for processor in processors.values():
+        processor.to_empty(device="cpu").to(dtype)
+    set_ip_scales(processors, published_ip_scales(), 0.0)
+    unet.add_adapter(LoraConfig(r=32, lora_alpha=32, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name="subject")
+    unet.set_adapters(["subject"], weights=[published_lora_scales()])
+    unet.to(dtype)
+    latents = torch.zeros(2, 4, latent_side, latent_side, dtype=dtype)
+    tokens = torch.zeros(2, 97, 2048, dtype=dtype)
+    added = {"text_embeds": torch.zeros(2, 1280, dtype=dtype), "time_ids": torch.zeros(2, 6, dtype=dtype)}
+
+    def count() -> dict:
+        with OpCounter() as counter:
+            unet(latents, torch.tensor(500), encoder_hidden_states=tokens, added_cond_kwargs=added)
+        return counter.summary()
+
+    first, steady = count(), count()
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge(adapter_names=["subject"])
+    layout.changed()
+    count()
+    fused = count()
+    unet.delete_adapters("subject")
+    return {"identity_first_call_unfused": first, "steady_step_unfused": steady, "steady_step_fused": fused}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latent", type=int, default=8, help="latent side for the count (ops do not depend on it)")
@@ -145,19 +192,32 @@ def main() -> int:
     denoise = denoising_step_ops(unet, arguments.latent)
     published = training_step_ops(unet, arguments.latent, fast_step=False)
     fast = training_step_ops(unet, arguments.latent, fast_step=True)
-    figures = {"torch": torch.__version__, "training_step_published": published, "training_step_fast": fast, "denoising_step_unet": denoise}
+    generator = generator_step_ops(unet, arguments.latent)
+    figures = {
+        "torch": torch.__version__,
+        "training_step_published": published,
+        "training_step_fast": fast,
+        "denoising_step_unet": denoise,
+        **{f"generator_{key}": value for key, value in generator.items()},
+    }
     print(f"full-size SDXL UNet ({sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B parameters), torch {torch.__version__}, "
           f"counted on the CPU in {time.perf_counter() - started:.0f} s")
     rows = (
         ("LoRA training step, published (fp32 LoRA under autocast, per-tensor AdamW)", published),
         ("LoRA training step, fast (default profile)", fast),
-        ("denoising step, UNet only, CFG batch", denoise),
+        ("denoising step, stock UNet, CFG batch", denoise),
+        ("generator step, VCM + LoRA unfused, recomputing the identity's K/V (before)", generator["identity_first_call_unfused"]),
+        ("generator step, VCM + LoRA unfused, K/V kept", generator["steady_step_unfused"]),
+        ("generator step, VCM + LoRA merged, K/V kept (default profile)", generator["steady_step_fused"]),
     )
     for title, figure in rows:
         print(f"  {title}: {figure['aten_ops']} aten ops, {figure['kernel_ops']} kernel ops, {figure['casts']} casts")
         print(f"    most frequent: {', '.join(f'{name} {count}' for name, count in figure['top'].items())}")
     print(f"  training step, fast / published: {fast['kernel_ops'] / published['kernel_ops']:.2f}x kernel ops, "
           f"{fast['aten_ops'] / published['aten_ops']:.2f}x aten ops")
+    before, after = generator["identity_first_call_unfused"], generator["steady_step_fused"]
+    print(f"  generator step / stock UNet step, kernel ops: before {before['kernel_ops'] / denoise['kernel_ops']:.2f}x, "
+          f"after {after['kernel_ops'] / denoise['kernel_ops']:.2f}x")
     if arguments.json:
         arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

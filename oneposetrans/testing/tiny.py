@@ -226,36 +226,50 @@ TINY_FACE_HIDDEN = 64
 ARCFACE_DIM = 512
 
 
-def _cross_attention_shapes() -> dict[int, tuple[int, int]]:
-    """Published ip_adapter numbering: index among all UNet processors -> (hidden, cross dim)."""
-    from oneposetrans.vcm import cross_attention_processor_indices
-
-    with _seeded(0):
-        unet = tiny_unet()
-    shapes = {}
-    for name, index in cross_attention_processor_indices(unet).items():
-        attn = unet.get_submodule(name.removesuffix(".processor"))
-        shapes[index] = (attn.to_q.out_features, attn.to_k.in_features)
-    return shapes
-
-
-def _adapter_kv(prefix_seed: int) -> dict[str, "torch.Tensor"]:
+def adapter_kv(unet, seed: int) -> dict[str, "torch.Tensor"]:
+    """Random ``N.to_{k,v}_ip.weight`` for every cross-attention of ``unet``, N in the published
+    ip_adapter numbering (index among all UNet processors)."""
     import torch
 
+    from oneposetrans.vcm import cross_attention_processor_indices
+
     state = {}
-    with _seeded(prefix_seed):
-        for index, (hidden, cross) in sorted(_cross_attention_shapes().items()):
-            for name in ("to_k_ip", "to_v_ip"):
-                state[f"{index}.{name}.weight"] = torch.randn(hidden, cross) * 0.1
+    with _seeded(seed):
+        for name, index in sorted(cross_attention_processor_indices(unet).items(), key=lambda item: item[1]):
+            attn = unet.get_submodule(name.removesuffix(".processor"))
+            for key in ("to_k_ip", "to_v_ip"):
+                state[f"{index}.{key}.weight"] = torch.randn(attn.to_q.out_features, attn.to_k.in_features) * 0.1
     return state
 
 
-def _build_ip_adapter(folder: Path) -> None:
-    """h94/IP-Adapter layout: sdxl_models/ip-adapter_sdxl_vit-h.safetensors (flat keys
-    ``image_proj.proj.weight``, ``image_proj.norm.*``, ``ip_adapter.N.to_{k,v}_ip.weight``) and
-    models/image_encoder (a CLIPVisionModelWithProjection folder)."""
+def _adapter_kv(seed: int) -> dict[str, "torch.Tensor"]:
+    with _seeded(0):
+        unet = tiny_unet()
+    return adapter_kv(unet, seed)
+
+
+def write_ip_adapter(folder: Path, unet, encoder, seed: int) -> None:
+    """h94/IP-Adapter layout for ``unet``: sdxl_models/ip-adapter_sdxl_vit-h.safetensors (flat keys
+    ``image_proj.proj.weight``, ``image_proj.norm.*``, ``ip_adapter.N.to_{k,v}_ip.weight``; 4
+    image tokens) and models/image_encoder (the CLIPVisionModelWithProjection ``encoder``)."""
     import torch
     from safetensors.torch import save_file
+
+    cross, embed = unet.config.cross_attention_dim, encoder.config.projection_dim
+    with _seeded(seed):
+        flat = {
+            "image_proj.proj.weight": torch.randn(4 * cross, embed) * 0.1,
+            "image_proj.proj.bias": torch.zeros(4 * cross),
+            "image_proj.norm.weight": torch.ones(cross),
+            "image_proj.norm.bias": torch.zeros(cross),
+        }
+    flat.update({f"ip_adapter.{key}": value for key, value in adapter_kv(unet, seed + 1).items()})
+    (folder / "sdxl_models").mkdir(parents=True, exist_ok=True)
+    save_file(flat, folder / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
+    encoder.save_pretrained(folder / "models" / "image_encoder")
+
+
+def _build_ip_adapter(folder: Path) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     with _seeded(30):
@@ -265,16 +279,9 @@ def _build_ip_adapter(folder: Path) -> None:
                 image_size=224, patch_size=32, projection_dim=TINY_CLIP_IMAGE_EMBED, hidden_act="gelu",
             )
         )
-        flat = {
-            "image_proj.proj.weight": torch.randn(4 * TINY_CROSS_ATTENTION_DIM, TINY_CLIP_IMAGE_EMBED) * 0.1,
-            "image_proj.proj.bias": torch.zeros(4 * TINY_CROSS_ATTENTION_DIM),
-            "image_proj.norm.weight": torch.ones(TINY_CROSS_ATTENTION_DIM),
-            "image_proj.norm.bias": torch.zeros(TINY_CROSS_ATTENTION_DIM),
-        }
-    flat.update({f"ip_adapter.{key}": value for key, value in _adapter_kv(31).items()})
-    (folder / "sdxl_models").mkdir(parents=True)
-    save_file(flat, folder / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
-    encoder.save_pretrained(folder / "models" / "image_encoder")
+    with _seeded(0):
+        unet = tiny_unet()
+    write_ip_adapter(folder, unet, encoder, 30)
 
 
 def instantid_resampler_state(dim: int, output_dim: int, embedding_dim: int = ARCFACE_DIM, queries: int = 16) -> dict:
@@ -305,15 +312,22 @@ def instantid_resampler_state(dim: int, output_dim: int, embedding_dim: int = AR
     return state
 
 
-def _build_instantid(folder: Path) -> None:
-    """InstantX/InstantID ip-adapter.bin: a torch pickle of {"image_proj": Resampler state,
-    "ip_adapter": N.to_{k,v}_ip.weight}, written with plain tensors so weights_only loads it."""
+def write_instantid(folder: Path, unet, width: int, seed: int) -> None:
+    """InstantX/InstantID ip-adapter.bin for ``unet``: a torch pickle of {"image_proj": Resampler
+    state of ``width`` (1280 published), "ip_adapter": N.to_{k,v}_ip.weight}, written with plain
+    tensors so that weights_only loads it."""
     import torch
 
-    with _seeded(40):
-        image_proj = instantid_resampler_state(TINY_FACE_HIDDEN, TINY_CROSS_ATTENTION_DIM)
+    with _seeded(seed):
+        image_proj = instantid_resampler_state(width, unet.config.cross_attention_dim)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"image_proj": image_proj, "ip_adapter": _adapter_kv(41)}, folder / "ip-adapter.bin")
+    torch.save({"image_proj": image_proj, "ip_adapter": adapter_kv(unet, seed + 1)}, folder / "ip-adapter.bin")
+
+
+def _build_instantid(folder: Path) -> None:
+    with _seeded(0):
+        unet = tiny_unet()
+    write_instantid(folder, unet, TINY_FACE_HIDDEN, 40)
     # The same repository's optional IdentityNet (instantid-identitynet): a ControlNet folder.
     _build_controlnet(folder / "ControlNetModel", seed=42)
 
@@ -324,23 +338,29 @@ TINY_DECODER_WIDTHS = (4, 4, 8, 12, 16, 24, 24)
 
 
 def _build_layerdiffuse(folder: Path) -> None:
-    """lllyasviel/LayerDiffuse_Diffusers: attention offsets keyed by UNet weight names, and the
-    transparent decoder (narrow, same module names) and encoder (its fixed published size)."""
+    with _seeded(50):
+        unet = tiny_unet()
+    write_layerdiffuse(folder, unet, TINY_DECODER_WIDTHS, 50)
+
+
+def write_layerdiffuse(folder: Path, unet, decoder_widths: tuple[int, ...], seed: int) -> None:
+    """lllyasviel/LayerDiffuse_Diffusers for ``unet``: attention offsets keyed by UNet weight
+    names, the transparent decoder (``decoder_widths``, same module names as published) and the
+    encoder (its fixed published size)."""
     import torch
     from safetensors.torch import save_file
 
     from oneposetrans.layerdiffuse import TransparentDecoderUNet, TransparentOffsetEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
-    with _seeded(50):
-        unet = tiny_unet()
+    with _seeded(seed):
         offsets = {
             name: torch.randn_like(weight) * 0.01
             for name, weight in unet.named_parameters()
             if ".attn1." in name or ".attn2." in name
             if name.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
         }
-        decoder = TransparentDecoderUNet(block_out_channels=TINY_DECODER_WIDTHS)
+        decoder = TransparentDecoderUNet(block_out_channels=decoder_widths)
         encoder = TransparentOffsetEncoder()
     save_file(offsets, folder / "ld_diffusers_sdxl_attn.safetensors")
     save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, folder / "ld_diffusers_sdxl_vae_transparent_decoder.safetensors")

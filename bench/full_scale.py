@@ -1,0 +1,306 @@
+"""The whole case at full size, timed on a GPU beside stock diffusers in the same run (not a test).
+
+    python bench/full_scale.py [--json FILE]        # CUDA: full-size models, bf16
+    python bench/full_scale.py --plumbing           # CPU, tiny shapes: checks this script end to end
+
+Full size: the SDXL UNet, VAE and text encoders from ``bench/configs/``, the OpenPose ControlNet
+derived from that UNet, CLIP ViT-H/14 as IP-Adapter's image encoder, and the IP-Adapter,
+InstantID and LayerDiffuse files written in their published formats and full-size shapes, all
+with random weights (compute does not depend on weight values), into a models folder with the
+registry's layout. The project's own loaders then read it, so what is timed is what ``repose``
+and ``finetune`` run; model loading is excluded from every figure.
+
+Timed, each beside its stock counterpart where one exists:
+
+* fine-tuning, the published recipe (60 steps, batch 2, 512x512, rank 32): seconds per case and
+  per step for the published step and the fast one (default profile), peak memory, and the
+  model FLOP utilisation (FLOPs of one step counted by torch's FlopCounterMode);
+* generation of one target at 1024x1024, 25 Euler steps, CFG 5: stock diffusers SDXL + ControlNet,
+  then ``Reposer`` with VCM + LoRA, RGB and RGBA, in the default profile (identity K/V kept, LoRA
+  merged) and the reference profile (as published); four targets of one identity batched;
+* the transparent decoder alone (8 views) for one 1024x1024 image.
+
+Without CUDA (and without ``--plumbing``) it says so and exits 0. ``--plumbing`` runs the same
+code on the CPU with the tiny kit's shapes, a 64x64 frame and 2 denoising steps, in about a
+minute: it proves the script, its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
+import torch
+
+CONFIGS = Path(__file__).parent / "configs"
+CAPTION = "A woman with face, orange spacesuit with mission patches"
+# bf16 dense peak of the GPUs this is run on (TFLOP/s), for the utilisation estimate.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+@dataclass
+class Shapes:
+    """Configurations of every model the case needs."""
+
+    unet: dict
+    vae: dict
+    text_encoder: dict
+    text_encoder_2: dict
+    image_encoder: dict
+    face_width: int
+    decoder_widths: tuple[int, ...]
+
+
+def _config(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def full_shapes() -> Shapes:
+    from oneposetrans.layerdiffuse import PUBLISHED_DECODER_WIDTHS
+
+    text = _config(CONFIGS / "clip_text_encoders.json")
+    return Shapes(
+        unet=_config(CONFIGS / "sdxl_unet.json"),
+        vae=_config(CONFIGS / "sdxl_vae.json"),
+        text_encoder=text["text_encoder"],
+        text_encoder_2=text["text_encoder_2"],
+        # CLIP ViT-H/14 (laion2B), the encoder of h94/IP-Adapter's sdxl_models/image_encoder.
+        image_encoder=dict(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu",
+        ),
+        face_width=1280,
+        decoder_widths=PUBLISHED_DECODER_WIDTHS,
+    )
+
+
+def tiny_shapes(kit: Path) -> Shapes:
+    from oneposetrans.testing.tiny import TINY_DECODER_WIDTHS, TINY_FACE_HIDDEN
+
+    base = kit / "RealVisXL_V4.0"
+    return Shapes(
+        unet=_config(base / "unet" / "config.json"),
+        vae=_config(base / "vae" / "config.json"),
+        text_encoder=_config(base / "text_encoder" / "config.json"),
+        text_encoder_2=_config(base / "text_encoder_2" / "config.json"),
+        image_encoder=_config(kit / "IP-Adapter" / "models" / "image_encoder" / "config.json"),
+        face_width=TINY_FACE_HIDDEN,
+        decoder_widths=TINY_DECODER_WIDTHS,
+    )
+
+
+def build_models(folder: Path, shapes: Shapes, kit: Path, device: torch.device, dtype: torch.dtype) -> None:
+    """A models folder in the registry's layout with random weights of the given shapes. The
+    tokenizers (the real CLIP vocabulary), the scheduler and antelopev2 come from the tiny kit:
+    face detection, once per identity, runs the kit's tiny ONNX files, so its share of the
+    generation figures is smaller than with the real models."""
+    from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from oneposetrans.testing.tiny import write_instantid, write_ip_adapter, write_layerdiffuse
+
+    base = kit / "RealVisXL_V4.0"
+    with torch.device(device):
+        unet = UNet2DConditionModel(**shapes.unet)
+        text_encoders = [
+            CLIPTextModel(CLIPTextConfig(**shapes.text_encoder)),
+            CLIPTextModelWithProjection(CLIPTextConfig(**shapes.text_encoder_2)),
+        ]
+        vae = AutoencoderKL(**shapes.vae)
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**shapes.image_encoder))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
+        tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),
+        unet=unet, scheduler=EulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler"),
+    )
+    pipe.to(dtype=dtype).save_pretrained(folder / "RealVisXL_V4.0")
+    for name in ("tokenizer", "tokenizer_2"):  # the kit's files as written, in the layout the registry checks
+        shutil.copytree(base / name, folder / "RealVisXL_V4.0" / name, dirs_exist_ok=True)
+    ControlNetModel.from_unet(unet).to(dtype).save_pretrained(folder / "controlnet-openpose-sdxl-1.0")
+    write_ip_adapter(folder / "IP-Adapter", unet, image_encoder.to(dtype), seed=30)
+    write_instantid(folder / "InstantID", unet, shapes.face_width, seed=40)
+    write_layerdiffuse(folder / "LayerDiffuse", unet, shapes.decoder_widths, seed=50)
+    (folder / "antelopev2").symlink_to(kit / "antelopev2")
+
+
+@dataclass
+class Timer:
+    device: torch.device
+    figures: dict = field(default_factory=dict)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gb(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+
+    def seconds(self, run, repeats: int) -> float:
+        """Median wall time of ``run()`` over ``repeats`` runs after one warm-up."""
+        run()
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            started = time.perf_counter()
+            run()
+            self.sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+
+def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repeats: int) -> Path:
+    """Seconds per case for the published and the fast step; returns a trained LoRA file."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
+
+    trainer = LoraTrainer.from_models_dir(models, FinetuneSettings(**settings), timer.device)
+    case = FinetuneCase("subject", [photo], CAPTION)
+    lora = photo.parent / "subject.safetensors"
+    for name, fast in (("published step", False), ("fast step", True)):
+        trainer.settings = FinetuneSettings(**settings, fast_step=fast)
+        timer.reset_peak()
+
+        def train():
+            trainer.train(case)
+            trainer.discard()
+
+        seconds = timer.seconds(train, repeats)
+        trainer.settings = FinetuneSettings(**dict(settings, steps=1), fast_step=fast)
+        with FlopCounterMode(display=False) as flops:
+            trainer.train(case)
+        trainer.discard()
+        timer.figures[f"finetune, {name}"] = {
+            "s_per_case": seconds,
+            "ms_per_step": 1000 * seconds / settings["steps"],
+            "peak_gb": timer.peak_gb(),
+            "tflop_per_step": flops.get_total_flops() / 1e12,
+        }
+    trainer.settings = FinetuneSettings(**settings)
+    trainer.train(case)
+    trainer.save(lora)
+    del trainer
+    return lora
+
+
+def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: int, steps: int, repeats: int, dtype: str) -> None:
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+    from PIL import Image
+
+    from oneposetrans.repose import GenerationSettings, Reposer, identity_image
+
+    pose = Image.new("RGB", (side, side))
+    pose.paste((255, 0, 0), (side // 3, side // 4, side // 3 + side // 16, side // 4 + side // 2))
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    controlnet = ControlNetModel.from_pretrained(models / "controlnet-openpose-sdxl-1.0", dtype=torch_dtype)
+    stock = StableDiffusionXLControlNetPipeline.from_pretrained(
+        models / "RealVisXL_V4.0", controlnet=controlnet, dtype=torch_dtype, add_watermarker=False
+    ).to(timer.device)
+    stock.set_progress_bar_config(disable=True)
+    timer.reset_peak()
+    timer.figures["generation, stock diffusers SDXL + ControlNet (RGB)"] = {
+        "s_per_target": timer.seconds(
+            lambda: stock(CAPTION, image=pose, num_inference_steps=steps, guidance_scale=5.0, negative_prompt="low quality, bad quality",
+                          generator=torch.Generator(timer.device).manual_seed(97)),
+            repeats,
+        ),
+        "peak_gb": timer.peak_gb(),
+    }
+    del stock, controlnet
+    for profile in ("default", "reference"):
+        reposer = Reposer(models, str(timer.device), dtype, profile)
+        source = identity_image(Image.open(photo).convert("RGBA"), profile)
+        for label, transparent, poses in (("RGB", False, 1), ("RGBA", True, 1), ("RGBA, 4 poses batched", True, 4)):
+            settings = GenerationSettings(steps=steps, resolution=side, transparent=transparent, batch_size=4)
+            timer.reset_peak()
+            seconds = timer.seconds(lambda: reposer.generate(CAPTION, [pose] * poses, settings, lora=lora, source=source), repeats)
+            timer.figures[f"generation, {profile} profile, VCM + LoRA, {label}"] = {"s_per_target": seconds / poses, "peak_gb": timer.peak_gb()}
+        if profile == "default":
+            latents = torch.randn(1, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(0)).to(timer.device, reposer.pipe.unet.dtype)
+            timer.figures["transparent decoder, 8 views, one image"] = {
+                "s_per_image": timer.seconds(lambda: reposer.pipe.decode_transparent_latents(latents), repeats)
+            }
+        del reposer
+
+
+def print_table(figures: dict, device_name: str, peak_tflops: float | None) -> None:
+    print(f"device: {device_name}, torch {torch.__version__}")
+    stock = figures.get("generation, stock diffusers SDXL + ControlNet (RGB)", {}).get("s_per_target")
+    published_step = figures.get("finetune, published step", {}).get("ms_per_step")
+    for name, values in figures.items():
+        cells = []
+        for key, value in values.items():
+            if value is not None:
+                cells.append(f"{key} {value:.3f}")
+        if "s_per_target" in values and stock:
+            cells.append(f"{values['s_per_target'] / stock:.2f}x stock")
+        if "ms_per_step" in values and published_step:
+            cells.append(f"{values['ms_per_step'] / published_step:.2f}x the published step")
+        if "tflop_per_step" in values and peak_tflops:
+            cells.append(f"MFU {100 * values['tflop_per_step'] / (values['ms_per_step'] / 1000) / peak_tflops:.1f} %")
+        print(f"  {name}: {', '.join(cells)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plumbing", action="store_true", help="tiny shapes on the CPU: check the script, not the speed")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--models", type=Path, help="keep the generated models folder here (default: a temporary one)")
+    arguments = parser.parse_args()
+    from oneposetrans.testing import cached_tiny_models
+
+    if arguments.plumbing:
+        device, dtype, side, steps, repeats = torch.device("cpu"), "fp32", 64, 2, 1
+        finetune = dict(steps=3, resolution=64, mixed_precision="no")
+    elif torch.cuda.is_available():
+        device, dtype, side, steps, repeats = torch.device("cuda"), "bf16", 1024, 25, arguments.repeats
+        finetune = dict(steps=60, resolution=512, mixed_precision="bf16")
+    else:
+        print("full-scale benchmark skipped: no CUDA device on this machine (--plumbing checks the script on the CPU)")
+        return 0
+    kit = cached_tiny_models()
+    shapes = tiny_shapes(kit) if arguments.plumbing else full_shapes()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (plumbing: figures mean nothing)"
+    peak = next((value for key, value in PEAK_TFLOPS.items() if key in device_name), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = arguments.models or Path(tmp) / "models"
+        started = time.perf_counter()
+        build_models(models, shapes, kit, device, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
+        print(f"models written in {time.perf_counter() - started:.0f} s (excluded from every figure)")
+        from PIL import Image
+        from skimage import data
+
+        photo = Path(tmp) / "source.png"
+        Image.fromarray(data.astronaut()).save(photo)
+        timer = Timer(device)
+        lora = time_finetune(models, photo, timer, finetune, repeats)
+        time_generation(models, lora, photo, timer, side, steps, repeats, dtype)
+    print_table(timer.figures, device_name, peak)
+    if arguments.json:
+        arguments.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "figures": timer.figures}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
