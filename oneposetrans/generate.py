@@ -82,7 +82,7 @@ def target_pose(inputs: GenerateInputs, target: str, tree: ResultsTree, resoluti
         if not found["people"]:
             raise BadInputError(f"{photo_file}: no person found by the pose detector")
         write_json_atomic(tree.file("poses", f"{target}.json"), found)
-        pose_map = fit_pose_map(pose_map, profile)
+        pose_map = fit_pose_map(pose_map, profile, resolution)
     save_image(pose_map, cached)
     return pose_map
 

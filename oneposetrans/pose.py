@@ -158,13 +158,13 @@ def render_keypoints_reference(points: np.ndarray, frame: tuple[int, int] = DEEP
 PUBLISHED_POSE_SIDE = 1024
 
 
-def fit_pose_map(pose_map: Image.Image, profile: str) -> Image.Image:
-    """The map the generator is given. ``reference``: stretched to 1024x1024 with PIL's default
-    (bicubic), as the only runnable published path did (``Image.open(pose).resize((1024, 1024))``;
-    the active WPose line passed a numpy map that diffusers 0.28 rejects). ``default``: unchanged,
-    the person keeps the aspect ratio of the target."""
-    if profile == "reference" and pose_map.size != (PUBLISHED_POSE_SIDE, PUBLISHED_POSE_SIDE):
-        return pose_map.resize((PUBLISHED_POSE_SIDE, PUBLISHED_POSE_SIDE), Image.BICUBIC)
+def fit_pose_map(pose_map: Image.Image, profile: str, side: int = PUBLISHED_POSE_SIDE) -> Image.Image:
+    """The map the generator is given. ``reference``: stretched to a ``side`` square (1024, the
+    generation resolution) with PIL's default (bicubic), as the only runnable published path did
+    (``Image.open(pose).resize((1024, 1024))``; the active WPose line passed a numpy map that
+    diffusers 0.28 rejects). ``default``: unchanged, the person keeps the target's aspect ratio."""
+    if profile == "reference" and pose_map.size != (side, side):
+        return pose_map.resize((side, side), Image.BICUBIC)
     return pose_map
 
 
@@ -268,4 +268,4 @@ def load_pose_map(
             found, pose_map = extractor().extract(image, resolution)
             if not found["people"]:
                 raise BadInputError(f"{path}: no person found by the pose detector")
-    return fit_pose_map(pose_map, profile), found
+    return fit_pose_map(pose_map, profile, resolution), found

@@ -166,3 +166,9 @@ def test_reference_stretches_every_kind_of_target_to_1024(tmp_path):
         assert reference.size == (1024, 1024)
         assert np.array_equal(np.asarray(reference), np.asarray(default.resize((1024, 1024), Image.BICUBIC)))
     assert load_pose_map(BUNDLED_POSES[0], 1024)[0].size == (1024, 1536)
+
+
+def test_reference_square_follows_the_generation_resolution():
+    """1024 is the published resolution; a smaller --resolution (e.g. --smoke) shrinks the square."""
+    pose_map, _ = load_pose_map(BUNDLED_POSES[0], 128, profile="reference")
+    assert pose_map.size == (128, 128)
