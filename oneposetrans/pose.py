@@ -191,8 +191,11 @@ class PoseExtractor:
 
     def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", hands: bool = True, detect_resolution: int = 512):
         from oneposetrans import registry
+        from oneposetrans.runtime import resolve_device
 
         folder = registry.require("openpose", models_dir)
+        # Callers pass the CLI's device as given; "auto" must become a real device before .to().
+        device = str(resolve_device(device))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from controlnet_aux.open_pose import Body, Hand, OpenposeDetector

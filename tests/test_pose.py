@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 import pytest
 
@@ -172,3 +173,13 @@ def test_reference_square_follows_the_generation_resolution():
     """1024 is the published resolution; a smaller --resolution (e.g. --smoke) shrinks the square."""
     pose_map, _ = load_pose_map(BUNDLED_POSES[0], 128, profile="reference")
     assert pose_map.size == (128, 128)
+
+
+def test_the_detector_takes_the_default_device(tiny_models):
+    """`--device auto` (every command's default) reached PoseExtractor unresolved from the demo and
+    from WPose dataset runs, and `.to("auto")` raised."""
+    from oneposetrans.pose import PoseExtractor
+
+    extractor = PoseExtractor(tiny_models, "auto", detect_resolution=64)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(extractor.detector.body_estimation.model.parameters()).device.type == expected
