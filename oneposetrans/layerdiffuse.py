@@ -152,26 +152,40 @@ AUGMENTATIONS = tuple((flip, turns) for flip in (False, True) for turns in range
 
 
 @torch.no_grad()
-def decode_transparent(decoder: TransparentDecoderUNet, pixel: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+def decode_transparent(
+    decoder: TransparentDecoderUNet, pixel: torch.Tensor, latent: torch.Tensor, batched: bool = True
+) -> torch.Tensor:
     """RGBA in 0..1, (B, 4, H, W) with alpha last, from the decoded RGB (0..1) and the latent.
 
     Each image is decoded in all 8 flip/rotation views, undone, and the per-pixel median kept.
+    ``batched`` decodes the views of one shape together: one decoder call per image when it is
+    square, two otherwise (upright and quarter-turned views), where the published decoder made
+    eight; the decoder treats every sample alone, so only floating-point rounding can differ.
     """
     outputs = []
     pixel = pixel.to(decoder.dtype)
     latent = latent.to(decoder.dtype)
     for index in range(pixel.shape[0]):
-        views = []
-        for flip, turns in AUGMENTATIONS:
-            p, z = pixel[index : index + 1], latent[index : index + 1]
-            if flip:
-                p, z = p.flip(3), z.flip(3)
-            y = decoder(torch.rot90(p, turns, (2, 3)), torch.rot90(z, turns, (2, 3))).clip(0, 1)
-            y = torch.rot90(y, -turns, (2, 3))
-            views.append(y.flip(3) if flip else y)
-        median = torch.stack(views).median(dim=0).values.clip(0, 1)
+        views = [_view(pixel[index : index + 1], latent[index : index + 1], flip, turns) for flip, turns in AUGMENTATIONS]
+        decoded: list[torch.Tensor] = [None] * len(views)
+        groups: dict[tuple, list[int]] = {}
+        for number, (p, _) in enumerate(views):
+            groups.setdefault(tuple(p.shape) if batched else (number,), []).append(number)
+        for members in groups.values():
+            y = decoder(torch.cat([views[n][0] for n in members]), torch.cat([views[n][1] for n in members])).clip(0, 1)
+            for number, single in zip(members, y.split(1)):
+                flip, turns = AUGMENTATIONS[number]
+                single = torch.rot90(single, -turns, (2, 3))
+                decoded[number] = single.flip(3) if flip else single
+        median = torch.stack(decoded).median(dim=0).values.clip(0, 1)
         outputs.append(torch.cat([median[:, 1:], median[:, :1]], dim=1))
     return torch.cat(outputs)
+
+
+def _view(pixel: torch.Tensor, latent: torch.Tensor, flip: bool, turns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if flip:
+        pixel, latent = pixel.flip(3), latent.flip(3)
+    return torch.rot90(pixel, turns, (2, 3)), torch.rot90(latent, turns, (2, 3))
 
 
 class TransparentOffsetEncoder(nn.Module):

@@ -393,7 +393,8 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         if reference and main_stage:
             pixel = (pixel.float() * 255.0).round() / 255.0
         decoder_latent = latents if reference and main_stage else unscaled
-        rgba = layerdiffuse.decode_transparent(self.transparent_decoder, pixel, decoder_latent).float()
+        # The published decoder ran its eight views one at a time.
+        rgba = layerdiffuse.decode_transparent(self.transparent_decoder, pixel, decoder_latent, batched=not reference).float()
         if output_type == "pt":
             return rgba
         array = rgba.movedim(1, -1).cpu().numpy() * 255.0

@@ -168,12 +168,15 @@ def test_layerdiffuse_offsets_rgba_and_decoder_latent_by_profile(tiny_models, po
     seen = []
     pipe.transparent_decoder.register_forward_hook(lambda module, args, out: seen.append(args[1].abs().mean().item()))
     [rgba] = pipe(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=2, face_embedding=face).images
-    assert rgba.mode == "RGBA" and rgba.size == pose.size and len(seen) == 8  # 8 flip/rotation views
+    # 8 flip/rotation views of a non-square image: upright and quarter-turned ones in two calls.
+    assert rgba.mode == "RGBA" and rgba.size == pose.size and len(seen) == 2
     reference = _pipe(tiny_models, "reference", layers=True)
     reference.transparent_decoder.register_forward_hook(lambda module, args, out: seen.append(args[1].abs().mean().item()))
     reference(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=2, face_embedding=face)
-    # Reference feeds the latent still multiplied by the VAE scaling factor.
-    assert seen[8] / seen[0] == pytest.approx(pipe.vae.config.scaling_factor, rel=0.2)
+    # Reference decodes the views one at a time, as published, and feeds the latent still
+    # multiplied by the VAE scaling factor.
+    assert len(seen) == 2 + 8
+    assert seen[2] / seen[0] == pytest.approx(pipe.vae.config.scaling_factor, rel=0.2)
 
 
 def test_transparent_decoding_is_rotation_consistent(tiny_models):
@@ -187,6 +190,23 @@ def test_transparent_decoding_is_rotation_consistent(tiny_models):
     # The eight views are closed under rotation, so the median commutes with it.
     assert torch.allclose(torch.rot90(rgba, 1, (2, 3)), turned, atol=1e-5)
     assert rgba.shape == (1, 4, 64, 64) and 0 <= rgba.min() and rgba.max() <= 1
+
+
+@pytest.mark.parametrize("size, calls", [((64, 64), 1), ((64, 128), 2)])
+def test_transparent_views_batched_equal_one_at_a_time(tiny_models, size, calls):
+    decoder = layerdiffuse.TransparentDecoderUNet.from_single_file(
+        tiny_models / "LayerDiffuse/ld_diffusers_sdxl_vae_transparent_decoder.safetensors"
+    )
+    seen = []
+    decoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    torch.manual_seed(0)
+    pixel, latent = torch.rand(2, 3, *size), torch.randn(2, 4, size[0] // 8, size[1] // 8)
+    batched = layerdiffuse.decode_transparent(decoder, pixel, latent)
+    assert len(seen) == 2 * calls and sum(seen) == 16  # two images, eight views each
+    seen.clear()
+    single = layerdiffuse.decode_transparent(decoder, pixel, latent, batched=False)
+    assert seen == [1] * 16
+    assert torch.allclose(batched, single, atol=1e-5)
 
 
 def test_transparent_encoder_pads_colour_and_is_deterministic(tiny_models):
