@@ -188,6 +188,17 @@ class LoraTrainer:
             weight = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None]
         return pixels, weight, [top, left]
 
+    @torch.no_grad()
+    def _encode_moments(self, crops: list, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of the VAE posterior of every crop, ``chunk`` crops a call."""
+        means, stds = [], []
+        for first in range(0, len(crops), chunk):
+            pixels = torch.stack([c[0][0] for c in crops[first : first + chunk]]).to(self.device, self.vae.dtype)
+            posterior = self.vae.encode(pixels).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        return torch.cat(means), torch.cat(stds)
+
     def _time_ids(self, photo_size: tuple[int, int], crop: list[int]) -> list[int]:
         width, height = photo_size
         size = self.settings.resolution
@@ -260,18 +271,30 @@ class LoraTrainer:
         started = time.perf_counter()
         losses = []
         self.unet.train()
-        for _ in range(settings.steps):
-            crops = [
-                (self._augment(*view), view[0].size)
-                for view in (random.choice(views) for _ in range(settings.batch_size))
-            ]
-            pixels = torch.stack([c[0][0] for c in crops]).to(self.device, self.vae.dtype)
+        draw_crops = lambda: [
+            (self._augment(*view), view[0].size) for view in (random.choice(views) for _ in range(settings.batch_size))
+        ]
+        # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
+        # default crops can move: they come from Python's generator, while the VAE's sampling noise
+        # is still drawn from torch's in the loop, in the published order.
+        planned = [draw_crops() for _ in range(settings.steps)] if not published and settings.profile != "reference" else None
+        moments = self._encode_moments([crop for crops in planned for crop in crops]) if planned else None
+        for step in range(settings.steps):
+            crops = planned[step] if planned else draw_crops()
             time_ids = torch.tensor(
                 [self._time_ids(size, crop[2]) for crop, size in crops], dtype=prompt_embeds.dtype, device=self.device
             )
             with torch.no_grad():
-                latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
-            latents = latents.to(self.weight_dtype)
+                if moments is None:
+                    pixels = torch.stack([c[0][0] for c in crops]).to(self.device, self.vae.dtype)
+                    latents = self.vae.encode(pixels).latent_dist.sample()
+                else:
+                    rows = slice(step * settings.batch_size, (step + 1) * settings.batch_size)
+                    mean, std = moments[0][rows], moments[1][rows]
+                    # What latent_dist.sample() draws: a fresh contiguous tensor (randn_like would
+                    # follow the posterior's strides and lay the same numbers out differently).
+                    latents = mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+            latents = (latents * self.vae.config.scaling_factor).to(self.weight_dtype)
             noise = torch.randn_like(latents)
             timesteps = torch.randint(
                 0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=self.device
