@@ -1,7 +1,7 @@
 """Launch-overhead proxy that needs no GPU (not a test): aten operations per LoRA training step
 and per denoising step of the *full-size* SDXL UNet.
 
-    python bench/op_count.py              # full-size UNet from bench/configs, CPU, about 5 minutes
+    python bench/op_count.py              # full-size UNet from bench/configs, CPU, about 7 minutes
     python bench/op_count.py --json out.json
 
 At full size on an H100 the LoRA step is launch-bound: every aten operation that reaches a
