@@ -334,9 +334,9 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
     frames = {case.name: size or _frame(case.target) for case in cases}
     evaluated = 0
     for batch in _same_frame_batches(cases, request.batch_size, lambda case: frames[case.name]):
-        size = frames[batch[0].name]
-        generated_images = [_at_size(case.generated, size) for case in batch]
-        target_images = [_at_size(case.target, size) for case in batch]
+        frame = frames[batch[0].name]
+        generated_images = [_at_size(case.generated, frame) for case in batch]
+        target_images = [_at_size(case.target, frame) for case in batch]
         generated, target = _tensor(generated_images), _tensor(target_images)
         scores: dict[str, torch.Tensor] = {}
         if "ssim" in wanted:
@@ -351,7 +351,7 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
             masked = [i for i, case in enumerate(batch) if case.mask is not None]
             if masked:
                 masks = torch.stack([
-                    torch.from_numpy(np.asarray(_at_size(batch[i].mask, size, "RGBA"))[..., 3] >= 128).float() for i in masked
+                    torch.from_numpy(np.asarray(_at_size(batch[i].mask, frame, "RGBA"))[..., 3] >= 128).float() for i in masked
                 ])[:, None]
                 g, t = generated[masked] * masks, target[masked] * masks
                 partial = {}
@@ -394,10 +394,10 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
         if len(real_paths) < 2 or len(cases) < 2:
             request.problems.append("FID needs at least 2 real and 2 generated images")
         else:
-            real_size = parse_size(request.size)
-            real_batches = _same_frame_batches(real_paths, request.batch_size, lambda path: real_size or _frame(path))
+            real_frames = {path: size or _frame(path) for path in real_paths}
+            real_batches = _same_frame_batches(real_paths, request.batch_size, real_frames.get)
             for metric, extractor in inceptions.items():
-                real = [extractor(_tensor([_at_size(p, real_size or _frame(p)) for p in batch])) for batch in real_batches]
+                real = [extractor(_tensor([_at_size(p, real_frames[p]) for p in batch])) for batch in real_batches]
                 summary[metric] = frechet_distance(np.concatenate(fake_features[metric]), np.concatenate(real))
             summary["fid_real_images"] = len(real_paths)
     out = request.out or request.results / "evaluation"

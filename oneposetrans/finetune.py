@@ -271,9 +271,9 @@ class LoraTrainer:
         started = time.perf_counter()
         losses = []
         self.unet.train()
-        draw_crops = lambda: [
-            (self._augment(*view), view[0].size) for view in (random.choice(views) for _ in range(settings.batch_size))
-        ]
+        def draw_crops() -> list:
+            return [(self._augment(*view), view[0].size) for view in (random.choice(views) for _ in range(settings.batch_size))]
+
         # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
         # default crops can move: they come from Python's generator, while the VAE's sampling noise
         # is still drawn from torch's in the loop, in the published order.

@@ -59,10 +59,8 @@ class LamaInpainter:
         from oneposetrans.runtime import resolve_device
 
         folder = registry.require("lama", models_dir)
-        exports = sorted(folder.glob("lama_fp32*.onnx"))
-        if profile == "reference" and (folder / PUBLISHED_LAMA) in exports:
-            exports.insert(0, folder / PUBLISHED_LAMA)
-        self.path = exports[0]
+        published = folder / PUBLISHED_LAMA
+        self.path = published if profile == "reference" and published.exists() else sorted(folder.glob("lama_fp32*.onnx"))[0]
         available = onnxruntime.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in available:

@@ -358,8 +358,6 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
     def _set_layout(self, identity: vcm.IdentityConditioning | None, rows: int, do_cfg: bool) -> None:
         layout = self.vcm_layout
         layout.changed()
-        for processor in self.vcm_processors.values():
-            processor.forget()
         if identity is None:
             layout.image_tokens = layout.face_tokens = 0
             layout.face_positions = None

@@ -54,11 +54,13 @@ class VCMLayout:
     """Per batch row, the text position whose value takes the face vector; -1 leaves a row alone."""
     face_key_from_value: bool = False
     """Reference quirk: the face key used the value projection (only matters if face_scale > 0)."""
-    generation: int = 0
-    """Bumped whenever the layout changes, so that processors drop what they kept for the last one."""
+    kept: dict = field(default_factory=dict)
+    """Per processor, the keys and values it computed for the current identity (see
+    :meth:`VCMAttnProcessor._identity_keys_values`)."""
 
     def changed(self) -> None:
-        self.generation += 1
+        """The tokens now belong to another identity or call: drop everything kept for the last."""
+        self.kept.clear()
 
 
 class VCMAttnProcessor(nn.Module):
@@ -77,7 +79,6 @@ class VCMAttnProcessor(nn.Module):
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_face_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_face_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self._kept: list[tuple] = []
 
     def _heads(self, attn, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
         return tensor.view(batch_size, -1, attn.heads, tensor.shape[-1] // attn.heads).transpose(1, 2)
@@ -85,14 +86,14 @@ class VCMAttnProcessor(nn.Module):
     def _identity_keys_values(self, attn, encoder_hidden_states: torch.Tensor, batch_size: int) -> tuple:
         """Text key, text value with the face vector in place, image-prompt key and value, and
         the face value, all in heads layout: the same at every denoising step of one identity,
-        so they are computed at the first step and kept while the layout and the sequence tensor
-        stay the same (at most two sequences: samplers that call the UNet for the conditional
-        and unconditional halves separately). Identical to recomputing them."""
+        so they are computed at the first step and kept in the layout until it changes, for as
+        long as the sequence tensor stays the same (at most two sequences: samplers that call the
+        UNet for the conditional and unconditional halves separately). Identical to recomputing them."""
         layout = self.layout
         keep = not torch.is_grad_enabled()  # a kept tensor must not carry an autograd graph across calls
-        version = (layout.generation, _version_of(encoder_hidden_states), self.ip_scale, self.face_scale)
+        version = (_version_of(encoder_hidden_states), self.ip_scale, self.face_scale)
         if keep:
-            for source, kept_version, kept in self._kept:
+            for source, kept_version, kept in layout.kept.get(self, ()):
                 if source is encoder_hidden_states and kept_version == version:
                     return kept
         extra = layout.image_tokens + layout.face_tokens
@@ -119,13 +120,8 @@ class VCMAttnProcessor(nn.Module):
             face_value = self._heads(attn, face_value, batch_size)
         kept = (key, value, ip_key, ip_value, face_key, face_value)
         if keep:
-            current = [entry for entry in self._kept if entry[1][0] == layout.generation]
-            self._kept = current[-1:] + [(encoder_hidden_states, version, kept)]
+            layout.kept[self] = [*layout.kept.get(self, [])[-1:], (encoder_hidden_states, version, kept)]
         return kept
-
-    def forget(self) -> None:
-        """Drop what was kept for the last identity (called when the layout changes)."""
-        self._kept = []
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states

@@ -242,12 +242,6 @@ def adapter_kv(unet, seed: int) -> dict[str, "torch.Tensor"]:
     return state
 
 
-def _adapter_kv(seed: int) -> dict[str, "torch.Tensor"]:
-    with _seeded(0):
-        unet = tiny_unet()
-    return adapter_kv(unet, seed)
-
-
 def write_ip_adapter(folder: Path, unet, encoder, seed: int) -> None:
     """h94/IP-Adapter layout for ``unet``: sdxl_models/ip-adapter_sdxl_vit-h.safetensors (flat keys
     ``image_proj.proj.weight``, ``image_proj.norm.*``, ``ip_adapter.N.to_{k,v}_ip.weight``; 4
