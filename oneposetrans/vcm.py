@@ -75,6 +75,9 @@ class VCMAttnProcessor(nn.Module):
         self.layout = layout
         self.ip_scale = 0.0
         self.face_scale = 0.0
+        self.slice_size: int | None = None
+        """Attention computed this many (batch x head) rows at a time, as diffusers'
+        ``SlicedAttnProcessor`` does under ``enable_attention_slicing``; None: all at once."""
         self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_face_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
@@ -139,11 +142,11 @@ class VCMAttnProcessor(nn.Module):
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         key, value, ip_key, ip_value, face_key, face_value = self._identity_keys_values(attn, encoder_hidden_states, batch_size)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = self._attend(query, key, value)
         if ip_key is not None:
-            hidden_states = hidden_states + self.ip_scale * F.scaled_dot_product_attention(query, ip_key, ip_value)
+            hidden_states = hidden_states + self.ip_scale * self._attend(query, ip_key, ip_value)
         if face_key is not None:
-            hidden_states = hidden_states + self.face_scale * F.scaled_dot_product_attention(query, face_key, face_value)
+            hidden_states = hidden_states + self.face_scale * self._attend(query, face_key, face_value)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * hidden_states.shape[-1])
         hidden_states = hidden_states.to(query.dtype)
@@ -154,6 +157,19 @@ class VCMAttnProcessor(nn.Module):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        if self.slice_size is None:
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        rows = query.shape[:2]
+        query, key, value = query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1)
+        step = self.slice_size
+        slices = [
+            F.scaled_dot_product_attention(query[i : i + step], key[i : i + step], value[i : i + step])
+            for i in range(0, query.shape[0], step)
+        ]
+        return torch.cat(slices).unflatten(0, rows)
 
 
 def _version_of(tensor: torch.Tensor) -> int:
@@ -184,17 +200,18 @@ def _replace_face_value(value: torch.Tensor, face_value: torch.Tensor, positions
     return value.index_put((rows, positions[rows].to(value.device)), pooled)
 
 
-class TextOnlyAttnProcessor(AttnProcessor2_0):
-    """The ControlNet's cross-attention sees the first ``text_tokens`` of the sequence only."""
+class TextOnlyAttnProcessor:
+    """The ControlNet's cross-attention sees the first ``text_tokens`` of the sequence only;
+    ``inner`` (diffusers' processor by default, a sliced one under attention slicing) computes it."""
 
-    def __init__(self, text_tokens: int = TEXT_TOKENS):
-        super().__init__()
+    def __init__(self, text_tokens: int = TEXT_TOKENS, inner=None):
         self.text_tokens = text_tokens
+        self.inner = inner if inner is not None else AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
         if encoder_hidden_states is not None:
             encoder_hidden_states = encoder_hidden_states[:, : self.text_tokens]
-        return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
