@@ -700,7 +700,7 @@ def _models_dir(arguments: argparse.Namespace) -> Path:
     if getattr(arguments, "smoke", False):
         from oneposetrans.testing import cached_tiny_models
 
-        return cached_tiny_models()
+        return cached_tiny_models(progress=not getattr(arguments, "quiet", False))
     return arguments.models
 
 
@@ -742,12 +742,9 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         composite=not arguments.no_composite,
         inpainter=arguments.inpainter,
     )
-    try:
-        report = run_chain(request, echo=lambda line: print(line, flush=True))
-    finally:
-        if arguments.smoke:
-            print(SMOKE_BANNER, flush=True)
-    print(f"results in {arguments.out.resolve()}\n" + format_report(report))
+    report = run_chain(request, echo=lambda line: print(line, flush=True))
+    reminder = " (smoke run: the pictures are noise)" if arguments.smoke else ""
+    print(f"results in {arguments.out.resolve()}{reminder}\n" + format_report(report))
     return 0
 
 

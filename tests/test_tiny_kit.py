@@ -49,3 +49,23 @@ def test_kit_is_deterministic_and_resumable(tmp_path, tiny_models):
     before = (tmp_path / "controlnet-openpose-sdxl-1.0" / "config.json").stat().st_mtime_ns
     make_tiny_models(tmp_path, names=["controlnet-openpose"])
     assert (tmp_path / "controlnet-openpose-sdxl-1.0" / "config.json").stat().st_mtime_ns == before
+
+
+def test_kit_build_prints_a_line_per_model_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    """The detector ships trained (oneposetrans/data): building it only writes files, in well
+    under the half minute its training takes."""
+    import time
+
+    from oneposetrans.testing import tiny
+
+    monkeypatch.setattr(tiny, "train_tiny_detector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    started = time.monotonic()
+    make_tiny_models(tmp_path, names=["grounding-dino", "sam"], progress=True)
+    assert time.monotonic() - started < 10
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == ["tiny model kit: building grounding-dino (1/2)", "tiny model kit: building sam (2/2)"]
+    assert lines[2].startswith("tiny model kit: ready in ") and len(lines) == 3
+    shipped = tiny.TINY_DETECTOR_WEIGHTS.read_bytes()
+    assert (tmp_path / "grounding-dino-tiny" / "model.safetensors").read_bytes() == shipped
+    make_tiny_models(tmp_path, names=["grounding-dino", "sam"], progress=True)
+    assert capsys.readouterr().err == ""  # nothing to build, nothing said

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -568,10 +569,13 @@ def _build_caption_vlm(folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
-# The tiny detector is trained at build time to call a saturated orange-red region "human" and
-# to find nobody in a low-saturation picture (plain or noisy grey, grey gradients), so that both
-# the found and the not-found paths can be tested. Its boxes are not trained.
+# The tiny detector is trained to call a saturated orange-red region "human" and to find nobody
+# in a low-saturation picture (plain or noisy grey, grey gradients), so that both the found and
+# the not-found paths can be tested. Its boxes are not trained. Training takes half a minute on
+# two cores, so its result ships with the package (TINY_DETECTOR_WEIGHTS) and the kit build only
+# writes it out; `python -m oneposetrans.testing.tiny --train-detector` trains it again.
 TINY_DETECTOR_STEPS = 200
+TINY_DETECTOR_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "tiny_grounding_dino.safetensors"
 _DETECTOR_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "human", "person", "a", "the")
 
 
@@ -589,13 +593,9 @@ def _detector_training_image(rng, person: bool, height: int, width: int):
     return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
 
 
-def _build_grounding_dino(folder: Path) -> None:
-    """IDEA-Research/grounding-dino-tiny's layout (config, safetensors, image processor, BERT
-    tokenizer with vocab.txt) with a Swin backbone and BERT text encoder a few channels wide."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from skimage import data
+def _tiny_detector():
+    """IDEA-Research/grounding-dino-tiny's layout (config, image processor, BERT tokenizer with
+    vocab.txt) with a Swin backbone and BERT text encoder a few channels wide; random weights."""
     from transformers import (
         BertConfig,
         BertTokenizer,
@@ -625,11 +625,24 @@ def _build_grounding_dino(folder: Path) -> None:
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2, decoder_n_points=2,
         max_text_len=16,
     )
-    astronaut = Image.fromarray(data.astronaut())
-    rng = np.random.default_rng(0)
     with _seeded(30):
         # eval(): dropout off; GroupNorm on the coarsest 1x1 level refuses training mode.
         model = GroundingDinoForObjectDetection(config).eval()
+    return model, processor
+
+
+def train_tiny_detector(path: Path = TINY_DETECTOR_WEIGHTS) -> None:
+    """Train the tiny detector (TINY_DETECTOR_STEPS steps, fixed seeds) and save its weights."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from skimage import data
+
+    model, processor = _tiny_detector()
+    astronaut = Image.fromarray(data.astronaut())
+    rng = np.random.default_rng(0)
+    with _seeded(30):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for step in range(TINY_DETECTOR_STEPS):
             # One size per batch: padded batches teach the model about padding, which a single
@@ -647,9 +660,18 @@ def _build_grounding_dino(folder: Path) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    model.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_pretrained(scratch)  # transformers' own file: tied tensors stored as it stores them
+        shutil.copyfile(Path(scratch) / "model.safetensors", path)
+
+
+def _build_grounding_dino(folder: Path) -> None:
+    """The tiny detector with its shipped trained weights, in the published folder layout."""
+    model, processor = _tiny_detector()
+    model.config.save_pretrained(folder)
+    shutil.copyfile(TINY_DETECTOR_WEIGHTS, folder / "model.safetensors")
+    processor.image_processor.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(_DETECTOR_VOCAB) + "\n")
 
 
@@ -739,22 +761,26 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def make_tiny_models(models_dir: str | os.PathLike, names: list[str] | None = None) -> Path:
+def make_tiny_models(models_dir: str | os.PathLike, names: list[str] | None = None, progress: bool = False) -> Path:
     """Build the tiny kit into ``models_dir`` (only the models not already present).
 
     Each model is built in a temporary folder and renamed into place, so concurrent builders
-    (tests, several accelerate processes) never see a half-written model.
+    (tests, several accelerate processes) never see a half-written model. ``progress`` prints a
+    line per model built to stderr (plain lines: they read the same in a terminal and a log).
     """
+    import time
+
     from oneposetrans.runtime import quiet_libraries
 
     quiet_libraries()
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    for name, build in BUILDERS.items():
-        if names is not None and name not in names:
-            continue
-        if not registry.missing_files(name, models_dir):
-            continue
+    wanted = [name for name in BUILDERS if (names is None or name in names) and registry.missing_files(name, models_dir)]
+    started = time.monotonic()
+    for number, name in enumerate(wanted, 1):
+        build = BUILDERS[name]
+        if progress:
+            print(f"tiny model kit: building {name} ({number}/{len(wanted)})", file=sys.stderr, flush=True)
         target = models_dir / registry.spec(name).folder
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=models_dir))
         try:
@@ -766,6 +792,8 @@ def make_tiny_models(models_dir: str | os.PathLike, names: list[str] | None = No
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if progress and wanted:
+        print(f"tiny model kit: ready in {time.monotonic() - started:.0f} s ({models_dir})", file=sys.stderr, flush=True)
     return models_dir
 
 
@@ -776,6 +804,15 @@ def tiny_cache_dir() -> Path:
     return Path(base) / f"tiny-models-v{KIT_VERSION}"
 
 
-def cached_tiny_models() -> Path:
+def cached_tiny_models(progress: bool = False) -> Path:
     """The tiny kit in the user's cache folder, built on first use: what ``--smoke`` runs on."""
-    return make_tiny_models(tiny_cache_dir())
+    return make_tiny_models(tiny_cache_dir(), progress=progress)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m oneposetrans.testing.tiny", description="Maintenance of the tiny model kit.")
+    parser.add_argument("--train-detector", action="store_true", help=f"train the tiny detector again into {TINY_DETECTOR_WEIGHTS}")
+    if parser.parse_args().train_detector:
+        train_tiny_detector()
