@@ -636,7 +636,6 @@ def train_tiny_detector(path: Path = TINY_DETECTOR_WEIGHTS) -> None:
     import numpy as np
     import torch
     from PIL import Image
-    from safetensors.torch import save_file
     from skimage import data
 
     model, processor = _tiny_detector()
