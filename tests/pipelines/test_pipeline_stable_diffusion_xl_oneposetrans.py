@@ -133,6 +133,8 @@ CALL_FORMS = {
                                                    negative_original_size=(64, 64), negative_target_size=(64, 64)),
     "denoising_end": lambda poses, pipe: dict(num_inference_steps=4, denoising_end=0.5),
     "eta": lambda poses, pipe: dict(eta=0.5),
+    "timesteps": lambda poses, pipe: dict(num_inference_steps=None, timesteps=[999, 499]),
+    "sigmas": lambda poses, pipe: dict(num_inference_steps=None, sigmas=[14.6, 2.0]),
     "cross_attention_kwargs": lambda poses, pipe: dict(cross_attention_kwargs={"scale": 0.5}),
     "output_pt": lambda poses, pipe: dict(output_type="pt"),
     "output_pil": lambda poses, pipe: dict(output_type="pil"),
