@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,29 @@ def test_every_flag_of_every_command_has_help():
 def test_built_root_scripts_have_help(script):
     helped = _run(script, "--help")
     assert helped.returncode == 0 and "--results" in helped.stdout
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "existing_file", "proc"])
+def test_unwritable_output_is_one_line_and_exit_2(where, tmp_path, tiny_models, capsys):
+    from oneposetrans import cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = {"under_a_file": blocker / "out", "existing_file": blocker, "proc": Path("/proc/oneposetrans-out")}[where]
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(["repose", "--smoke", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("oneposetrans: error: ") and "Traceback" not in err[0]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from oneposetrans import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["repose", "--smoke", "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "oneposetrans: error: --device cuda: no CUDA GPU is available here; use --device cpu (or auto)"
+    assert not (tmp_path / "out").exists() and "SMOKE" not in captured.out
