@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from oneposetrans import registry
-from oneposetrans.errors import BadInputError, OnePoseTransError
+from oneposetrans.errors import BadInputError, EnvironmentProblem, OnePoseTransError
 from oneposetrans.results import PROFILES
 
 SMOKE_RESOLUTION = 256
@@ -771,27 +771,13 @@ def _cmd_models_make_tiny(arguments: argparse.Namespace) -> int:
     return 0
 
 
-ENVIRONMENT_ERROR = 2
-
-
-class UsageError(OnePoseTransError):
-    exit_code = ENVIRONMENT_ERROR
-
-
-def _check_device(arguments: argparse.Namespace) -> None:
-    """A CUDA device that is not there fails now, in one line, not at the first model load."""
-    device = getattr(arguments, "device", None)
-    if isinstance(device, str) and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu (or auto)")
-
-
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
-        _check_device(arguments)
+        if isinstance(getattr(arguments, "device", None), str):
+            from oneposetrans.runtime import check_device_available
+
+            check_device_available(arguments.device)
         return arguments.handler(arguments)
     except OnePoseTransError as error:
         print(f"oneposetrans: error: {error}", file=sys.stderr)
@@ -801,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         # be, a full disk): one line naming the path, not a traceback.
         where = f"{error.filename}: " if error.filename else ""
         print(f"oneposetrans: error: {where}{error.strerror or error}", file=sys.stderr)
-        return ENVIRONMENT_ERROR
+        return EnvironmentProblem.exit_code
     except KeyboardInterrupt:
         print("oneposetrans: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

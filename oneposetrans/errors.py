@@ -20,5 +20,11 @@ class MissingModelError(OnePoseTransError):
     exit_code = 3
 
 
+class EnvironmentProblem(OnePoseTransError):
+    """The machine cannot do what was asked (no such device, an output that cannot be written)."""
+
+    exit_code = 2
+
+
 class CaseFailures(OnePoseTransError):
     """Some cases of a batch failed; each one's reason is in the stage log."""

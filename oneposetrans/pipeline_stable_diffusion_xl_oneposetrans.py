@@ -267,7 +267,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         the profile and the current scales go to ``oneposetrans/``, and :meth:`from_pretrained`
         restores them. The UNet is saved with LayerDiffuse's offsets merged (they are not merged
         again on loading). A subject LoRA belongs to one identity and is refused: unload it first."""
-        if any(True for _ in self._subject_layers()):
+        if next(self._subject_layers(), None) is not None:
             raise BadInputError("save_pretrained: unload_subject_lora() first (the subject LoRA belongs to one identity)")
         processors = dict(self.unet.attn_processors)
         if self.vcm_processors:
@@ -716,9 +716,8 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 "pooled_prompt_embeds": identity.pooled_prompt_embeds,
                 "negative_pooled_prompt_embeds": identity.negative_pooled_prompt_embeds,
             }
-        elif self.image_projection is None:
-            # No VCM image branch: the image prompt is the parent's IP-Adapter input.
-            texts.update(ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds)
+        # Without the VCM's image branch, the image prompt is the parent's IP-Adapter input.
+        parents_image_prompt = identity is None and self.image_projection is None
         prompts = _prompt_count(texts)
         if len(poses) > 1 and prompts not in (1, len(poses)):
             raise BadInputError(f"{prompts} prompts for {len(poses)} poses: give one prompt, one per pose, or one pose")
@@ -734,10 +733,13 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
             original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
             negative_original_size=negative_original_size, negative_crops_coords_top_left=negative_crops_coords_top_left,
-            negative_target_size=negative_target_size, clip_skip=clip_skip if identity is None else None,
+            negative_target_size=negative_target_size, clip_skip=clip_skip,
+            ip_adapter_image=ip_adapter_image if parents_image_prompt else None,
+            ip_adapter_image_embeds=ip_adapter_image_embeds if parents_image_prompt else None,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs,
         )
+        decode_transparent = transparent and output_type != "latent"
         results = []
         for start in range(0, len(poses), step):
             chunk = poses[start : start + step]
@@ -760,8 +762,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 )
             finally:
                 self._set_layout(None, 0, do_cfg)
-            transparent_output = transparent and output_type != "latent"
-            results.append(self._decode_transparent(output.images, output_type) if transparent_output else output.images)
+            results.append(self._decode_transparent(output.images, output_type) if decode_transparent else output.images)
 
         images = _concatenate(results)
         if not return_dict:
@@ -886,7 +887,7 @@ def _texts_for(texts: dict, start: int, count: int, prompts: int, poses: int) ->
         return texts
     chunk = {}
     for name, value in texts.items():
-        if value is None or name.startswith("ip_adapter"):
+        if value is None:
             chunk[name] = value
         elif prompts == 1:
             if isinstance(value, torch.Tensor):

@@ -7,6 +7,14 @@ import warnings
 import torch
 
 
+def check_device_available(name: str) -> None:
+    """A CUDA device that is not there fails at once, in one line, not at the first model load."""
+    from oneposetrans.errors import EnvironmentProblem
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EnvironmentProblem(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -595,12 +595,11 @@ def _detector_training_image(rng, person: bool, height: int, width: int):
 
 def _tiny_detector():
     """IDEA-Research/grounding-dino-tiny's layout (config, image processor, BERT tokenizer with
-    vocab.txt) with a Swin backbone and BERT text encoder a few channels wide; random weights."""
+    vocab.txt) with a Swin backbone and BERT text encoder a few channels wide."""
     from transformers import (
         BertConfig,
         BertTokenizer,
         GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
         GroundingDinoProcessor,
         SwinConfig,
@@ -625,10 +624,7 @@ def _tiny_detector():
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=2, decoder_n_points=2,
         max_text_len=16,
     )
-    with _seeded(30):
-        # eval(): dropout off; GroupNorm on the coarsest 1x1 level refuses training mode.
-        model = GroundingDinoForObjectDetection(config).eval()
-    return model, processor
+    return config, processor
 
 
 def train_tiny_detector(path: Path = TINY_DETECTOR_WEIGHTS) -> None:
@@ -637,8 +633,12 @@ def train_tiny_detector(path: Path = TINY_DETECTOR_WEIGHTS) -> None:
     import torch
     from PIL import Image
     from skimage import data
+    from transformers import GroundingDinoForObjectDetection
 
-    model, processor = _tiny_detector()
+    config, processor = _tiny_detector()
+    with _seeded(30):
+        # eval(): dropout off; GroupNorm on the coarsest 1x1 level refuses training mode.
+        model = GroundingDinoForObjectDetection(config).eval()
     astronaut = Image.fromarray(data.astronaut())
     rng = np.random.default_rng(0)
     with _seeded(30):
@@ -666,8 +666,8 @@ def train_tiny_detector(path: Path = TINY_DETECTOR_WEIGHTS) -> None:
 
 def _build_grounding_dino(folder: Path) -> None:
     """The tiny detector with its shipped trained weights, in the published folder layout."""
-    model, processor = _tiny_detector()
-    model.config.save_pretrained(folder)
+    config, processor = _tiny_detector()
+    config.save_pretrained(folder)
     shutil.copyfile(TINY_DETECTOR_WEIGHTS, folder / "model.safetensors")
     processor.image_processor.save_pretrained(folder)
     processor.tokenizer.save_pretrained(folder)
