@@ -6,7 +6,7 @@ Equivalent: `python -m oneposetrans demo`. `--help` lists every flag.
 
 import sys
 
-from oneposetrans.cli import main
+from oneposetrans.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    sys.exit(run_script(__file__, ["demo"]))

@@ -6,7 +6,7 @@ Equivalent: `python -m oneposetrans prepare-deepfashion`. `--help` lists every f
 
 import sys
 
-from oneposetrans.cli import main
+from oneposetrans.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["prepare-deepfashion", *sys.argv[1:]]))
+    sys.exit(run_script(__file__, ["prepare-deepfashion"]))

@@ -6,7 +6,7 @@ Equivalent: `python -m oneposetrans refine --dataset deepfashion`. `--help` list
 
 import sys
 
-from oneposetrans.cli import main
+from oneposetrans.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["refine", "--dataset", "deepfashion", *sys.argv[1:]]))
+    sys.exit(run_script(__file__, ["refine", "--dataset", "deepfashion"]))

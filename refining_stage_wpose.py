@@ -6,7 +6,7 @@ Equivalent: `python -m oneposetrans refine --dataset wpose`. `--help` lists ever
 
 import sys
 
-from oneposetrans.cli import main
+from oneposetrans.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["refine", "--dataset", "wpose", *sys.argv[1:]]))
+    sys.exit(run_script(__file__, ["refine", "--dataset", "wpose"]))

@@ -6,7 +6,7 @@ Equivalent: `python -m oneposetrans caption`. `--help` lists every flag.
 
 import sys
 
-from oneposetrans.cli import main
+from oneposetrans.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["caption", *sys.argv[1:]]))
+    sys.exit(run_script(__file__, ["caption"]))

@@ -148,8 +148,8 @@ def generator_step_ops(unet, latent_side: int) -> dict:
     from peft import LoraConfig
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from oneposetrans.repose import published_lora_scales
-    from oneposetrans.vcm import VCMLayout, install_vcm, published_ip_scales, set_ip_scales
+    from oneposetrans.settings import published_ip_scales, published_lora_scales
+    from oneposetrans.vcm import VCMLayout, install_vcm, set_ip_scales
 
     dtype = next(unet.parameters()).dtype
     layout = VCMLayout(image_tokens=4, face_tokens=16, face_positions=torch.tensor([4, 4]))

@@ -17,16 +17,13 @@ from typing import Callable
 from PIL import Image
 
 from oneposetrans.caption import CaptionStore, automatic_captioner, caption_with_retries, conform
-from oneposetrans.errors import BadInputError, CaseFailures
-from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
+from oneposetrans.errors import BadInputError, CaseFailures, OnePoseTransError
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.pose import BUNDLED_POSES, PoseExtractor, load_pose_map
+from oneposetrans.pose import BUNDLED_POSES, PoseExtractor, load_pose_map, needs_detector
 from oneposetrans import registry
-from oneposetrans.repose import REPOSE_MODELS, GenerationSettings, Reposer, load_identity_image
 from oneposetrans.report import contact_sheet
-from oneposetrans.results import ResultsTree, is_done, pair_name, pose_map_name, stem, write_json_atomic
-from oneposetrans.segment import PersonSegmenter
-from oneposetrans.runtime import resolve_device
+from oneposetrans.results import ResultsTree, check_writable_folder, is_done, pair_name, pose_map_name, stem, write_json_atomic
+from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
 BUNDLED_SOURCE_NAME = "astronaut"
 BUNDLED_CAPTION = (
@@ -100,28 +97,84 @@ def _caption(request: ChainRequest, tree: ResultsTree, name: str) -> tuple[str, 
     return caption, StageStatus("caption", "done", f"by {captioner.model}")
 
 
-def chain_models(request: ChainRequest) -> list[str]:
+def chain_models(request: ChainRequest, photo_targets: bool = False) -> list[str]:
     # The source is always segmented: the image prompt and the face read the person on black.
-    names = [*REPOSE_MODELS, "grounding-dino", "sam"]
+    names = [*registry.GENERATOR_MODELS, "grounding-dino", "sam"]
     if request.identitynet:
         names.append("instantid-identitynet")
     if request.composite:
         names.append("lama" if request.inpainter == "lama" else "sdxl-inpainting")
+    if photo_targets:
+        names.append("openpose")
     return names
 
 
-def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> list[StageStatus]:
+@dataclass
+class CheckedInputs:
+    """What :func:`check_inputs` found: the target poses that can serve and one line per other."""
+
+    poses: list[Path]
+    rejected: list[tuple[Path, str]]
+
+
+def check_inputs(request: ChainRequest, models: bool = True) -> CheckedInputs:
+    """Everything that can be checked without a model, before anything is created: the source
+    reads as an image, each target pose parses, the results folder can be written, and every
+    model the run will need is present (all missing ones named at once; ``models=False`` skips
+    that, for a models folder still to be built). A bad target pose is
+    set aside with its reason while the others go on; if none is left, the run stops here."""
+    check_writable_folder(request.out)
+    if request.source is not None:
+        load_image(request.source, "RGB")
+    poses, rejected, photo_targets, names = [], [], False, set()
+    for pose_path in request.poses or list(BUNDLED_POSES):
+        try:
+            if stem(pose_path) in names:
+                raise BadInputError(f"{pose_path}: a second target pose named {stem(pose_path)!r}")
+            photo_targets |= needs_detector(pose_path)
+            names.add(stem(pose_path))
+            poses.append(Path(pose_path))
+        except BadInputError as error:
+            rejected.append((Path(pose_path), str(error)))
+    if models:
+        registry.require_all(chain_models(request, photo_targets), request.models)
+    if not poses:
+        raise BadInputError("no usable target pose: " + "; ".join(reason for _, reason in rejected))
+    return CheckedInputs(poses, rejected)
+
+
+def run_chain(
+    request: ChainRequest, echo: Callable[[str], None] = print, checked: CheckedInputs | None = None
+) -> list[StageStatus]:
     """Run every built stage for one source and all its target poses; return the stage report.
 
-    Raises :class:`CaseFailures` at the end if some targets failed; the others are complete.
+    ``checked`` is :func:`check_inputs`'s answer when the caller has it already. Raises
+    :class:`CaseFailures` at the end if some targets failed; the others are complete. An error
+    raised on the way carries the report of the stages so far as ``error.report``.
     """
-    # Every model the run will need is checked before any work, so that a missing one is
-    # reported at once rather than after a fine-tuning.
-    for model in chain_models(request):
-        registry.require(model, request.models)
+    report: list[StageStatus] = []
+    try:
+        return _run_chain(request, echo, report, checked or check_inputs(request))
+    except OnePoseTransError as error:
+        error.report = report
+        raise
+
+
+def _run_chain(
+    request: ChainRequest, echo: Callable[[str], None], report: list[StageStatus], checked: CheckedInputs
+) -> list[StageStatus]:
+    # The model libraries load only once the inputs have passed.
+    from oneposetrans.finetune import FinetuneCase, run_finetune
+    from oneposetrans.repose import Reposer, load_identity_image
+    from oneposetrans.runtime import resolve_device
+    from oneposetrans.segment import PersonSegmenter
+
+    for _, reason in checked.rejected:
+        echo(f"  failed: {reason}")
     tree = ResultsTree(request.out)
     log = tree.log("repose")
-    report: list[StageStatus] = []
+    for pose_path, reason in checked.rejected:
+        log.fail(pair_name(stem(request.source) if request.source else BUNDLED_SOURCE_NAME, stem(pose_path)), reason)
 
     name, status = _ingest_source(request, tree)
     report.append(status)
@@ -147,7 +200,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         )
         report.append(StageStatus("finetune", "done", str(lora)))
 
-    pose_paths = request.poses or list(BUNDLED_POSES)
+    pose_paths = checked.poses
     targets: dict[str, Image.Image] = {}
     rendered = 0
     # Loaded on first use: only a photo given as a target pose needs the detector.
@@ -157,8 +210,6 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         target_name = stem(pose_path)
         map_file = tree.file("poses", pose_map_name(target_name, request.profile))
         try:
-            if target_name in targets:
-                raise BadInputError(f"{pose_path}: a second target pose named {target_name!r}")
             if is_done(map_file):
                 targets[target_name] = load_image(map_file, "RGB")
             else:
@@ -174,7 +225,7 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         StageStatus(
             "pose",
             "done" if rendered else "resumed",
-            f"{len(targets)} of {len(pose_paths)} target poses ready, {rendered} rendered now",
+            f"{len(targets)} of {len(pose_paths) + len(checked.rejected)} target poses ready, {rendered} rendered now",
         )
     )
 
@@ -211,8 +262,8 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
         StageStatus(
             "repose",
             "done" if todo else "resumed",
-            f"{len(todo)} generated, {len(targets) - len(todo)} already present; VCM (text, IP-Adapter image, "
-            f"InstantID face) + OpenPose ControlNet + LoRA + LayerDiffuse alpha"
+            f"{len(todo)} generated, {len(targets) - len(todo)} already present"
+            + (f"; {reposer().conditioning}" if todo else "")
             + (f"; {'; '.join(notes)}" if notes else ""),
         )
     )
@@ -245,7 +296,8 @@ def run_chain(request: ChainRequest, echo: Callable[[str], None] = print) -> lis
     report.append(StageStatus("contact sheet", "done", str(sheet)))
     failed = [s for s in report if s.status == "failed"]
     if log.failed:
-        failed.append(StageStatus("repose", "failed", f"{len(log.failed)} of {len(pose_paths)} targets failed; {log.summary()}"))
+        total = len(pose_paths) + len(checked.rejected)
+        failed.append(StageStatus("repose", "failed", f"{len(log.failed)} of {total} targets failed; {log.summary()}"))
     if failed:
         raise CaseFailures("; ".join(f"{s.stage}: {s.detail}" for s in failed))
     return report

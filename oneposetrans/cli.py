@@ -15,6 +15,9 @@ from pathlib import Path
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, EnvironmentProblem, OnePoseTransError
 from oneposetrans.results import PROFILES
+from oneposetrans.settings import GenerationSettings
+
+GENERATION = GenerationSettings()
 
 SMOKE_RESOLUTION = 256
 SMOKE_FINETUNE_RESOLUTION = 128
@@ -22,6 +25,24 @@ SMOKE_BANNER = (
     "SMOKE RUN: tiny models with random weights. The images are noise; this run proves the "
     "plumbing (files, stages, resume), not picture quality."
 )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's default, unless its help states it or there is none worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _use_formatter(child)
 
 
 def _add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
@@ -46,13 +67,15 @@ def _add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
     parser.add_argument(
         "--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto", help="weights precision (auto: fp16 on GPU, fp32 on CPU)"
     )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress lines (results, failures and the summary still print)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oneposetrans",
         description="One-shot pose-guided person image synthesis (OnePoseTrans, arXiv 2409.09593).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -63,19 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repose.add_argument("--source", type=Path, help="photo of the person (default: a bundled photo)")
     repose.add_argument(
-        "--pose", type=Path, nargs="+", default=[], help="target poses: OpenPose keypoints JSON or rendered pose maps (default: bundled poses)"
+        "--pose", type=Path, nargs="+", default=[], help="target poses: OpenPose keypoints JSON, rendered pose maps, or photos of a person (the pose is detected; needs the openpose model) (default: bundled poses)"
     )
     repose.add_argument("--out", type=Path, required=True, help="results tree to write (resumed if it exists)")
     repose.add_argument("--caption", help='"A man/woman with face, <clothes and accessories>"')
     repose.add_argument("--refine", action="store_true", help="also run the img2img refining stage")
-    repose.add_argument("--steps", type=int, default=25, help="denoising steps")
-    repose.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    repose.add_argument("--seed", type=int, default=97, help="sampling seed (the same for every target)")
+    repose.add_argument("--steps", type=int, default=GENERATION.steps, help="denoising steps")
+    repose.add_argument("--guidance", type=float, default=GENERATION.guidance, help="classifier-free guidance scale")
+    repose.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed (the same for every target)")
     repose.add_argument(
         "--resolution", type=int, help=f"shorter side of the output, rounded to 64 (default 1024; {SMOKE_RESOLUTION} with --smoke)"
     )
-    repose.add_argument("--controlnet-scale", type=float, default=1.0, help="OpenPose ControlNet conditioning scale")
-    repose.add_argument("--batch-size", type=int, default=4, help="target poses sampled together in one batch")
+    repose.add_argument("--controlnet-scale", type=float, default=GENERATION.controlnet_scale, help="OpenPose ControlNet conditioning scale")
+    repose.add_argument("--batch-size", type=int, default=GENERATION.batch_size, help="target poses sampled together in one batch")
     repose.add_argument("--no-image-prompt", action="store_true", help="leave out the IP-Adapter image prompt")
     repose.add_argument("--no-face", action="store_true", help="leave out the InstantID face embedding")
     repose.add_argument("--opaque", action="store_true", help="decode RGB with the SDXL VAE instead of LayerDiffuse RGBA")
@@ -84,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add InstantID's IdentityNet on the source's face landmarks as a second ControlNet (not part of the method)",
     )
-    repose.add_argument("--identitynet-scale", type=float, default=0.8, help="IdentityNet conditioning scale")
+    repose.add_argument("--identitynet-scale", type=float, default=GENERATION.identitynet_scale, help="IdentityNet conditioning scale")
     repose.add_argument(
         "--no-composite",
         action="store_true",
@@ -100,8 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")
     check.add_argument("--stage", action="append", help="only the models this stage needs (repeatable)")
     check.set_defaults(handler=_cmd_models_check)
-    download = actions.add_parser("download", help="fetch models where a network exists (never used by tests)")
-    download.add_argument("names", nargs="*", help="model names (default: every required model)")
+    download = actions.add_parser(
+        "download",
+        help="fetch models where a network exists: a size table first, then each missing model (resumable)",
+    )
+    download.add_argument("names", nargs="*", help="model names (default: the models that --for names)")
+    download.add_argument(
+        "--for",
+        dest="task",
+        choices=tuple(registry.TASKS),
+        help="the models a command needs with its default flags (default: repose, about "
+        f"{sum(registry.spec(n).size_gb for n in registry.TASKS['repose']):.0f} GB)",
+    )
+    download.add_argument("--dry-run", action="store_true", help="print the size table and stop (needs no network)")
     download.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")
     download.set_defaults(handler=_cmd_models_download)
     tiny = actions.add_parser("make-tiny", help="write the tiny-model kit (random weights, real formats) into DIR")
@@ -164,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, help="where visitors' folders go (default: a temp folder)")
     _add_common(demo, results=False)
     demo.set_defaults(handler=_cmd_demo)
+    _use_formatter(parser)
     return parser
 
 
@@ -190,7 +225,6 @@ def _add_tool_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> 
     for flag in flags:
         parser.add_argument(f"--{flag}", type=Path, help=f"{flag.replace('_path', '').replace('_', ' ')} folder (default: in the results tree)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(parser)
 
 
@@ -241,7 +275,7 @@ def _add_tools(commands) -> None:
 
 
 def _add_dataset_stages(commands) -> None:
-    from oneposetrans.evaluate import ALL_METRICS
+    from oneposetrans.settings import ALL_METRICS
     from oneposetrans.generate import DATASETS
 
     generate = commands.add_parser(
@@ -259,11 +293,11 @@ def _add_dataset_stages(commands) -> None:
     generate.add_argument("--pairs", type=Path, required=True, help="pairs list (DeepFashion CSV or subset file, WPose pairs)")
     generate.add_argument("--keypoints", type=Path, help="DeepFashion annotation CSV (fasion-resize-annotation-test.csv)")
     generate.add_argument("--captions", type=Path, help="captions file 'index/name/text' (default: RESULTS/captions)")
-    generate.add_argument("--steps", type=int, default=25, help="denoising steps")
-    generate.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    generate.add_argument("--seed", type=int, default=97, help="sampling seed, the same for every pair")
+    generate.add_argument("--steps", type=int, default=GENERATION.steps, help="denoising steps")
+    generate.add_argument("--guidance", type=float, default=GENERATION.guidance, help="classifier-free guidance scale")
+    generate.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed, the same for every pair")
     generate.add_argument("--resolution", type=int, help="shorter side of the output (default 1024; 256 with --smoke)")
-    generate.add_argument("--batch-size", type=int, default=4, help="target poses of one source sampled together")
+    generate.add_argument("--batch-size", type=int, default=GENERATION.batch_size, help="target poses of one source sampled together")
     _add_common(generate)
     generate.set_defaults(handler=_cmd_generate)
 
@@ -407,7 +441,8 @@ def _cmd_demo(arguments: argparse.Namespace) -> int:
         finetune_resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else 512,
         # The smoke demo must answer within a browser test's patience on a CPU.
         finetune_steps=10 if arguments.smoke else 60,
-        denoise_steps=4 if arguments.smoke else 25,
+        denoise_steps=4 if arguments.smoke else GENERATION.steps,
+        smoke=arguments.smoke,
     )
     launch(config, arguments.host, arguments.port, arguments.share)
     return 0
@@ -548,7 +583,7 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
 
 
 def _add_finetune(commands) -> None:
-    from oneposetrans.finetune import FinetuneSettings
+    from oneposetrans.settings import FinetuneSettings
 
     defaults = FinetuneSettings()
     finetune = commands.add_parser(
@@ -560,7 +595,6 @@ def _add_finetune(commands) -> None:
             "pairs list needs, reading RESULTS/images/<stem>.png. LoRAs go to RESULTS/lora/<name>.safetensors; "
             "existing ones are skipped. Under `accelerate launch` the cases are shared among the processes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     finetune.add_argument("--source", type=Path, nargs="+", help="photo(s) of one person: one LoRA from all of them")
     finetune.add_argument("--caption", help='caption of the person, "A man/woman with face, ..."')
@@ -705,16 +739,13 @@ def _models_dir(arguments: argparse.Namespace) -> Path:
 
 
 def _cmd_repose(arguments: argparse.Namespace) -> int:
-    from oneposetrans.chain import ChainRequest, format_report, run_chain
-    from oneposetrans.finetune import FinetuneSettings
-    from oneposetrans.repose import GenerationSettings
+    from oneposetrans.chain import ChainRequest, check_inputs, format_report, run_chain
+    from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
-    if arguments.smoke:
-        print(SMOKE_BANNER, flush=True)
     resolution = arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
     request = ChainRequest(
         out=arguments.out,
-        models=_models_dir(arguments),
+        models=arguments.models,
         source=arguments.source,
         poses=arguments.pose,
         caption=arguments.caption,
@@ -742,7 +773,20 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         composite=not arguments.no_composite,
         inpainter=arguments.inpainter,
     )
-    report = run_chain(request, echo=lambda line: print(line, flush=True))
+    # Bad inputs fail here, in about a second, before the banner and before any model loads.
+    if arguments.smoke:
+        check_inputs(request, models=False)
+        request.models = _models_dir(arguments)
+    checked = check_inputs(request)
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    try:
+        report = run_chain(request, echo=lambda line: print(line, flush=True), checked=checked)
+    except OnePoseTransError as error:
+        # A failed run still shows what each stage did before it stopped.
+        if getattr(error, "report", None):
+            print(format_report(error.report))
+        raise
     reminder = " (smoke run: the pictures are noise)" if arguments.smoke else ""
     print(f"results in {arguments.out.resolve()}{reminder}\n" + format_report(report))
     return 0
@@ -757,9 +801,12 @@ def _cmd_models_check(arguments: argparse.Namespace) -> int:
 
 
 def _cmd_models_download(arguments: argparse.Namespace) -> int:
+    names = registry.selected(arguments.names, arguments.task)
+    if arguments.dry_run:
+        return registry.download(names, arguments.models, dry_run=True)
     # Downloads are allowed only in this child process; everything else stays offline.
     environment = {**os.environ, "ONEPOSETRANS_ALLOW_DOWNLOADS": "1", "HF_HUB_OFFLINE": "0"}
-    command = [sys.executable, "-m", "oneposetrans.registry", *arguments.names, "--models", str(arguments.models)]
+    command = [sys.executable, "-m", "oneposetrans.registry", *names, "--models", str(arguments.models)]
     return subprocess.call(command, env=environment)
 
 
@@ -771,10 +818,24 @@ def _cmd_models_make_tiny(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def run_script(script: str, preset: list[str]) -> int:
+    """A root script of the original project: the command ``preset`` under the script's own name,
+    so that its ``--help`` and errors say ``lora_wpose.py``, not ``oneposetrans finetune``."""
+    parser = build_parser()
+    name = Path(script).name
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[preset[0]]
+    command.prog = name
+    command.description = f"{name} is `python -m oneposetrans {' '.join(preset)}`. " + (command.description or "")
+    return main([*preset, *sys.argv[1:]], parser)
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    arguments = (parser or build_parser()).parse_args(argv)
+    from oneposetrans import progress
+
+    progress.set_enabled(not getattr(arguments, "quiet", False))
     try:
-        if isinstance(getattr(arguments, "device", None), str):
+        if str(getattr(arguments, "device", "")).startswith("cuda"):
             from oneposetrans.runtime import check_device_available
 
             check_device_available(arguments.device)

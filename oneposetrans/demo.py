@@ -39,6 +39,8 @@ class DemoConfig:
     finetune_resolution: int = 512
     finetune_steps: int = 60
     denoise_steps: int = 25
+    smoke: bool = False
+    """The models are the tiny kit's random weights: the page says its pictures are noise."""
 
 
 @dataclass
@@ -260,6 +262,13 @@ def page_errors(function):
     return wrapper
 
 
+SMOKE_NOTICE = (
+    "**Smoke run (`--smoke`)**: every model here is a tiny model with random weights. The pictures are "
+    "noise; the page proves that every step runs, not picture quality. Start it without `--smoke`, with "
+    "the real models in `--models`, for real results."
+)
+
+
 def build_demo(steps: DemoSteps):
     """The page: one column per step, each with its button, its output and a download."""
     import gradio as gr
@@ -270,6 +279,8 @@ def build_demo(steps: DemoSteps):
 
     with gr.Blocks(title="OnePoseTrans") as demo:
         gr.Markdown("# OnePoseTrans: one photo, any pose\nRun the steps in order. Each result can be downloaded.")
+        if steps.config.smoke:
+            gr.Markdown(SMOKE_NOTICE, elem_id="smoke-notice")
         state = gr.State(None)
         with gr.Row():
             with gr.Column():

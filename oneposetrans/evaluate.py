@@ -36,13 +36,11 @@ from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image
 from oneposetrans.results import PROFILES, pose_map_name, split_pair_name, write_json_atomic, write_text_atomic
+from oneposetrans.settings import ALL_METRICS, PAIR_METRICS, SET_METRICS
 
 SIZES = {"256x176": (176, 256), "512x352": (352, 512)}
 """The field's DeepFashion evaluation sizes (height x width) -> PIL (width, height)."""
 NATIVE = "native"
-PAIR_METRICS = ("ssim", "ssim_256", "psnr", "lpips", "masked_ssim", "masked_psnr", "masked_lpips", "face_source", "face_target")
-SET_METRICS = ("fid", "fid_standard")
-ALL_METRICS = PAIR_METRICS + SET_METRICS
 CPU_SSIM_CHUNK = 4
 LOWER_IS_BETTER = {"lpips", "masked_lpips", "fid", "fid_standard"}
 

@@ -36,34 +36,12 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, CaseFailures, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
+from oneposetrans.progress import Progress, case_line
 from oneposetrans.results import ResultsTree, atomic_path, is_done, safe_component
+from oneposetrans.settings import FinetuneSettings
 from oneposetrans.runtime import quiet_libraries, resolve_device
 
 ADAPTER = "oneposetrans_case"
-
-
-@dataclass
-class FinetuneSettings:
-    """Published defaults (lora_deepfashion.py / lora_wpose.py)."""
-
-    rank: int = 32
-    alpha: int = 32
-    target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
-    steps: int = 60
-    batch_size: int = 2
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    resolution: int = 512
-    seed: int = 0
-    mixed_precision: str = "auto"
-    profile: str = "default"
-    masked_loss: bool = False
-    fast_step: bool | None = None
-    """LoRA weights in the UNet's dtype with fp32 masters, fused AdamW, no per-step sync. None: on
-    in the default profile, off in the reference one (which keeps the published computation)."""
 
 
 @dataclass
@@ -279,6 +257,7 @@ class LoraTrainer:
         # is still drawn from torch's in the loop, in the published order.
         planned = [draw_crops() for _ in range(settings.steps)] if not published and settings.profile != "reference" else None
         moments = self._encode_moments([crop for crops in planned for crop in crops]) if planned else None
+        bar = Progress(settings.steps, f"finetune {case.name}")
         for step in range(settings.steps):
             crops = planned[step] if planned else draw_crops()
             time_ids = torch.tensor(
@@ -322,6 +301,8 @@ class LoraTrainer:
             lora_weights.zero_grad(optimizer)
             # Kept on the device: reading it every step would wait for the GPU each time.
             losses.append(loss.detach())
+            bar.update()
+        bar.close()
         losses = torch.stack(losses).float().cpu().tolist()
         self.unet.eval()
         if self.device.type == "cuda":
@@ -442,6 +423,7 @@ def run_finetune(
             log.skip(case.name)
         else:
             todo.append((case, target))
+    started = time.perf_counter()
     for position, (case, target) in enumerate(todo, 1):
         try:
             if trainer is None:
@@ -470,7 +452,7 @@ def run_finetune(
                 device=str(trainer.device),
                 views=len(case.images),
             )
-            echo(f"[{position}/{len(todo)}] {target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}")
+            echo(case_line(position, len(todo), started, f"{target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}"))
         if fail_fast and log.failed:
             break
     echo(log.summary())

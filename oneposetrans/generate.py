@@ -20,6 +20,7 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.progress import case_line
 from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, pose_map_name, stem, write_json_atomic
 
 DATASETS = ("deepfashion", "wpose")
@@ -113,6 +114,7 @@ def run_generate(
     prefix = f"[process {state.process_index}] " if state.num_processes > 1 else ""
     reposer = None
     done = 0
+    run_started = time.perf_counter()
     for number, case in enumerate(mine, 1):
         pairs = [pair_name(case.source, target) for target in case.targets]
         try:
@@ -154,7 +156,7 @@ def run_generate(
         notes = [missing_mask, *notes] if missing_mask else notes
         done += len(maps)
         note = f"; {'; '.join(notes)}" if notes else ""
-        echo(f"{prefix}[{number}/{len(mine)}] {case.source}: {len(maps)} targets in {time.perf_counter() - started:.1f} s{note}")
+        echo(prefix + case_line(number, len(mine), run_started, f"{case.source}: {len(maps)} targets in {time.perf_counter() - started:.1f} s{note}"))
     echo(f"{prefix}{log.summary()}")
     if log.failed:
         raise CaseFailures(log.summary())

@@ -28,6 +28,7 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.progress import track
 from oneposetrans.results import StageLog, is_done, stem
 
 INPAINTERS = ("lama", "diffusion")
@@ -176,8 +177,6 @@ def run_inpaint(
 
     ``inpainter`` is a factory, called only when some image is left to do.
     """
-    from tqdm.auto import tqdm
-
     todo = []
     for source in sources:
         name = stem(source)
@@ -186,7 +185,7 @@ def run_inpaint(
         else:
             todo.append(source)
     model = inpainter() if todo else None
-    for source in tqdm(todo, desc="inpaint", unit="image", disable=not progress or not todo):
+    for source in track(todo, "inpaint", show=progress):
         name = stem(source)
         try:
             image = load_image(source, "RGB")

@@ -53,10 +53,11 @@ from transformers import (
 
 from oneposetrans import layerdiffuse, vcm
 from oneposetrans.errors import BadInputError
+from oneposetrans.settings import NEGATIVE_PROMPT, published_ip_scales
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NEGATIVE_PROMPT = "low quality, bad quality"
+DEFAULT_NEGATIVE_PROMPT = NEGATIVE_PROMPT
 SUBJECT_ADAPTER = "subject"
 LAYERDIFFUSE_DECODER = "ld_diffusers_sdxl_vae_transparent_decoder.safetensors"
 LAYERDIFFUSE_ENCODER = "ld_diffusers_sdxl_vae_transparent_encoder.safetensors"
@@ -156,7 +157,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             processor.to(device, dtype)
         self._controlnet_text_tokens = vcm.REFERENCE_CONTROLNET_TEXT_TOKENS if profile == "reference" else vcm.TEXT_TOKENS
         self._install_vcm_processors()
-        self.set_ip_adapter_scale(vcm.published_ip_scales())
+        self.set_ip_adapter_scale(published_ip_scales())
 
     def unload_vcm(self) -> None:
         """Remove the VCM: diffusers' default attention everywhere, as before :meth:`load_vcm`."""

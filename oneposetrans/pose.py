@@ -244,6 +244,17 @@ def _looks_like_pose_map(image: Image.Image) -> bool:
     return float((gray < 16).mean()) > 0.6
 
 
+def needs_detector(path: str | os.PathLike) -> bool:
+    """Read a target pose file as :func:`load_pose_map` will, without a model, so that a bad one
+    is reported before any model loads: raises :class:`BadInputError` for a file that cannot
+    serve, and says whether it is a photo (the pose detector must run on it)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        load_keypoints(path)
+        return False
+    return not _looks_like_pose_map(load_image(path, "RGB"))
+
+
 def load_pose_map(
     path: str | os.PathLike,
     resolution: int,

@@ -100,7 +100,7 @@ def run_recipe(request: RecipeRequest, echo: Callable[[str], None] = print) -> l
         images = [p for p in list_images(tree.folder(source)) if names is None or p.stem in names]
         run_segment(
             images[state.process_index :: state.num_processes], outputs, tree.log("segment"), segmenter,
-            echo=quiet, progress=False, use_alpha=mode != "dataset" and request.profile != "reference",
+            echo=quiet, use_alpha=mode != "dataset" and request.profile != "reference",
         )
 
     def step_captions() -> None:
@@ -141,7 +141,7 @@ def run_recipe(request: RecipeRequest, echo: Callable[[str], None] = print) -> l
 
         images = [tree.file("images", f"{name}.png") for name in sources][state.process_index :: state.num_processes]
         factory = lambda: make_inpainter(request.inpainter, request.models, request.device, request.dtype, request.profile)  # noqa: E731
-        run_inpaint(images, tree.folder("images_mask"), tree.folder("images_inpainted"), tree.log("inpaint"), factory, echo=quiet, progress=False)
+        run_inpaint(images, tree.folder("images_mask"), tree.folder("images_inpainted"), tree.log("inpaint"), factory, echo=quiet)
 
     def step_generate() -> None:
         from oneposetrans.generate import load_inputs, run_generate

@@ -15,7 +15,6 @@ does what was meant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,28 +24,9 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.repose import style_block_lora_scales
+from oneposetrans.progress import Progress
+from oneposetrans.settings import STYLE_BLOCK, RefineSettings, style_block_lora_scales
 from oneposetrans.results import ResultsTree, is_done, split_pair_name
-
-STYLE_BLOCK = "up_blocks.0.attentions.1"
-
-
-@dataclass
-class RefineSettings:
-    steps: int = 25
-    strength: float = 0.65
-    guidance: float = 7.0
-    seed: int = 12345
-    negative_prompt: str = "low quality, bad quality"
-    resolution: int = 1024
-    """The published stage stretched init and reference images to 1024x1024; the default keeps the
-    result's own frame (its shorter side at ``resolution``, sides multiples of 64)."""
-
-    @property
-    def schedule_length(self) -> int:
-        """``int(25 / 0.65) = 38``: the published Karras schedule, of which the last 25 steps run."""
-        return int(self.steps / self.strength)
-
 
 class Refiner:
     """Shares the reposer's UNet, VAE, text and image encoders; adds the transparent encoder and
@@ -165,6 +145,7 @@ def run_refine(
         else:
             todo.append(path)
     refiner = refiner_factory() if todo else None
+    bar = Progress(len(todo), "refine", unit="image")
     for path in todo:
         try:
             source, _ = split_pair_name(path.name)
@@ -179,10 +160,13 @@ def run_refine(
         except BadInputError as error:
             log.fail(path.stem, str(error))
             echo(f"failed: {error}")
+            bar.update()
             continue
         refined = refiner.refine(reposed, caption, source_image, lora, settings)
         save_image(refined, tree.file("refined_result", path.name))
         log.ok(path.stem, size=list(refined.size))
+        bar.update()
+    bar.close()
     echo(log.summary())
     if log.failed:
         raise CaseFailures(log.summary())

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from oneposetrans.errors import MissingModelError
+from oneposetrans.errors import BadInputError, MissingModelError
 
 DEFAULT_MODELS_DIR = os.environ.get("ONEPOSETRANS_MODELS", "models")
 
@@ -41,6 +41,8 @@ class ModelSpec:
     """How to get the model when there is no download the toolkit can perform itself."""
     optional: bool = False
     notes: str = ""
+    size_gb: float = 0.0
+    """Download size of the files fetched, approximate (as the hosting pages list them)."""
 
     @property
     def source(self) -> str:
@@ -77,6 +79,7 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="CreativeML Open RAIL++-M",
         hf_repo="SG161222/RealVisXL_V4.0",
         allow_patterns=_SDXL_ALLOW,
+        size_gb=6.9,
     ),
     ModelSpec(
         name="controlnet-openpose",
@@ -87,6 +90,7 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         hf_repo="xinsir/controlnet-openpose-sdxl-1.0",
         allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        size_gb=5.0,
     ),
     ModelSpec(
         name="ip-adapter",
@@ -105,6 +109,7 @@ MODELS: tuple[ModelSpec, ...] = (
             "models/image_encoder/config.json",
             "models/image_encoder/model.safetensors",
         ),
+        size_gb=3.2,
     ),
     ModelSpec(
         name="instantid",
@@ -115,6 +120,7 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0 (face embeddings come from non-commercial antelopev2)",
         hf_repo="InstantX/InstantID",
         allow_patterns=("ip-adapter.bin",),
+        size_gb=1.7,
     ),
     ModelSpec(
         name="instantid-identitynet",
@@ -127,6 +133,7 @@ MODELS: tuple[ModelSpec, ...] = (
         allow_patterns=("ControlNetModel/*",),
         optional=True,
         notes="not used by the published method; enabled with --identitynet",
+        size_gb=2.5,
     ),
     ModelSpec(
         name="layerdiffuse",
@@ -145,6 +152,7 @@ MODELS: tuple[ModelSpec, ...] = (
             "ld_diffusers_sdxl_vae_transparent_decoder.safetensors",
             "ld_diffusers_sdxl_vae_transparent_encoder.safetensors",
         ),
+        size_gb=0.95,
     ),
     ModelSpec(
         name="antelopev2",
@@ -160,6 +168,7 @@ MODELS: tuple[ModelSpec, ...] = (
         stages=("repose", "evaluate"),
         licence="non-commercial research only (InsightFace models)",
         url="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
+        size_gb=0.36,
     ),
     ModelSpec(
         name="grounding-dino",
@@ -170,6 +179,7 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         hf_repo="IDEA-Research/grounding-dino-tiny",
         allow_patterns=("*.json", "*.txt", "model.safetensors"),
+        size_gb=0.69,
     ),
     ModelSpec(
         name="sam",
@@ -180,6 +190,7 @@ MODELS: tuple[ModelSpec, ...] = (
         licence="Apache-2.0",
         hf_repo="facebook/sam-vit-huge",
         allow_patterns=("*.json", "model.safetensors"),
+        size_gb=2.6,
     ),
     ModelSpec(
         name="lama",
@@ -195,6 +206,7 @@ MODELS: tuple[ModelSpec, ...] = (
             "published 1024x1024 export as lama/lama_fp32_1024.onnx (the original's Baidu-pan file, or big-lama "
             "exported at 1024 with Carve-Photos/lama's export_LaMa_to_onnx notebook)"
         ),
+        size_gb=0.21,
     ),
     ModelSpec(
         name="sdxl-inpainting",
@@ -207,6 +219,7 @@ MODELS: tuple[ModelSpec, ...] = (
         allow_patterns=_SDXL_ALLOW,
         optional=True,
         notes="only for --inpainter diffusion",
+        size_gb=6.9,
     ),
     ModelSpec(
         name="caption-vlm",
@@ -219,6 +232,7 @@ MODELS: tuple[ModelSpec, ...] = (
         allow_patterns=("*.json", "*.jinja", "*.txt", "model.safetensors"),
         optional=True,
         notes="only for captioning without Gemini: caption --local-vlm",
+        size_gb=0.51,
     ),
     ModelSpec(
         name="openpose",
@@ -230,6 +244,7 @@ MODELS: tuple[ModelSpec, ...] = (
         hf_repo="lllyasviel/Annotators",
         allow_patterns=("body_pose_model.pth", "hand_pose_model.pth"),
         notes="only to extract a pose from a photo; keypoints JSON needs no model",
+        size_gb=0.36,
     ),
     ModelSpec(
         name="lpips-alex",
@@ -239,6 +254,7 @@ MODELS: tuple[ModelSpec, ...] = (
         stages=("evaluate",),
         licence="BSD-3-Clause (torchvision)",
         url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        size_gb=0.24,
     ),
     ModelSpec(
         name="fid-inception",
@@ -248,6 +264,7 @@ MODELS: tuple[ModelSpec, ...] = (
         stages=("evaluate",),
         licence="Apache-2.0 (TensorFlow weights) / BSD-3-Clause (torchvision)",
         url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+        size_gb=0.1,
     ),
     ModelSpec(
         name="fid-inception-tf",
@@ -257,10 +274,22 @@ MODELS: tuple[ModelSpec, ...] = (
         stages=("evaluate",),
         licence="Apache-2.0",
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        size_gb=0.09,
     ),
 )
 
 _BY_NAME = {spec.name: spec for spec in MODELS}
+
+# What each command needs with its default flags: `models download --for TASK` fetches these.
+GENERATOR_MODELS = ("sdxl-base", "controlnet-openpose", "ip-adapter", "instantid", "layerdiffuse", "antelopev2")
+_COMPOSITE_MODELS = ("grounding-dino", "sam", "lama")
+TASKS: dict[str, tuple[str, ...]] = {
+    "repose": GENERATOR_MODELS + _COMPOSITE_MODELS,
+    # A visitor's target pose may be a photo; WPose's targets are photos.
+    "demo": GENERATOR_MODELS + _COMPOSITE_MODELS + ("openpose",),
+    "run": GENERATOR_MODELS + _COMPOSITE_MODELS + ("openpose",),
+    "evaluate": ("lpips-alex", "fid-inception", "fid-inception-tf", "antelopev2"),
+}
 
 
 def spec(name: str) -> ModelSpec:
@@ -270,8 +299,13 @@ def spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(_BY_NAME)}") from None
 
 
-def download_command(name: str, models_dir: str | os.PathLike) -> str:
-    return f"python -m oneposetrans models download {name} --models {models_dir}"
+def download_command(name: str | list[str], models_dir: str | os.PathLike) -> str:
+    names = " ".join([name] if isinstance(name, str) else name)
+    return f"python -m oneposetrans models download {names} --models {models_dir}"
+
+
+def total_size(names: list[str]) -> str:
+    return f"about {sum(spec(name).size_gb for name in names):.1f} GB"
 
 
 def missing_files(name: str, models_dir: str | os.PathLike) -> list[str]:
@@ -290,6 +324,19 @@ def require(name: str, models_dir: str | os.PathLike) -> Path:
         how = model.manual or f"get it with: {download_command(name, models_dir)}"
         raise MissingModelError(f"missing model '{name}' ({model.title}) at {folder}: {what}; {how}")
     return folder
+
+
+def require_all(names: list[str], models_dir: str | os.PathLike) -> None:
+    """Check every model a run will need before any work, and name all the missing ones in one
+    line with their total size and one download command, so that one fix is enough."""
+    missing = [name for name in dict.fromkeys(names) if missing_files(name, models_dir)]
+    if len(missing) == 1:
+        require(missing[0], models_dir)
+    if missing:
+        raise MissingModelError(
+            f"{len(missing)} models missing in {models_dir} ({total_size(missing)}): {', '.join(missing)}; "
+            f"get them with: {download_command(missing, models_dir)}"
+        )
 
 
 def weights_variant(pipeline_folder: str | os.PathLike) -> str | None:
@@ -329,73 +376,133 @@ def check(models_dir: str | os.PathLike, stages: list[str] | None = None) -> tup
 def markdown_table() -> str:
     """The README's models table, generated so that the two never disagree."""
     rows = [
-        "| name | model | folder under `models/` | source | stages | licence |",
-        "|---|---|---|---|---|---|",
+        "| name | model | folder under `models/` | download (approx.) | source | stages | licence |",
+        "|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         title = model.title + (f" ({model.notes})" if model.notes else "")
         title += " *optional*" if model.optional else ""
         rows.append(
-            f"| `{model.name}` | {title} | `{model.folder}/` | {model.source} | "
+            f"| `{model.name}` | {title} | `{model.folder}/` | {model.size_gb:.2f} GB | {model.source} | "
             f"{', '.join(model.stages)} | {model.licence} |"
         )
     return "\n".join(rows)
 
 
 def _fetch_url(url: str, folder: Path) -> None:
+    """Fetch ``url`` into ``folder``, resuming a ``.part`` file left by an interrupted run."""
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        archive = Path(tmp) / Path(url).name
-        with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+    name = Path(url).name
+    part = folder / f".{name}.part"
+    start = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        # A server that ignores the range sends the whole file again: start over.
+        resumed = start and response.status == 206
+        with open(part, "ab" if resumed else "wb") as out:
             shutil.copyfileobj(response, out)
-        if archive.suffix != ".zip":
-            os.replace(archive, folder / archive.name)
-            return
-        with zipfile.ZipFile(archive) as zipped:
-            for member in zipped.infolist():
-                name = Path(member.filename).name
-                # The published antelopev2.zip nests its files one folder deep; flatten it.
-                if member.is_dir() or not name or name.startswith("."):
-                    continue
-                with zipped.open(member) as source, open(folder / name, "wb") as out:
+    if not name.endswith(".zip"):
+        os.replace(part, folder / name)
+        return
+    with zipfile.ZipFile(part) as zipped:
+        for member in zipped.infolist():
+            member_name = Path(member.filename).name
+            # The published antelopev2.zip nests its files one folder deep; flatten it.
+            if member.is_dir() or not member_name or member_name.startswith("."):
+                continue
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{member_name}.", delete=False) as out:
+                with zipped.open(member) as source:
                     shutil.copyfileobj(source, out)
+            os.replace(out.name, folder / member_name)
+    part.unlink()
 
 
-def download(names: list[str], models_dir: str | os.PathLike) -> int:
-    """Fetch models into ``models_dir``. Only ever run with downloads allowed (see cli)."""
+def _holds_downloaded_bytes(folder: Path) -> bool:
+    """Whether a failed download left anything worth resuming (not just hub metadata and locks)."""
+    return any(
+        path.is_file() and path.stat().st_size > 0 and path.name != ".gitignore" and not path.name.endswith(".lock")
+        for path in folder.rglob("*")
+    )
+
+
+def size_table(names: list[str], models_dir: str | os.PathLike) -> tuple[str, list[str]]:
+    """One line per model (size, present or to download, folder) and the names to download."""
+    lines, todo = [], []
+    for name in names:
+        model = spec(name)
+        present = not missing_files(name, models_dir)
+        if not present:
+            todo.append(name)
+        status = "present" if present else "to download"
+        lines.append(f"{name:<22} {model.size_gb:>6.2f} GB  {status:<12} {Path(models_dir) / model.folder}")
+    lines.append(f"{len(todo)} of {len(names)} to download, {total_size(todo)} (sizes approximate)")
+    return "\n".join(lines), todo
+
+
+def download(names: list[str], models_dir: str | os.PathLike, dry_run: bool = False) -> int:
+    """Fetch the missing ones of ``names`` into ``models_dir``, after a size table.
+
+    Only ever run with downloads allowed (see cli). Each failure is one line; a summary ends
+    the run. A model folder that this run created and left without a downloaded byte is
+    removed; partial files stay, and the next run resumes them.
+    """
+    table, todo = size_table(names, models_dir)
+    print(table, flush=True)
+    if dry_run or not todo:
+        return 0
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import logging as hub_logging
 
-    failures = 0
-    for name in names or [model.name for model in models_for()]:
+    # The hub's own warnings repeat the same advice once per file; the one line below suffices.
+    hub_logging.set_verbosity_error()
+    root_existed = Path(models_dir).exists()
+    failed: list[str] = []
+    for name in todo:
         model = spec(name)
         folder = Path(models_dir) / model.folder
-        if not missing_files(name, models_dir):
-            print(f"{name}: already present in {folder}")
-            continue
-        print(f"{name}: downloading from {model.source} into {folder}", flush=True)
+        existed = folder.exists()
+        print(f"{name}: downloading {model.size_gb:.2f} GB from {model.source} into {folder}", flush=True)
         try:
             if model.hf_repo:
                 snapshot_download(model.hf_repo, allow_patterns=list(model.allow_patterns), local_dir=folder)
             elif model.url:
                 _fetch_url(model.url, folder)
             else:
-                print(f"{name}: cannot be downloaded automatically: {model.manual}")
-                failures += 1
-                continue
+                raise RuntimeError(f"cannot be downloaded automatically: {model.manual}")
+            still = missing_files(name, models_dir)
+            if still:
+                raise RuntimeError(f"downloaded, but {still[0]} is still missing in {folder}")
         except Exception as error:  # network errors come in many types; report and go on
-            print(f"{name}: download failed: {error}")
-            failures += 1
-            continue
-        still = missing_files(name, models_dir)
-        if still:
-            print(f"{name}: downloaded, but {still[0]} is still missing in {folder}")
-            failures += 1
-    return 1 if failures else 0
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"{name}: download failed: {type(error).__name__}: {reason}", flush=True)
+            failed.append(name)
+            if not existed and folder.exists() and not _holds_downloaded_bytes(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+    if not root_existed and Path(models_dir).is_dir() and not any(Path(models_dir).iterdir()):
+        Path(models_dir).rmdir()
+    done = len(todo) - len(failed)
+    summary = f"downloaded {done} of {len(todo)} models"
+    if failed:
+        summary += (
+            f"; {len(failed)} failed ({', '.join(failed)}). Is there a network? Run the same command again to "
+            "retry; partial downloads are resumed"
+        )
+    print(summary, flush=True)
+    return 1 if failed else 0
+
+
+def selected(names: list[str], task: str | None) -> list[str]:
+    """The models named, else the ones ``task`` needs (``repose`` by default)."""
+    unknown = [name for name in names if name not in _BY_NAME]
+    if unknown:
+        raise BadInputError(f"unknown model {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
+    return list(names) or list(TASKS[task or "repose"])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="download models (run by `oneposetrans models download`)")
     parser.add_argument("names", nargs="*")
     parser.add_argument("--models", default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--for", dest="task", choices=tuple(TASKS))
     arguments = parser.parse_args()
-    sys.exit(download(arguments.names, arguments.models))
+    sys.exit(download(selected(arguments.names, arguments.task), arguments.models))

@@ -12,7 +12,6 @@ steps, negative prompt "low quality, bad quality").
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,50 +22,12 @@ from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.face import PUBLISHED_SIDE
 from oneposetrans.image_io import load_image
+from oneposetrans.progress import Progress
 from oneposetrans.results import ResultsTree, is_done
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
-from oneposetrans.vcm import published_ip_scales
+from oneposetrans.settings import GenerationSettings
 
-REPOSE_MODELS = ("sdxl-base", "controlnet-openpose", "ip-adapter", "instantid", "layerdiffuse", "antelopev2")
-
-
-def style_block_lora_scales(elsewhere: float) -> dict:
-    """LoRA strength per attention block: 1.0 where the style lives (up_blocks.0.attentions.1),
-    ``elsewhere`` in every other attention block (diffusers' block-wise ``set_adapters`` layout)."""
-    return {
-        "down": {"block_1": [elsewhere] * 2, "block_2": [elsewhere] * 2},
-        "mid": elsewhere,
-        "up": {"block_0": [elsewhere, 1.0, elsewhere], "block_1": [elsewhere] * 3},
-    }
-
-
-def published_lora_scales() -> dict:
-    """The main stage's "weight injection": 0.2 outside the style block."""
-    return style_block_lora_scales(0.2)
-
-
-@dataclass
-class GenerationSettings:
-    """Published defaults of the main stage (oneposetrans.md sections 2.4-2.5)."""
-
-    steps: int = 25
-    guidance: float = 5.0
-    seed: int = 97
-    controlnet_scale: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
-    negative_prompt: str = "low quality, bad quality"
-    resolution: int = 1024
-    lora_scales: dict | float = field(default_factory=published_lora_scales)
-    ip_scales: dict[str, float] = field(default_factory=published_ip_scales)
-    face_scale: float = 0.0
-    use_image_prompt: bool = True
-    use_face: bool = True
-    transparent: bool = True
-    identitynet_scale: float = 0.8
-    """Used only when the Reposer is built with ``identitynet=True`` (not part of the method)."""
-    batch_size: int = 4
-    """Target poses sampled together in one UNet batch (same pose size only)."""
+REPOSE_MODELS = registry.GENERATOR_MODELS
 
 
 def identity_image(photo: Image.Image, profile: str) -> Image.Image:
@@ -153,6 +114,8 @@ class Reposer:
             profile=profile,
         )
         self.faces = FaceEmbedder(models_dir, str(self.device), profile)
+        self.conditioning = ""
+        """What the last :meth:`generate` call conditioned on, in words."""
 
     @torch.no_grad()
     def generate(
@@ -195,13 +158,24 @@ class Reposer:
                 do_classifier_free_guidance=settings.guidance > 1.0,
             )
             notes += identity.notes
+            self.conditioning = _describe_conditioning(identity, settings, lora is not None, keypoints_image is not None)
             images: list[Image.Image] = []
             # Published: one target per pipeline call (batching changes the kernels, hence the bits).
             batch_size = 1 if self.profile == "reference" else settings.batch_size
-            for first in range(0, len(pose_maps), batch_size):
-                batch = pose_maps[first : first + batch_size]
-                # Poses of different sizes cannot share a UNet batch; split where the size changes.
-                for group in _same_size_runs(batch):
+            # Poses of different sizes cannot share a UNet batch; split where the size changes.
+            groups = [
+                group
+                for first in range(0, len(pose_maps), batch_size)
+                for group in _same_size_runs(pose_maps[first : first + batch_size])
+            ]
+            bar = Progress(len(groups) * settings.steps, f"denoise {len(pose_maps)} target(s)")
+
+            def step_done(pipe, step, timestep, tensors):
+                bar.update()
+                return {}
+
+            with bar:
+                for group in groups:
                     output = self.pipe(
                         image=group,
                         identity=identity,
@@ -215,6 +189,7 @@ class Reposer:
                         generator=[torch.Generator(self.device).manual_seed(settings.seed) for _ in group],
                         transparent=settings.transparent,
                         batch_size=len(group),
+                        callback_on_step_end=step_done if bar.active else None,
                     )
                     if on_batch is not None:
                         on_batch(len(images), output.images)
@@ -223,6 +198,15 @@ class Reposer:
         finally:
             if lora is not None:
                 self.pipe.unload_subject_lora()
+
+
+def _describe_conditioning(identity, settings: GenerationSettings, lora: bool, identitynet: bool) -> str:
+    """What a generate call conditioned on, in words, for the run's report."""
+    tokens = ["text"] + ["IP-Adapter image"] * bool(identity.image_tokens) + ["InstantID face"] * bool(identity.face_tokens)
+    parts = [f"VCM ({', '.join(tokens)})", "OpenPose ControlNet"]
+    parts += ["IdentityNet"] * identitynet + ["LoRA"] * lora
+    parts.append("LayerDiffuse alpha" if settings.transparent else "SDXL VAE (opaque)")
+    return " + ".join(parts)
 
 
 def _same_size_runs(images: list[Image.Image]) -> list[list[Image.Image]]:

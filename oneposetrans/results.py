@@ -133,6 +133,22 @@ def is_done(path: str | os.PathLike) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
+def check_writable_folder(root: str | os.PathLike) -> None:
+    """Fail in one line, before any work, when ``root`` cannot become a writable folder."""
+    from oneposetrans.errors import EnvironmentProblem
+
+    path = Path(root).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise EnvironmentProblem(f"{path}: exists and is not a folder; choose another --out")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EnvironmentProblem(f"{path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EnvironmentProblem(f"{path}: no permission to write in {ancestor}")
+
+
 class ResultsTree:
     """One results directory: the stage folders and the files in them."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -37,5 +38,7 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    # The pipeline also returns its warnings as notes, which the stages report themselves.
+    logging.getLogger("oneposetrans.pipeline_stable_diffusion_xl_oneposetrans").setLevel(logging.ERROR)
     # insightface's alignment calls a scikit-image API that announces its own deprecation.
     warnings.filterwarnings("ignore", category=FutureWarning, module="insightface")

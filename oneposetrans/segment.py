@@ -20,6 +20,7 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.image_io import IMAGE_SUFFIXES, load_image, save_image
+from oneposetrans.progress import track
 from oneposetrans.results import StageLog, is_done, stem
 
 DETECTION_TEXT = "human."
@@ -245,8 +246,6 @@ def run_segment(
     that alpha on reading and segmented the result again.
     Raises :class:`CaseFailures` at the end when some images failed.
     """
-    from tqdm.auto import tqdm
-
     todo = []
     for source in sources:
         name = stem(source)
@@ -254,7 +253,7 @@ def run_segment(
             log.skip(name)
         else:
             todo.append(source)
-    for source in tqdm(todo, desc="segment", unit="image", disable=not progress or not todo):
+    for source in track(todo, "segment", show=progress):
         name = stem(source)
         try:
             if use_alpha:

@@ -39,11 +39,6 @@ REFERENCE_FACE_POSITION = 4
 FACE_BOOST = 4.0
 
 
-def published_ip_scales() -> dict[str, float]:
-    """Image-prompt scale per attention block; every other cross-attention layer gets 0."""
-    return {"up_blocks.0.attentions.1": 1.0, "up_blocks.0.attentions.0": 0.4}
-
-
 @dataclass
 class VCMLayout:
     """What the current encoder sequence holds; shared by every VCM processor of a UNet."""

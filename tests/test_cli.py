@@ -1,8 +1,12 @@
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from skimage import data
 
 from tests.conftest import REPO
 
@@ -46,7 +50,10 @@ def test_stage_without_models_is_one_line_and_exit_3(tmp_path):
     assert ran.returncode == 3
     assert "Traceback" not in ran.stderr
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "missing model 'sdxl-base'" in lines[0] and "models download sdxl-base" in lines[0]
+    # Every missing model at once, with the total size and one command that fetches them all.
+    assert len(lines) == 1 and lines[0].startswith(f"oneposetrans: error: 9 models missing in {tmp_path / 'none'} (about ")
+    assert "models download sdxl-base controlnet-openpose ip-adapter instantid layerdiffuse antelopev2 grounding-dino sam lama" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_flag_of_every_command_has_help():
@@ -72,6 +79,25 @@ def test_every_flag_of_every_command_has_help():
 def test_built_root_scripts_have_help(script):
     helped = _run(script, "--help")
     assert helped.returncode == 0 and "--results" in helped.stdout
+    # The script's own name and what it runs, not the generic command's usage.
+    assert helped.stdout.startswith(f"usage: {Path(script).name} ") and "is `python -m oneposetrans" in helped.stdout
+
+
+def test_help_shows_the_published_defaults(capsys):
+    from oneposetrans.cli import main
+
+    for command, expected in (
+        ("repose", ["--steps STEPS         denoising steps (default: 25)", "(default: 5.0)", "(default: 97)"]),
+        ("generate", ["(default: 25)", "(default: 97)"]),
+        ("demo", ["port (default: 7860)"]),
+        ("finetune", ["(default: 60)", "(default: 0.001)"]),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for fragment in expected:
+            assert " ".join(fragment.split()) in text, (command, fragment)
+        assert "(default: False)" not in text and "(default: None)" not in text
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "existing_file", "proc"])
@@ -98,3 +124,93 @@ def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch
     captured = capsys.readouterr()
     assert captured.err.strip() == "oneposetrans: error: --device cuda: no CUDA GPU is available here; use --device cpu (or auto)"
     assert not (tmp_path / "out").exists() and "SMOKE" not in captured.out
+
+
+def _no_model_may_load(monkeypatch):
+    """Input checks come before any model: loading one fails the test."""
+    from oneposetrans import finetune, repose, segment
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(segment.PersonSegmenter, "__init__", refuse)
+    monkeypatch.setattr(finetune.LoraTrainer, "from_models_dir", refuse)
+    monkeypatch.setattr(repose.Reposer, "__init__", refuse)
+
+
+@pytest.mark.parametrize("problem", ["missing_source", "source_not_an_image", "every_pose_broken", "pose_photo_without_openpose"])
+def test_bad_inputs_fail_at_once_in_one_line_and_create_nothing(problem, tmp_path, tiny_models, capsys, monkeypatch):
+    from oneposetrans import cli
+
+    _no_model_may_load(monkeypatch)
+    not_an_image = tmp_path / "photo.png"
+    not_an_image.write_text("not a picture")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"people": []')
+    photo = tmp_path / "someone.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    models = tmp_path / "models"
+    if problem == "pose_photo_without_openpose":
+        shutil.copytree(tiny_models, models, ignore=shutil.ignore_patterns("Annotators"))
+    flags = {
+        "missing_source": ["--smoke", "--source", str(tmp_path / "absent.jpg")],
+        "source_not_an_image": ["--smoke", "--source", str(not_an_image)],
+        "every_pose_broken": ["--smoke", "--pose", str(broken), str(broken.with_name("absent.json"))],
+        "pose_photo_without_openpose": ["--models", str(models), "--pose", str(photo)],
+    }[problem]
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    code = cli.main(["repose", "--device", "cpu", "--out", str(out), *flags])
+    assert time.perf_counter() - started < 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == (3 if problem == "pose_photo_without_openpose" else 1)
+    assert len(lines) == 1 and lines[0].startswith("oneposetrans: error: ") and "Traceback" not in captured.err
+    assert {
+        "missing_source": "absent.jpg: no such file",
+        "source_not_an_image": "photo.png",
+        "every_pose_broken": "no usable target pose: ",
+        "pose_photo_without_openpose": "missing model 'openpose'",
+    }[problem] in lines[0]
+    if problem == "every_pose_broken":
+        assert "broken.json: not valid JSON" in lines[0] and "absent.json: no such file" in lines[0]
+    assert not out.exists() and "SMOKE RUN" not in captured.out
+
+
+def test_full_disk_while_writing_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_models, capsys, monkeypatch):
+    import errno
+
+    from oneposetrans import cli, results
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(results.os, "replace", full)
+    out = tmp_path / "out"
+    assert cli.main(["repose", "--smoke", "--device", "cpu", "--out", str(out), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"oneposetrans: error: {out / 'images' / 'astronaut.png'}: No space left on device"]
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no final file, no temporary one
+
+
+def test_progress_lines_in_a_log_and_silence_when_quiet():
+    import io
+
+    from oneposetrans import progress
+
+    progress.set_enabled(True)  # an earlier in-process --quiet run may have turned it off
+    log = io.StringIO()
+    with progress.Progress(60, "finetune x", stream=log) as bar:
+        for _ in range(60):
+            bar.update()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 1 <= len(lines) <= 11
+    assert lines[-1].startswith("finetune x: 60/60 steps (")
+    progress.set_enabled(False)
+    try:
+        quiet = io.StringIO()
+        with progress.Progress(60, "finetune x", stream=quiet) as bar:
+            bar.update(60)
+        assert quiet.getvalue() == ""
+    finally:
+        progress.set_enabled(True)

@@ -33,6 +33,15 @@ def test_defaults_bind_loopback_without_a_share_link():
     assert arguments.host == "127.0.0.1" and arguments.share is False
 
 
+def test_smoke_page_says_its_pictures_are_noise(tmp_path):
+    from oneposetrans.demo import SMOKE_NOTICE, build_demo
+
+    for smoke in (True, False):
+        page = build_demo(DemoSteps(DemoConfig(tmp_path, tmp_path, smoke=smoke)))
+        texts = [block.value for block in page.blocks.values() if isinstance(block, gr.Markdown)]
+        assert (SMOKE_NOTICE in texts) is smoke
+
+
 def test_two_concurrent_visitors_get_separate_folders_and_results(tiny_models, tmp_path):
     steps = _steps(tiny_models, tmp_path / "work")
     photos = {}

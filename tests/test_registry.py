@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 from oneposetrans import registry
 from oneposetrans.cli import main
@@ -49,3 +50,81 @@ def test_fp16_only_folders_load_the_fp16_variant(tmp_path):
     assert registry.weights_variant(tmp_path) == "fp16"
     (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
     assert registry.weights_variant(tmp_path) is None
+
+
+def test_download_dry_run_prints_sizes_and_total_offline(tmp_path, capsys):
+    models = tmp_path / "models"
+    assert main(["models", "download", "--dry-run", "--models", str(models)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    # Default: what `repose` needs, no evaluation-only backbone.
+    assert [line.split()[0] for line in lines[:-1]] == list(registry.TASKS["repose"])
+    assert all(" GB  to download " in line for line in lines[:-1])
+    total = sum(registry.spec(name).size_gb for name in registry.TASKS["repose"])
+    assert lines[-1] == f"9 of 9 to download, about {total:.1f} GB (sizes approximate)"
+    assert not models.exists()
+
+
+def test_download_for_evaluate_and_present_models_are_not_fetched(tiny_models, capsys):
+    assert main(["models", "download", "--for", "evaluate", "--dry-run", "--models", str(tiny_models)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["lpips-alex", "fid-inception", "fid-inception-tf", "antelopev2"]
+    assert all("present" in line for line in lines[:-1]) and lines[-1].startswith("0 of 4 to download")
+
+
+def test_unknown_model_name_is_one_line(tmp_path, capsys):
+    assert main(["models", "download", "sdxl", "--dry-run", "--models", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("oneposetrans: error: unknown model sdxl; known: sdxl-base, ")
+
+
+def test_offline_download_is_one_line_per_model_and_a_summary_and_leaves_no_folders(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    import huggingface_hub
+
+    def no_hub(repo_id, local_dir, **kwargs):
+        (Path(local_dir) / ".cache" / "huggingface").mkdir(parents=True)  # what the hub creates first
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your internet connection.\nMore advice.")
+
+    def no_network(request, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.setattr(registry.urllib.request, "urlopen", no_network)
+    models = tmp_path / "models"
+    names = ["lama", "sam", "lpips-alex"]
+    assert registry.download(names, models) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    failures = [line for line in lines if "download failed" in line]
+    assert [line.split(":")[0] for line in failures] == names
+    assert "We couldn't connect" in failures[0] and "Check your internet" not in "\n".join(lines)
+    assert lines[-1].startswith("downloaded 0 of 3 models; 3 failed (lama, sam, lpips-alex)")
+    assert not models.exists()
+
+
+def test_interrupted_url_download_resumes_from_its_part_file(tmp_path, monkeypatch):
+    import io
+
+    payload = bytes(range(256)) * 40
+    folder = tmp_path / "lpips"
+    folder.mkdir()
+    (folder / ".alexnet-owt-7be5be79.pth.part").write_bytes(payload[:1000])
+    asked = []
+
+    class Response(io.BytesIO):
+        status = 206
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def ranged(request, timeout):
+        asked.append(request.headers.get("Range"))
+        return Response(payload[1000:])
+
+    monkeypatch.setattr(registry.urllib.request, "urlopen", ranged)
+    assert registry.download(["lpips-alex"], tmp_path) == 0
+    assert asked == ["bytes=1000-"]
+    assert (folder / "alexnet-owt-7be5be79.pth").read_bytes() == payload
+    assert not (folder / ".alexnet-owt-7be5be79.pth.part").exists()

@@ -6,7 +6,8 @@ from PIL import Image
 
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
 from oneposetrans.pose import BUNDLED_POSES, load_pose_map
-from oneposetrans.repose import GenerationSettings, Reposer, published_lora_scales
+from oneposetrans.repose import Reposer
+from oneposetrans.settings import GenerationSettings, published_lora_scales
 
 CAPTION = "A woman with face, orange spacesuit"
 
@@ -181,3 +182,20 @@ def test_reference_renders_one_target_per_pipeline_call(tiny_models, poses, sour
     monkeypatch.setattr(type(reference.pipe), "__call__", lambda self, **kw: calls.append(len(kw["image"])) or pipeline_call(self, **kw))
     images, _ = reference.generate(CAPTION, [poses[0]] * 3, GenerationSettings(steps=1, resolution=64, batch_size=4), source=source)
     assert len(images) == 3 and calls == [1, 1, 1]
+
+
+def test_report_names_only_the_conditioning_that_was_used():
+    from types import SimpleNamespace
+
+    from oneposetrans.repose import _describe_conditioning
+
+    settings = GenerationSettings()
+    everything = SimpleNamespace(image_tokens=4, face_tokens=16)
+    assert _describe_conditioning(everything, settings, lora=True, identitynet=False) == (
+        "VCM (text, IP-Adapter image, InstantID face) + OpenPose ControlNet + LoRA + LayerDiffuse alpha"
+    )
+    no_face = SimpleNamespace(image_tokens=4, face_tokens=0)  # e.g. a caption without the word "face"
+    settings.transparent = False
+    assert _describe_conditioning(no_face, settings, lora=False, identitynet=True) == (
+        "VCM (text, IP-Adapter image) + OpenPose ControlNet + IdentityNet + SDXL VAE (opaque)"
+    )

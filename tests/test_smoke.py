@@ -31,6 +31,9 @@ def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env):
     assert first.stdout.count("random weights") == 1  # the banner, once
     assert "(smoke run: the pictures are noise)" in first.stdout
     assert first.stderr.count("tiny model kit: building") == 0  # the session's kit was already built
+    # Progress of the long waits, as plain lines in a log (no carriage returns outside a terminal).
+    assert "finetune astronaut: 60/60 steps" in first.stderr and "denoise 2 target(s): 25/25 steps" in first.stderr
+    assert "\r" not in first.stderr
     for folder in ("images", "poses", "captions", "reposed_result", "logs", "lora", "refined_final_result"):
         assert (out / folder).is_dir()
     results = sorted((out / "reposed_result").iterdir())
@@ -92,7 +95,7 @@ def test_bad_target_fails_alone(tmp_path, cli_env):
     bad.write_text("{not json")
     out = tmp_path / "partial"
     ran = subprocess.run(
-        _repose(out, cli_env, "--pose", str(BUNDLED_POSES[0]), str(bad), "--steps", "2"),
+        _repose(out, cli_env, "--pose", str(BUNDLED_POSES[0]), str(bad), "--steps", "2", "--quiet"),
         cwd=REPO,
         env=cli_env,
         capture_output=True,
@@ -101,6 +104,10 @@ def test_bad_target_fails_alone(tmp_path, cli_env):
     )
     assert ran.returncode == 1
     assert "Traceback" not in ran.stderr and "1 of 2 targets failed" in ran.stderr
+    # The bad pose is reported before any work; the good one still runs; the table shows the stages.
+    assert ran.stdout.index("broken.json: not valid JSON") < ran.stdout.index("finetune: 1 done")
+    assert "  pose " in ran.stdout and "1 of 2 target poses ready" in ran.stdout
+    assert " steps (" not in ran.stderr  # --quiet: no progress
     assert len(list((out / "reposed_result").glob("*.png"))) == 1
     assert "broken.json: not valid JSON" in (out / "logs" / "repose.jsonl").read_text()
 
