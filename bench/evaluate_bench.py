@@ -3,7 +3,7 @@
     python bench/evaluate_bench.py            # 200 synthetic pairs at 256x176, CPU (or --device cuda)
 
 Both paths compute the same two SSIM variants and PSNR of the same pairs (the community's
-settings, field-and-evaluation.md §2.3): ours with batched separable convolutions in torch
+settings, README *Evaluation*): ours with batched separable convolutions in torch
 (`oneposetrans.evaluate.ssim/psnr`), the reference with scikit-image's `structural_similarity` and
 `peak_signal_noise_ratio` called once per image, as the GFLA/CFLD scripts do. The largest
 difference between the two is printed too. One run, images per second, and the ratio.

@@ -15,7 +15,7 @@ from pathlib import Path
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, EnvironmentProblem, OnePoseTransError
 from oneposetrans.results import PROFILES
-from oneposetrans.settings import GenerationSettings
+from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
 GENERATION = GenerationSettings()
 
@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     repose.add_argument("--out", type=Path, required=True, help="results tree to write (resumed if it exists)")
     repose.add_argument("--caption", help='"A man/woman with face, <clothes and accessories>"')
     repose.add_argument("--refine", action="store_true", help="also run the img2img refining stage")
-    repose.add_argument("--steps", type=int, default=GENERATION.steps, help="denoising steps")
+    repose.add_argument("--steps", "--denoise-steps", dest="steps", type=int, default=GENERATION.steps, help="denoising steps")
+    repose.add_argument(
+        "--finetune-steps", type=int, default=FinetuneSettings.steps, help="LoRA optimisation steps (fewer only for quick checks)"
+    )
     repose.add_argument("--guidance", type=float, default=GENERATION.guidance, help="classifier-free guidance scale")
     repose.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed (the same for every target)")
     repose.add_argument(
@@ -293,7 +296,7 @@ def _add_dataset_stages(commands) -> None:
     generate.add_argument("--pairs", type=Path, required=True, help="pairs list (DeepFashion CSV or subset file, WPose pairs)")
     generate.add_argument("--keypoints", type=Path, help="DeepFashion annotation CSV (fasion-resize-annotation-test.csv)")
     generate.add_argument("--captions", type=Path, help="captions file 'index/name/text' (default: RESULTS/captions)")
-    generate.add_argument("--steps", type=int, default=GENERATION.steps, help="denoising steps")
+    generate.add_argument("--steps", "--denoise-steps", dest="steps", type=int, default=GENERATION.steps, help="denoising steps")
     generate.add_argument("--guidance", type=float, default=GENERATION.guidance, help="classifier-free guidance scale")
     generate.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed, the same for every pair")
     generate.add_argument("--resolution", type=int, help="shorter side of the output (default 1024; 256 with --smoke)")
@@ -454,7 +457,7 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
     request = EvaluationRequest(
         results=arguments.results,
         ground_truth=arguments.ground_truth,
-        models=_models_dir(arguments),
+        models=_models_dir(arguments, tiny_work=False),
         folder=arguments.folder,
         size=arguments.size,
         metrics=parse_metrics(arguments.metrics),
@@ -583,8 +586,6 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
 
 
 def _add_finetune(commands) -> None:
-    from oneposetrans.settings import FinetuneSettings
-
     defaults = FinetuneSettings()
     finetune = commands.add_parser(
         "finetune",
@@ -610,7 +611,7 @@ def _add_finetune(commands) -> None:
     finetune.add_argument("--rank", type=int, default=defaults.rank, help="LoRA rank")
     finetune.add_argument("--alpha", type=int, default=defaults.alpha, help="LoRA alpha (scale = alpha / rank)")
     finetune.add_argument("--target-modules", nargs="+", default=list(defaults.target_modules), help="attention Linears to adapt")
-    finetune.add_argument("--steps", type=int, default=defaults.steps, help="optimisation steps per LoRA")
+    finetune.add_argument("--steps", "--finetune-steps", dest="steps", type=int, default=defaults.steps, help="optimisation steps per LoRA")
     finetune.add_argument("--batch-size", type=int, default=defaults.batch_size, help="crops per step")
     finetune.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="AdamW learning rate (constant)")
     finetune.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
@@ -661,7 +662,7 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
 
 
 def _cmd_finetune(arguments: argparse.Namespace) -> int:
-    from oneposetrans.finetune import FinetuneSettings, run_finetune
+    from oneposetrans.finetune import run_finetune
     from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
@@ -730,15 +731,18 @@ def _prepare_deepfashion(root: Path, results: Path | None) -> int:
     return 1 if counts["missing"] else 0
 
 
-def _models_dir(arguments: argparse.Namespace) -> Path:
+def _models_dir(arguments: argparse.Namespace, tiny_work: bool = True) -> Path:
+    """The models folder; with ``--smoke``, the tiny kit. ``tiny_work``: the command's compute is
+    the kit's tiny models (not evaluation's full-size metric backbones)."""
     if getattr(arguments, "smoke", False):
         import torch
 
         from oneposetrans.testing import cached_tiny_models
 
-        # The tiny kit's tensors are too small to gain from intra-op threads, and beside another
-        # job the spinning threads more than double a smoke run (2 cores: 109 s against 47 s).
-        torch.set_num_threads(1)
+        if tiny_work:
+            # Tiny tensors gain nothing from intra-op threads, and beside another job the
+            # spinning threads more than double a smoke run (2 cores: 109 s against 47 s).
+            torch.set_num_threads(1)
 
         return cached_tiny_models(progress=not getattr(arguments, "quiet", False))
     return arguments.models
@@ -746,7 +750,6 @@ def _models_dir(arguments: argparse.Namespace) -> Path:
 
 def _cmd_repose(arguments: argparse.Namespace) -> int:
     from oneposetrans.chain import ChainRequest, check_inputs, format_report, run_chain
-    from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
     resolution = arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
     request = ChainRequest(
@@ -771,6 +774,7 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         finetune=FinetuneSettings(
             profile=arguments.profile,
             resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else FinetuneSettings.resolution,
+            steps=arguments.finetune_steps,
         ),
         device=arguments.device,
         dtype=arguments.dtype,

@@ -1,8 +1,8 @@
 """Compositing: the reposed person onto the source's inpainted background.
 
-The published paste (oneposetrans.md §4.1) is a hard cut, ``fg + bg * (1 - [mask == 255])``, of a
+The published paste (tool_utils.py --mode paste) is a hard cut, ``fg + bg * (1 - [mask == 255])``, of a
 person-on-black image re-segmented with SAM, and needs foreground and background of the same
-size, which breaks on WPose (§7 item 10). The default profile instead:
+size, which breaks on WPose (README *Profiles*). The default profile instead:
 
 * takes the LayerDiffuse alpha when the generated image carries one (it is the model's own
   matte, with hair and soft edges), the segmentation mask otherwise;

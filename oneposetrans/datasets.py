@@ -1,6 +1,6 @@
 """Dataset adapters: the pair lists and caption files of DeepFashion and WPose.
 
-DeepFashion and WPose differ only here. Formats (oneposetrans.md section 5):
+DeepFashion and WPose differ only here. Formats (the published repository's lists and scripts; README *Datasets*):
 
 * DeepFashion pairs CSV (DPTN, 8,570 pairs): header ``from,to``, one pair per line.
 * OnePoseTrans DeepFashion subset (1,763 pairs): lines ``idx/src.jpg/tgt.jpg``.

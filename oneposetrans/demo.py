@@ -5,7 +5,7 @@ local VLM) -> fine-tune -> target poses (upload JSON keypoints, pose maps or pho
 once) -> repose -> optional refine -> background (LaMa inpainting or an uploaded picture) ->
 composite. Every visitor gets a results tree of their own under the work folder, and every step
 writes its own files there, so no step overwrites another step's inputs (the published demo
-overwrote the source mask, oneposetrans.md §4.4). Models are loaded once per process.
+overwrote the source mask, README *Profiles*). Models are loaded once per process.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation in the field's own protocol (field-and-evaluation.md §2.3), batched on one device.
+"""Evaluation in the field's own protocol (the metrics code the pose-transfer papers share, PATN to CFLD; README *Evaluation*), batched on one device.
 
 * SSIM, both community variants of scikit-image's ``structural_similarity`` as GFLA/CFLD call it:
   "ssim" on [0,1] with a 51x51 uniform window, and "ssim_256" on [0,255] with a Gaussian window

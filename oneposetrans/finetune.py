@@ -1,4 +1,4 @@
-"""Test-time LoRA fine-tuning: the "one-shot" of OnePoseTrans (oneposetrans.md section 3).
+"""Test-time LoRA fine-tuning: the "one-shot" of OnePoseTrans (arXiv 2409.09593; the published lora_deepfashion.py and lora_wpose.py).
 
 For each source (or each set of views of one person) a rank-32 UNet LoRA is fitted to the
 photo and its caption with the plain epsilon-prediction loss, then saved in the diffusers

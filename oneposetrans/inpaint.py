@@ -1,7 +1,7 @@
 """Background inpainting: the person is removed from the source photo so that reposed people can
 be composited onto their own background.
 
-Two inpainters, as in the published tool (oneposetrans.md §4.1): LaMa (Suvorov et al., 2022) as
+Two inpainters, as in the published tool (the published tool_utils.py): LaMa (Suvorov et al., 2022) as
 a fixed-size ONNX export through onnxruntime, and SDXL inpainting through diffusers. Both are
 loaded once per run. Differences from the published code, by profile:
 

@@ -1,6 +1,6 @@
 """The refining stage (recipe step 9): LayerDiffuse img2img of each reposed result.
 
-oneposetrans.md §4.2: the reposed RGBA is encoded by the transparent encoder, renoised and
+As in the published refining_stage_*.py, the reposed RGBA is encoded by the transparent encoder, renoised and
 denoised at strength 0.65 with DPM++ 2M over Karras sigmas (Karras et al., 2022; Lu et al.,
 2022), CFG 7, seed 12345, with the source photo as IP-Adapter image prompt and the source's
 LoRA only at ``up_blocks.0.attentions.1``, then decoded to RGBA again. No ControlNet and no
@@ -9,7 +9,7 @@ face: the pose survives through the img2img strength alone.
 The published sampler built ``int(25 / 0.65) = 38`` Karras sigmas and ran the last 26 of them,
 i.e. 25 steps; diffusers' img2img with 38 steps and strength 25/38 starts at the same sigma.
 Its IP-Adapter scale was meant for one block but, through an attribute-name mismatch, applied
-1.0 in all 70 cross-attention layers (§7 item 5): the reference profile does that, the default
+1.0 in all 70 cross-attention layers (README *Profiles*): the reference profile does that, the default
 does what was meant.
 """
 

@@ -1,6 +1,6 @@
 """Person segmentation: GroundingDINO finds the people from the text "human", SAM cuts one out.
 
-The published tool (oneposetrans.md §4.1) runs GroundingDINO (Liu et al., 2023) with the
+The published tool (tool_utils.py) runs GroundingDINO (Liu et al., 2023) with the
 classes ["human"] at box and text thresholds 0.25, keeps the boxes that survive NMS at IoU 0.8,
 prompts SAM (Kirillov et al., 2023) with the first box and keeps the best of its three masks.
 Here both models are transformers' classes on local Hugging Face folders, loaded once per run.

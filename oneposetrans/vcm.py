@@ -1,4 +1,4 @@
-"""The Visual Consistency Module (OnePoseTrans, arXiv 2409.09593; oneposetrans.md section 2.2-2.4).
+"""The Visual Consistency Module (OnePoseTrans, arXiv 2409.09593; the published pipeline_stable_diffusion_xl_oneposetrans.py).
 
 Three signals condition every cross-attention layer of the SDXL UNet:
 

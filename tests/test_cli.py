@@ -87,7 +87,7 @@ def test_help_shows_the_published_defaults(capsys):
     from oneposetrans.cli import main
 
     for command, expected in (
-        ("repose", ["--steps STEPS         denoising steps (default: 25)", "(default: 5.0)", "(default: 97)"]),
+        ("repose", ["denoising steps (default: 25)", "(default: 5.0)", "(default: 97)", "--finetune-steps"]),
         ("generate", ["(default: 25)", "(default: 97)"]),
         ("demo", ["port (default: 7860)"]),
         ("finetune", ["(default: 60)", "(default: 0.001)"]),

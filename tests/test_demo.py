@@ -106,6 +106,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_whole_flow_in_headless_chromium(tiny_models, tmp_path, cli_env):
     try:
         from playwright.sync_api import sync_playwright

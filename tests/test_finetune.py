@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from oneposetrans.cli import main
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer, run_finetune
 from oneposetrans.results import ResultsTree
@@ -252,16 +253,22 @@ def _finetune_cmd(results, pairs, captions, *extra):
     ]
 
 
-def test_resume_skips_done_and_bad_cases_fail_alone(tmp_path, photo, cli_env):
+@pytest.mark.e2e
+def test_resume_skips_done_and_bad_cases_fail_alone(tmp_path, photo, cli_env, capsys):
     results, pairs, captions = _dataset(tmp_path, photo, names=("a", "b", "c", "d"))
     (results / "images" / "c.png").write_text("not an image")
     captions.write_text("".join(line for line in captions.read_text().splitlines(True) if "/d.jpg/" not in line))
-    run = lambda *extra: subprocess.run(
-        [sys.executable, *_finetune_cmd(results, pairs, captions, "--steps", "2", *extra)],
+    first = subprocess.run(
+        [sys.executable, *_finetune_cmd(results, pairs, captions, "--steps", "2")],
         cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300,
     )
-    first = run()
     assert first.returncode == 1 and "Traceback" not in first.stderr
+
+    def run(*extra):
+        """The later runs in this process, through the same entry point."""
+        main(_finetune_cmd(results, pairs, captions, "--steps", "2", *extra)[2:])
+        return capsys.readouterr()
+
     assert "2 done, 0 skipped, 2 failed" in first.stdout
     log = (results / "logs" / "finetune.jsonl").read_text()
     assert "c.png: not an image file" in log and "d.jpg: no caption in" in log
@@ -269,11 +276,12 @@ def test_resume_skips_done_and_bad_cases_fail_alone(tmp_path, photo, cli_env):
     stamp = (results / "lora" / "a.safetensors").stat().st_mtime_ns
 
     second = run()
-    assert "0 done, 2 skipped, 2 failed" in second.stdout
+    assert "0 done, 2 skipped, 2 failed" in second.out
     assert (results / "lora" / "a.safetensors").stat().st_mtime_ns == stamp
-    assert "2 done, 0 skipped, 1 failed" in run("--overwrite", "--fail-fast").stdout  # stops at c; d never tried
+    assert "2 done, 0 skipped, 1 failed" in run("--overwrite", "--fail-fast").out  # stops at c; d never tried
 
 
+@pytest.mark.e2e
 def test_killed_run_leaves_no_partial_lora_and_finishes_later(tmp_path, photo, cli_env):
     results, pairs, captions = _dataset(tmp_path, photo)
     process = subprocess.Popen(
@@ -290,16 +298,14 @@ def test_killed_run_leaves_no_partial_lora_and_finishes_later(tmp_path, photo, c
     assert 1 <= len(finished) < 3
     for name in finished:
         load_file(lora / name)  # complete files only
-    rerun = subprocess.run(
-        [sys.executable, *_finetune_cmd(results, pairs, captions, "--steps", "30")],
-        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300,
-    )
-    assert rerun.returncode == 0, rerun.stderr
+    # The kill needed a process; the rerun goes through the same entry point in this one.
+    assert main(_finetune_cmd(results, pairs, captions, "--steps", "30")[2:]) == 0
     assert sorted(p.name for p in lora.iterdir()) == ["a.safetensors", "b.safetensors", "c.safetensors"]
     assert {n: (lora / n).stat().st_mtime_ns for n in finished} == finished
     assert not list(results.rglob("*.partial"))
 
 
+@pytest.mark.e2e
 def test_two_processes_train_each_lora_exactly_once(tmp_path, photo, cli_env):
     results, pairs, captions = _dataset(tmp_path, photo)
     # accelerate's --cpu launcher starts a single process (it needs MPI for more); --multi_gpu
@@ -320,8 +326,6 @@ def test_two_processes_train_each_lora_exactly_once(tmp_path, photo, cli_env):
 
 
 def test_in_the_wild_form_needs_a_caption(photo, tmp_path, capsys):
-    from oneposetrans.cli import main
-
     assert main(["finetune", "--source", str(photo), "--results", str(tmp_path)]) == 1
     assert "--source needs --caption" in capsys.readouterr().err
 
@@ -336,7 +340,6 @@ def test_failed_cases_raise_after_the_rest(tiny_models, photo, tmp_path):
 
 def test_dataset_captions_come_from_the_results_store_by_stem(tmp_path, photo, tiny_models):
     from oneposetrans.caption import CaptionStore
-    from oneposetrans.cli import main
 
     results, pairs, _ = _dataset(tmp_path, photo, names=("a", "b"))
     store = CaptionStore(ResultsTree(results))

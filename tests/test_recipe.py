@@ -9,6 +9,7 @@ import time
 import pytest
 from PIL import Image
 
+from oneposetrans.cli import main
 from oneposetrans.errors import BadInputError
 from oneposetrans.recipe import parse_steps
 from tests.conftest import REPO
@@ -24,11 +25,7 @@ QUICK = ["--smoke", "--device", "cpu", "--resolution", "128", "--denoise-steps",
 
 def _prepare(root, env):
     files = make_mini_deepfashion(root)
-    prepared = subprocess.run(
-        [sys.executable, "-m", "oneposetrans", "prepare-deepfashion", "--root", str(root), "--results", str(root / "results")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    assert main(["prepare-deepfashion", "--root", str(root), "--results", str(root / "results")]) == 0
     return files
 
 
@@ -56,7 +53,8 @@ def test_steps_parse():
             parse_steps(bad)
 
 
-def test_whole_recipe_then_nothing_left(tmp_path, cli_env):
+@pytest.mark.e2e
+def test_whole_recipe_then_nothing_left(tmp_path, cli_env, capsys):
     files = _prepare(tmp_path, cli_env)
     results = tmp_path / "results"
     first = subprocess.run(_run_command(tmp_path, files), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=900)
@@ -75,23 +73,24 @@ def test_whole_recipe_then_nothing_left(tmp_path, cli_env):
     assert sorted(r["case"] for r in records if r["status"] == "done") == expected
     assert all(r["seconds_per_target"] > 0 for r in records if r["status"] == "done")
 
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "oneposetrans", "evaluate", "--results", str(results), "--ground-truth", str(results / "images"),
-         "--folder", "refined_final_result", "--metrics", "ssim,ssim_256,psnr,lpips,masked_ssim,fid", "--smoke"],
-        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600,
+    # The acceptance run above went through a subprocess; the rest runs in this process.
+    evaluated = main(
+        ["evaluate", "--results", str(results), "--ground-truth", str(results / "images"),
+         "--folder", "refined_final_result", "--metrics", "ssim,ssim_256,psnr,lpips,masked_ssim,fid", "--smoke"]
     )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert evaluated == 0, capsys.readouterr().err[-3000:]
     summary = json.loads((results / "evaluation" / "metrics.json").read_text())["summary"]
     assert summary["pairs"] == 6 and {"ssim", "ssim_256", "psnr", "lpips", "masked_ssim", "fid"} <= set(summary)
     assert (results / "evaluation" / "report.html").exists() and (results / "evaluation" / "metrics.md").exists()
 
     stamps = _stamps(results)
-    second = subprocess.run(_run_command(tmp_path, files), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "models loaded" not in second.stdout  # nothing to do, so nothing loaded
+    capsys.readouterr()
+    assert main(_run_command(tmp_path, files)[3:]) == 0
+    assert "models loaded" not in capsys.readouterr().out  # nothing to do, so nothing loaded
     assert _stamps(results) == stamps
 
 
+@pytest.mark.e2e
 def test_killed_recipe_finishes_without_recomputing(tmp_path, cli_env):
     files = _prepare(tmp_path, cli_env)
     results = tmp_path / "results"
@@ -106,8 +105,8 @@ def test_killed_recipe_finishes_without_recomputing(tmp_path, cli_env):
     finished |= {p: p.stat().st_mtime_ns for p in reposed.glob("*.png")}
     assert 2 <= len(list(reposed.glob("*.png"))) < 6, "the run was not killed midway"
 
-    rerun = subprocess.run(_run_command(tmp_path, files), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The kill needed a process; the rerun goes through the same entry point in this one.
+    assert main(_run_command(tmp_path, files)[3:]) == 0
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert len(list(reposed.glob("*.png"))) == 6 and len(list((results / "refined_final_result").glob("*.png"))) == 6
     records = [json.loads(line) for line in (results / "logs" / "generate.jsonl").read_text().splitlines()]
@@ -115,6 +114,7 @@ def test_killed_recipe_finishes_without_recomputing(tmp_path, cli_env):
     assert len(done) == len(set(done)) == 6  # every pair generated exactly once over both runs
 
 
+@pytest.mark.e2e
 def test_two_processes_produce_the_same_files_each_pair_once(tmp_path, cli_env):
     files = _prepare(tmp_path, cli_env)
     results = tmp_path / "results"

@@ -74,11 +74,25 @@ def test_multi_pose_pays_identity_work_once_and_matches_single_calls(reposer, po
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(owner, attribute, counted)
-    # The two bundled poses have different sizes: two UNet batches, one identity.
-    targets = [poses[0], poses[1], poses[0]]
+    # Poses of two sizes cannot share a UNet batch: the run splits where the size changes.
+    square = poses[1].resize((64, 64))
+    targets = [poses[0], poses[0], square, poses[1]]
+    batches = []
+    unet_forward = pipe.unet.forward
+
+    def recorded(sample, *args, **kwargs):
+        batches.append(tuple(sample.shape[::2]))  # (rows, latent height)
+        return unet_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", recorded)
     together, notes = reposer.generate(CAPTION, targets, settings, source=source)
+    monkeypatch.setattr(pipe.unet, "forward", unet_forward)
+    latent_height = poses[0].height // 8
+    # Three calls of 2 steps, each with its unconditional half: 2 + 1 + 1 targets.
+    assert batches == [(4, latent_height)] * 2 + [(2, 8)] * 2 + [(2, latent_height)] * 2
     assert counts == {"prompt": 2, "image": 1, "face": 1}  # caption + negative prompt, once per identity
-    assert len(together) == 3 and all(image.mode == "RGBA" for image in together)
+    assert [image.size for image in together] == [pose.size for pose in targets]
+    assert all(image.mode == "RGBA" for image in together)
     alone = [reposer.generate(CAPTION, [pose], settings, source=source)[0][0] for pose in targets]
     for batched, single in zip(together, alone):
         assert np.abs(np.asarray(batched, float) - np.asarray(single, float)).max() <= 1  # uint8 rounding

@@ -7,6 +7,7 @@ orange-red regions "human" and to find nobody in a plain grey picture.
 import json
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -124,25 +125,30 @@ def test_mixed_folder_good_ones_done_each_bad_one_logged_no_traceback(tmp_path, 
     assert "segment: 0 done, 2 skipped, 4 failed" in again.stdout
 
 
-def test_tool_utils_modes_with_the_original_flags(tmp_path, cli_env):
-    """Every tool_utils mode through the root script, on the bundled photo."""
+@pytest.mark.e2e
+def test_tool_utils_modes_with_the_original_flags(tmp_path, cli_env, capsys):
+    """Every tool_utils mode with the original flags, on the bundled photo: the first through the
+    root script in a subprocess, the others in this process through the same entry point."""
+    from oneposetrans.cli import run_script
+
     results = tmp_path / "results"
     images = results / "images"
     images.mkdir(parents=True)
     _astronaut((320, 240)).save(images / "astronaut.png")
-    run = lambda *arguments: subprocess.run(  # noqa: E731
-        [sys.executable, "tool_utils.py", *arguments, "--smoke", "--quiet"],
-        env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
     r = f"{results}/"
-    steps = [
-        ["--mode", "dataset", "--source_path", r + "images/", "--mask_path", r + "images_mask/", "--rgba_path", r + "images_rgba/"],
-        ["--mode", "inpainting_lama", "--source_path", r + "images/", "--mask_path", r + "images_mask/", "--background_path", r + "images_inpainted/"],
-        ["--mode", "inpainting_diffusion", "--source_path", r + "images/", "--mask_path", r + "images_mask/", "--background_path", r + "bg_diffusion/"],
-    ]
-    for arguments in steps:
-        done = run(*arguments)
-        assert done.returncode == 0, done.stdout + done.stderr
+    first = ["--mode", "dataset", "--source_path", r + "images/", "--mask_path", r + "images_mask/", "--rgba_path", r + "images_rgba/"]
+    done = subprocess.run(
+        [sys.executable, "tool_utils.py", *first, "--smoke", "--quiet"], env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def run(*arguments):
+        with mock.patch.object(sys, "argv", ["tool_utils.py", *arguments, "--smoke", "--quiet"]):
+            code = run_script(str(REPO / "tool_utils.py"), ["tool-utils"])
+        assert code == 0, capsys.readouterr()
+
+    run("--mode", "inpainting_lama", "--source_path", r + "images/", "--mask_path", r + "images_mask/", "--background_path", r + "images_inpainted/")
+    run("--mode", "inpainting_diffusion", "--source_path", r + "images/", "--mask_path", r + "images_mask/", "--background_path", r + "bg_diffusion/")
     # A "reposed" result: the bundled photo at a non-square size, without alpha.
     (results / "reposed_result").mkdir()
     _astronaut((256, 384)).save(results / "reposed_result" / "astronaut_to_pose1.png")
@@ -153,8 +159,7 @@ def test_tool_utils_modes_with_the_original_flags(tmp_path, cli_env):
          "--background_path", r + "images_inpainted/", "--result_path", r + "reposed_final_result/"],
     ]
     for arguments in steps:
-        done = run(*arguments)
-        assert done.returncode == 0, done.stdout + done.stderr
+        run(*arguments)
     sizes = {
         folder: Image.open(next((results / folder).iterdir())).size
         for folder in ("images_rgba", "images_mask", "images_inpainted", "bg_diffusion", "reposed_rgba", "reposed_rgb", "reposed_mask", "reposed_final_result")

@@ -69,3 +69,22 @@ def test_kit_build_prints_a_line_per_model_and_trains_nothing(tmp_path, capsys, 
     assert (tmp_path / "grounding-dino-tiny" / "model.safetensors").read_bytes() == shipped
     make_tiny_models(tmp_path, names=["grounding-dino", "sam"], progress=True)
     assert capsys.readouterr().err == ""  # nothing to build, nothing said
+
+
+def test_kit_version_follows_its_builders_sources(tmp_path):
+    """Editing what the kit is built from (here the captioner's instruction) names a new cache
+    folder, so a stale kit is never reused."""
+    from oneposetrans.testing.tiny import KIT_SOURCES, KIT_VERSION, kit_version
+
+    copies = []
+    for index, source in enumerate(KIT_SOURCES):
+        (tmp_path / str(index)).mkdir()
+        copy = tmp_path / str(index) / source.name
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    assert kit_version(tuple(copies)) == KIT_VERSION
+    caption = next(copy for copy in copies if copy.name == "caption.py")
+    text = caption.read_text()
+    assert "INSTRUCTION = " in text
+    caption.write_text(text.replace("INSTRUCTION = ", "INSTRUCTION = 'Describe: ' + ", 1))
+    assert kit_version(tuple(copies)) != KIT_VERSION

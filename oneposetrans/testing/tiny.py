@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -22,8 +23,27 @@ from typing import Callable, Iterator
 
 from oneposetrans import registry
 
-# Bump whenever a builder changes, so that cached kits are rebuilt rather than reused.
-KIT_VERSION = "9"
+_PACKAGE = Path(__file__).resolve().parent.parent
+KIT_SOURCES = (
+    _PACKAGE / "testing" / "tiny.py",
+    _PACKAGE / "registry.py",  # folders and file names
+    _PACKAGE / "vcm.py",  # the adapters' key numbering
+    _PACKAGE / "layerdiffuse.py",  # the transparent VAE's modules
+    _PACKAGE / "caption.py",  # the tiny captioner is trained on caption.INSTRUCTION
+    _PACKAGE / "data" / "tiny_grounding_dino.safetensors",
+)
+
+
+def kit_version(sources: tuple[Path, ...] = KIT_SOURCES) -> str:
+    """A digest of everything the kit is built from: an edited builder gets a fresh cache folder
+    instead of a stale kit (a version bumped by hand was forgotten when the instruction changed)."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+KIT_VERSION = kit_version()
 
 # The tiny UNet keeps SDXL's block structure (no attention in the first level, cross-attention
 # in the next two, three up blocks), so block names such as up_blocks.0.attentions.1 exist.
