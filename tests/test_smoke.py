@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from oneposetrans.cli import main
+from oneposetrans.errors import BadInputError
 from oneposetrans.pose import BUNDLED_POSES
 from tests.conftest import REPO, seeded_tree
 
@@ -135,3 +136,26 @@ def test_refine_flag_refines_and_composites_the_results(tmp_path, astronaut_tree
     assert refined.mode == "RGBA"
     assert Image.open(out / "refined_final_result" / name).size == refined.size
     assert "refine " in run.out and "paste refined" in run.out
+
+
+def test_default_device_in_every_flow_that_detects_a_pose(tmp_path, astronaut_tree, tiny_models, capsys):
+    """`--device auto` (the default) reaches the pose detector in the chain, a WPose dataset run
+    and the demo: each one returns instead of raising torch's error for the device "auto"."""
+    from oneposetrans.demo import DemoConfig, DemoSteps
+
+    photo = astronaut_tree / "images" / "astronaut.png"
+    quick = ["--smoke", "--steps", "1", "--resolution", "64", "--quiet"]
+    chain = seeded_tree(astronaut_tree, tmp_path / "chain")
+    assert main(["repose", "--out", str(chain), "--pose", str(photo), "--no-composite", *quick]) in (0, 1)
+    dataset = seeded_tree(astronaut_tree, tmp_path / "dataset")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("astronaut.png astronaut.png\n")
+    assert main(["generate", "--dataset", "wpose", "--pairs", str(pairs), "--results", str(dataset), *quick]) in (0, 1)
+    capsys.readouterr()
+    steps = DemoSteps(DemoConfig(tiny_models, tmp_path / "demo", resolution=64))
+    assert steps.config.device == "auto"
+    try:
+        maps = steps.poses(steps.new_visitor(), [str(photo)])
+        assert len(maps) == 1
+    except BadInputError as error:  # the tiny detector may find nobody: the detector ran
+        assert "no person found" in str(error)
