@@ -111,18 +111,20 @@ def chain_models(request: ChainRequest, photo_targets: bool = False) -> list[str
 
 @dataclass
 class CheckedInputs:
-    """What :func:`check_inputs` found: the target poses that can serve and one line per other."""
+    """What :func:`check_inputs` found: the target poses that can serve, one line per other, and
+    the registry names of the models the run needs."""
 
     poses: list[Path]
     rejected: list[tuple[Path, str]]
+    models: list[str]
 
 
-def check_inputs(request: ChainRequest, models: bool = True) -> CheckedInputs:
-    """Everything that can be checked without a model, before anything is created: the source
-    reads as an image, each target pose parses, the results folder can be written, and every
-    model the run will need is present (all missing ones named at once; ``models=False`` skips
-    that, for a models folder still to be built). A bad target pose is
-    set aside with its reason while the others go on; if none is left, the run stops here."""
+def check_inputs(request: ChainRequest) -> CheckedInputs:
+    """Everything that can be checked without a model, before anything is created: the results
+    folder can be written, the source reads as an image and each target pose parses. A bad target
+    pose is set aside with its reason while the others go on; if none is left, the run stops here.
+    The models the answer names are checked by the caller (``registry.require_all``), once the
+    models folder exists: ``--smoke`` builds it after these checks."""
     check_writable_folder(request.out)
     if request.source is not None:
         load_image(request.source, "RGB")
@@ -136,11 +138,9 @@ def check_inputs(request: ChainRequest, models: bool = True) -> CheckedInputs:
             poses.append(Path(pose_path))
         except BadInputError as error:
             rejected.append((Path(pose_path), str(error)))
-    if models:
-        registry.require_all(chain_models(request, photo_targets), request.models)
     if not poses:
         raise BadInputError("no usable target pose: " + "; ".join(reason for _, reason in rejected))
-    return CheckedInputs(poses, rejected)
+    return CheckedInputs(poses, rejected, chain_models(request, photo_targets))
 
 
 def run_chain(
@@ -148,13 +148,17 @@ def run_chain(
 ) -> list[StageStatus]:
     """Run every built stage for one source and all its target poses; return the stage report.
 
-    ``checked`` is :func:`check_inputs`'s answer when the caller has it already. Raises
+    ``checked`` is :func:`check_inputs`'s answer, with its models checked, when the caller has
+    it already; otherwise both checks run first. Raises
     :class:`CaseFailures` at the end if some targets failed; the others are complete. An error
     raised on the way carries the report of the stages so far as ``error.report``.
     """
+    if checked is None:
+        checked = check_inputs(request)
+        registry.require_all(checked.models, request.models)
     report: list[StageStatus] = []
     try:
-        return _run_chain(request, echo, report, checked or check_inputs(request))
+        return _run_chain(request, echo, report, checked)
     except OnePoseTransError as error:
         error.report = report
         raise
@@ -169,14 +173,12 @@ def _run_chain(
     from oneposetrans.runtime import resolve_device
     from oneposetrans.segment import PersonSegmenter
 
-    for _, reason in checked.rejected:
-        echo(f"  failed: {reason}")
     tree = ResultsTree(request.out)
     log = tree.log("repose")
-    for pose_path, reason in checked.rejected:
-        log.fail(pair_name(stem(request.source) if request.source else BUNDLED_SOURCE_NAME, stem(pose_path)), reason)
-
     name, status = _ingest_source(request, tree)
+    for pose_path, reason in checked.rejected:
+        log.fail(pair_name(name, stem(pose_path)), reason)
+        echo(f"  failed: {reason}")
     report.append(status)
     # GroundingDINO + SAM load once, on first use, for the source and any result that needs a mask.
     segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))

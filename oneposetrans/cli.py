@@ -783,11 +783,10 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
         composite=not arguments.no_composite,
         inpainter=arguments.inpainter,
     )
-    # Bad inputs fail here, in about a second, before the banner and before any model loads.
-    if arguments.smoke:
-        check_inputs(request, models=False)
-        request.models = _models_dir(arguments)
+    # Bad inputs fail here, in about a second, before the banner, the kit build and any model load.
     checked = check_inputs(request)
+    request.models = _models_dir(arguments)
+    registry.require_all(checked.models, request.models)
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     try:
