@@ -87,8 +87,10 @@ def bare_loop(components: dict, photo: Path, steps: int, resolution: int, out: P
 
 
 def tiny(cases: int, resolution: int) -> None:
-    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer, run_finetune
+    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, FinetuneStage
     from oneposetrans.results import ResultsTree
+    from oneposetrans.session import Session
+    from oneposetrans.stages import run_stage
     from oneposetrans.testing import cached_tiny_models
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -97,7 +99,8 @@ def tiny(cases: int, resolution: int) -> None:
         tmp = Path(tmp)
         photo = _photo(tmp)
         settings = FinetuneSettings(resolution=resolution)
-        trainer = LoraTrainer.from_models_dir(models, settings, "cpu")
+        session = Session(models, "cpu", echo=lambda _: None)
+        trainer = session.trainer(settings)
         components = {
             "unet": trainer.unet,
             "vae": trainer.vae,
@@ -110,13 +113,14 @@ def tiny(cases: int, resolution: int) -> None:
             bare.append(bare_loop(components, photo, settings.steps, resolution, tmp))
             tree = ResultsTree(tmp / f"results{index}")
             started = time.perf_counter()
-            run_finetune(
-                [FinetuneCase("a", [photo], CAPTION)], tree, models, settings, echo=lambda _: None, trainer=trainer
+            run_stage(
+                FinetuneStage(tree, settings), [FinetuneCase("a", [photo], CAPTION)], session, tree.log("finetune"),
+                echo=lambda _: None, progress=False,
             )
             ours.append(time.perf_counter() - started)
     ours_median, bare_median = statistics.median(ours), statistics.median(bare)
     print(f"tiny kit, CPU, {cases} cases, 60 steps, batch 2, {resolution}px crops, models loaded once")
-    print(f"  oneposetrans run_finetune: median {ours_median:.2f} s/case  {[round(x, 2) for x in ours]}")
+    print(f"  oneposetrans finetune stage: median {ours_median:.2f} s/case  {[round(x, 2) for x in ours]}")
     print(f"  bare diffusers/peft loop:  median {bare_median:.2f} s/case  {[round(x, 2) for x in bare]}")
     print(f"  overhead ratio (ours / bare): {ours_median / bare_median:.2f}x  (target <= 1.20x)")
 

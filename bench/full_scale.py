@@ -207,7 +207,7 @@ def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: i
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
     from PIL import Image
 
-    from oneposetrans.repose import GenerationSettings, Reposer, identity_image
+    from oneposetrans.generator import GenerationSettings, Reposer, identity_image
 
     pose = Image.new("RGB", (side, side))
     pose.paste((255, 0, 0), (side // 3, side // 4, side // 3 + side // 16, side // 4 + side // 2))

@@ -24,9 +24,10 @@ from typing import Callable, Protocol
 
 from PIL import Image
 
-from oneposetrans.errors import BadInputError, CaseFailures, OnePoseTransError
+from oneposetrans.errors import BadInputError, CaseError, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
 from oneposetrans.results import ResultsTree, stem, write_text_atomic
+from oneposetrans.stages import Stage
 
 CAPTIONS_FILE = "captions.jsonl"
 API_KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -173,7 +174,7 @@ def automatic_captioner(models_dir: str | os.PathLike, device: str = "auto") -> 
         return GeminiCaptioner()
     if not registry.missing_files("caption-vlm", models_dir):
         return LocalVLMCaptioner(registry.require("caption-vlm", models_dir), device)
-    raise BadInputError(
+    raise MissingModelError(
         f"no captioner: set {' or '.join(API_KEY_VARIABLES)} for Gemini, put a local VLM in "
         f"{Path(models_dir) / registry.spec('caption-vlm').folder}, or give the caption yourself"
     )
@@ -209,43 +210,54 @@ def caption_with_retries(
     raise AssertionError("unreachable")
 
 
-def run_captions(
-    images: list[Path],
-    tree: ResultsTree,
-    captioner: Captioner,
-    overwrite: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
-    echo: Callable[[str], None] = print,
-) -> dict[str, int]:
-    """Caption every image not yet in the store; resumable, one failure does not stop the rest."""
-    store = CaptionStore(tree)
-    log = tree.log("caption")
-    done = store.records()
-    for path in images:
-        name = stem(path)
-        if name in done and not overwrite:
-            log.skip(name)
-            continue
+class CaptionStage(Stage[Path]):
+    """Caption every image not yet in the store (step 2); one failure does not stop the rest.
+
+    The store is one file, so the main process alone runs this stage. ``captioner`` defaults to
+    the session's (Gemini with a key in the environment, else the local VLM). ``shown_as`` names
+    an image in messages by the file the user gave rather than its copy in the tree.
+    """
+
+    name = "caption"
+    shardable = False
+
+    def __init__(
+        self,
+        tree: ResultsTree,
+        captioner: Captioner | None = None,
+        overwrite: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        shown_as: dict[str, str] | None = None,
+    ):
+        self.store = CaptionStore(tree)
+        self.captioner = captioner
+        self.overwrite = overwrite
+        self.sleep = sleep
+        self.shown_as = shown_as or {}
+        self._captioned = set(self.store.records())
+
+    def done(self, case: Path) -> bool:
+        return stem(case) in self._captioned
+
+    def run(self, case: Path, session, log) -> str:
+        name = stem(case)
+        shown = self.shown_as.get(name, case.name)
+        captioner = self.captioner or session.captioner
         try:
-            raw = caption_with_retries(captioner, load_image(path), sleep=sleep)
-            caption = conform(raw)
-            if caption is None:
-                raise BadInputError(f"{path.name}: caption does not fit 'A man/woman with face, ...': {raw[:120]!r}")
-        except BadInputError as error:
-            log.fail(name, str(error))
-            continue
+            raw = caption_with_retries(captioner, load_image(case), sleep=self.sleep)
         except OnePoseTransError:
             raise
         except Exception as error:  # an API error for this image; the others go on
-            log.fail(name, _redact(f"{path.name}: {type(error).__name__}: {error}".splitlines()[0]))
-            continue
-        store.put(name, caption, origin=getattr(captioner, "model", "model"), file=path.name)
+            raise CaseError(_redact(f"{shown}: {type(error).__name__}: {error}".splitlines()[0])) from None
+        caption = conform(raw)
+        if caption is None:
+            raise BadInputError(
+                f"{shown}: the caption from {getattr(captioner, 'model', 'the model')} does not fit "
+                f"'A man/woman with face, ...' ({raw[:120]!r}); give the caption yourself"
+            )
+        self.store.put(name, caption, origin=getattr(captioner, "model", "model"), file=Path(shown).name)
         log.ok(name, caption=caption)
-        echo(f"{path.name}: {caption}")
-    echo(log.summary())
-    if log.failed:
-        raise CaseFailures(f"{len(log.failed)} image(s) not captioned; first: {log.failed[0][1]}")
-    return {"done": log.done, "skipped": log.skipped}
+        return f"{shown}: {caption}"
 
 
 def import_captions(path: str | os.PathLike, tree: ResultsTree, echo: Callable[[str], None] = print) -> dict[str, int]:

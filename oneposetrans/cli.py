@@ -15,7 +15,7 @@ from pathlib import Path
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, EnvironmentProblem, OnePoseTransError
 from oneposetrans.results import PROFILES
-from oneposetrans.settings import FinetuneSettings, GenerationSettings
+from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
 
 GENERATION = GenerationSettings()
 
@@ -322,6 +322,7 @@ def _add_dataset_stages(commands) -> None:
 
     run = commands.add_parser(
         "run",
+        aliases=["recipe"],
         help="the whole numbered dataset recipe (steps 1-11), each step resuming",
         description=(
             "Steps: 1 segment sources, 2 captions, 3 fine-tune, 4 inpaint backgrounds, 5 repose, 6 RGBA of the "
@@ -373,16 +374,26 @@ def _smoke_resolution(arguments: argparse.Namespace) -> int:
     return arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
 
 
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _session(arguments: argparse.Namespace, models: Path | None, **options):
+    """The one session of this command: its models folder, resolved device and profile."""
+    from oneposetrans.session import Session
+
+    return Session(models, arguments.device, arguments.dtype, arguments.profile, echo=_echo, **options)
+
+
 def _cmd_generate(arguments: argparse.Namespace) -> int:
     from oneposetrans.generate import load_inputs, run_generate
-    from oneposetrans.repose import GenerationSettings, Reposer
     from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     tree = ResultsTree(arguments.results)
-    models = _models_dir(arguments)
-    inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints, models, arguments.device)
+    session = _session(arguments, _models_dir(arguments))
+    inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints)
     settings = GenerationSettings(
         steps=arguments.steps,
         guidance=arguments.guidance,
@@ -390,42 +401,24 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
         resolution=_smoke_resolution(arguments),
         batch_size=arguments.batch_size,
     )
-    run_generate(
-        inputs,
-        tree,
-        lambda: Reposer(models, arguments.device, arguments.dtype, arguments.profile),
-        settings,
-        profile=arguments.profile,
-        device=arguments.device,
-        echo=lambda line: print(line, flush=True),
-    )
+    run_generate(inputs, tree, session, settings, echo=_echo, progress=not arguments.quiet)
     return 0
 
 
 def _cmd_refine(arguments: argparse.Namespace) -> int:
-    import torch
-    from accelerate import PartialState
-
     from oneposetrans.generate import source_captions
-    from oneposetrans.refine import RefineSettings, Refiner, run_refine
-    from oneposetrans.repose import Reposer
+    from oneposetrans.recipe import Recipe
     from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     tree = ResultsTree(arguments.results)
-    models = _models_dir(arguments)
-    state = PartialState(cpu=arguments.device == "cpu" or not torch.cuda.is_available())
-    run_refine(
-        tree,
-        lambda: Refiner(Reposer(models, arguments.device, arguments.dtype, arguments.profile), models),
-        source_captions(tree, arguments.captions),
-        RefineSettings(resolution=_smoke_resolution(arguments)),
-        profile=arguments.profile,
-        overwrite=arguments.overwrite,
-        echo=lambda line: print(line, flush=True),
-        process=(state.process_index, state.num_processes),
+    session = _session(arguments, _models_dir(arguments))
+    recipe = Recipe(
+        tree, session, refine=RefineSettings(resolution=_smoke_resolution(arguments)),
+        echo=_echo, progress=not arguments.quiet, overwrite=arguments.overwrite,
     )
+    recipe.refine(source_captions(tree, arguments.captions))
     return 0
 
 
@@ -483,21 +476,17 @@ def _cmd_run(arguments: argparse.Namespace) -> int:
     request = RecipeRequest(
         dataset=arguments.dataset,
         results=arguments.results,
-        models=models,
         pairs=arguments.pairs,
         keypoints=arguments.keypoints,
         captions=arguments.captions,
         steps=steps,
-        profile=arguments.profile,
-        device=arguments.device,
-        dtype=arguments.dtype,
         resolution=_smoke_resolution(arguments),
         finetune_resolution=arguments.finetune_resolution or (SMOKE_FINETUNE_RESOLUTION if arguments.smoke else 512),
-        inpainter=arguments.inpainter,
         denoise_steps=arguments.denoise_steps,
         finetune_steps=arguments.finetune_steps,
     )
-    for step, outcome in run_recipe(request, echo=lambda line: print(line, flush=True)):
+    session = _session(arguments, models, inpainter=arguments.inpainter)
+    for step, outcome in run_recipe(request, session, echo=_echo, progress=not arguments.quiet):
         print(f"  step {step:>2}: {outcome}")
     return 0
 
@@ -527,6 +516,8 @@ def _tool_paths(arguments: argparse.Namespace, task: str) -> dict[str, Path]:
 def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
     """segment (dataset, rgba, rgb), inpaint and paste over folders, one log line per bad file."""
     from oneposetrans.results import StageLog
+    from oneposetrans.segment import list_images
+    from oneposetrans.stages import run_stage
 
     paths = _tool_paths(arguments, task)
     models = _models_dir(arguments) if task != "paste" else None
@@ -537,51 +528,25 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
         raise BadInputError(f"--mode {task} needs --rgba_path or --rgb_path")
     logs = written.resolve().parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    stage = "segment" if task in ("dataset", "rgba", "rgb") else task
-    log = StageLog(logs / f"{stage}.jsonl", stage)
-    echo = lambda line: print(line, flush=True)  # noqa: E731
-    if stage == "segment":
-        from oneposetrans.segment import PersonSegmenter, SegmentOutputs, list_images, run_segment
+    if task in ("dataset", "rgba", "rgb"):
+        from oneposetrans.segment import SegmentOutputs, SegmentStage
 
         outputs = SegmentOutputs.for_mode(task, paths.get("mask_path"), paths.get("rgba_path"), paths.get("rgb_path"))
-        run_segment(
-            list_images(paths["source_path"]),
-            outputs,
-            log,
-            lambda: PersonSegmenter(models, arguments.device, arguments.profile),
-            overwrite=arguments.overwrite,
-            echo=echo,
-            progress=not arguments.quiet,
-            use_alpha=task != "dataset" and arguments.profile != "reference",
-        )
-    elif stage == "inpaint":
-        from oneposetrans.inpaint import make_inpainter, run_inpaint
-        from oneposetrans.segment import list_images
+        stage = SegmentStage(outputs, use_alpha=task != "dataset" and arguments.profile != "reference")
+        images = list_images(paths["source_path"])
+    elif task == "inpaint":
+        from oneposetrans.inpaint import InpaintStage
 
-        run_inpaint(
-            list_images(paths["source_path"]),
-            paths["mask_path"],
-            paths["background_path"],
-            log,
-            lambda: make_inpainter(arguments.inpainter, models, arguments.device, arguments.dtype, arguments.profile),
-            overwrite=arguments.overwrite,
-            echo=echo,
-            progress=not arguments.quiet,
-        )
+        stage = InpaintStage(paths["mask_path"], paths["background_path"])
+        images = list_images(paths["source_path"])
     else:
-        from oneposetrans.composite import run_paste
-        from oneposetrans.segment import list_images
+        from oneposetrans.composite import PasteStage
 
-        run_paste(
-            list_images(paths["rgb_path"]),
-            paths["background_path"],
-            paths.get("mask_path"),
-            paths["result_path"],
-            log,
-            profile=arguments.profile,
-            overwrite=arguments.overwrite,
-            echo=echo,
-        )
+        stage = PasteStage(paths["background_path"], paths.get("mask_path"), paths["result_path"], arguments.profile)
+        images = list_images(paths["rgb_path"])
+    stage.overwrite = arguments.overwrite
+    session = _session(arguments, models, inpainter=getattr(arguments, "inpainter", "lama"))
+    run_stage(stage, images, session, StageLog(logs / f"{stage.name}.jsonl", stage.name), _echo, progress=not arguments.quiet)
     return 0
 
 
@@ -662,8 +627,9 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
 
 
 def _cmd_finetune(arguments: argparse.Namespace) -> int:
-    from oneposetrans.finetune import run_finetune
+    from oneposetrans.finetune import FinetuneStage
     from oneposetrans.results import ResultsTree
+    from oneposetrans.stages import run_stage
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
@@ -685,21 +651,16 @@ def _cmd_finetune(arguments: argparse.Namespace) -> int:
         profile=arguments.profile,
         masked_loss=arguments.masked_loss,
     )
-    run_finetune(
-        _finetune_cases(arguments, tree),
-        tree,
-        _models_dir(arguments),
-        settings,
-        device=arguments.device,
-        overwrite=arguments.overwrite,
-        fail_fast=arguments.fail_fast,
-        echo=lambda line: print(line, flush=True),
-    )
+    cases = _finetune_cases(arguments, tree)
+    session = _session(arguments, _models_dir(arguments))
+    stage = FinetuneStage(tree, settings, overwrite=arguments.overwrite)
+    run_stage(stage, cases, session, tree.log("finetune"), _echo, progress=not arguments.quiet, fail_fast=arguments.fail_fast)
     return 0
 
 
 def _cmd_caption(arguments: argparse.Namespace) -> int:
-    from oneposetrans.caption import CaptionStore, GeminiCaptioner, LocalVLMCaptioner, import_captions, run_captions
+    from oneposetrans.caption import CaptionStage, CaptionStore, GeminiCaptioner, LocalVLMCaptioner, import_captions
+    from oneposetrans.stages import run_stage
     from oneposetrans.image_io import IMAGE_SUFFIXES
     from oneposetrans.results import ResultsTree
 
@@ -716,7 +677,8 @@ def _cmd_caption(arguments: argparse.Namespace) -> int:
                 captioner = LocalVLMCaptioner(arguments.local_vlm, arguments.device, arguments.dtype)
             else:
                 captioner = GeminiCaptioner(arguments.model)
-            run_captions(images, tree, captioner, overwrite=arguments.overwrite)
+            session = _session(arguments, None)
+            run_stage(CaptionStage(tree, captioner, arguments.overwrite), images, session, tree.log("caption"), _echo, not arguments.quiet)
     finally:
         if arguments.export:
             count = CaptionStore(tree).export_txt(arguments.export)
@@ -749,12 +711,11 @@ def _models_dir(arguments: argparse.Namespace, tiny_work: bool = True) -> Path:
 
 
 def _cmd_repose(arguments: argparse.Namespace) -> int:
-    from oneposetrans.chain import ChainRequest, check_inputs, format_report, run_chain
+    from oneposetrans.repose import ReposeRequest, check_inputs, format_report, run_repose
 
     resolution = arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
-    request = ChainRequest(
+    request = ReposeRequest(
         out=arguments.out,
-        models=arguments.models,
         source=arguments.source,
         poses=arguments.pose,
         caption=arguments.caption,
@@ -776,21 +737,19 @@ def _cmd_repose(arguments: argparse.Namespace) -> int:
             resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else FinetuneSettings.resolution,
             steps=arguments.finetune_steps,
         ),
-        device=arguments.device,
-        dtype=arguments.dtype,
-        profile=arguments.profile,
         identitynet=arguments.identitynet,
         composite=not arguments.no_composite,
         inpainter=arguments.inpainter,
     )
     # Bad inputs fail here, in about a second, before the banner, the kit build and any model load.
     checked = check_inputs(request)
-    request.models = _models_dir(arguments)
-    registry.require_all(checked.models, request.models)
+    models = _models_dir(arguments)
+    registry.require_all(checked.models, models)
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
+    session = _session(arguments, models, identitynet=arguments.identitynet, inpainter=arguments.inpainter)
     try:
-        report = run_chain(request, echo=lambda line: print(line, flush=True), checked=checked)
+        report = run_repose(request, session, echo=_echo, checked=checked)
     except OnePoseTransError as error:
         # A failed run still shows what each stage did before it stopped.
         if getattr(error, "report", None):

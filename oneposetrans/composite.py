@@ -17,14 +17,14 @@ The reference profile keeps the hard cut and stretches the background to the for
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.results import StageLog, is_done, split_pair_name
+from oneposetrans.results import StageLog, split_pair_name
+from oneposetrans.stages import Stage
 
 # Inward feather of hard masks, as a fraction of the shorter side (about 2 px at 512).
 FEATHER_FRACTION = 0.004
@@ -93,40 +93,34 @@ def _mask_array(mask: Image.Image | np.ndarray, size: tuple[int, int]) -> np.nda
     return np.asarray(mask)
 
 
-def run_paste(
-    foregrounds: list[Path],
-    background_folder: Path,
-    mask_folder: Path | None,
-    output_folder: Path,
-    log: StageLog,
-    profile: str = "default",
-    overwrite: bool = False,
-    echo: Callable[[str], None] = print,
-) -> None:
-    """Paste every ``<source>_to_<target>.png`` onto ``<background_folder>/<source>.png``."""
-    for path in foregrounds:
-        output = output_folder / f"{path.stem}.png"
-        if not overwrite and is_done(output):
-            log.skip(path.stem)
-            continue
-        try:
-            source, _ = split_pair_name(path.name)
-            background_file = background_folder / f"{source}.png"
-            if not background_file.exists():
-                raise BadInputError(f"{path}: no background {background_file} (run inpaint first)")
-            foreground = load_image(path, "RGBA")
-            mask_file = mask_folder / path.name if mask_folder is not None else None
-            needs_mask = profile == "reference" or not carries_alpha(foreground)
-            if needs_mask and (mask_file is None or not mask_file.exists()):
-                raise BadInputError(f"{path}: no alpha channel and no mask {mask_file} (run segment --mode rgb first)")
-            mask = load_image(mask_file, "L") if needs_mask else None
-            result = composite(foreground, load_image(background_file, "RGB"), mask, profile)
-        except BadInputError as error:
-            log.fail(path.stem, str(error))
-            echo(f"failed: {error}")
-            continue
-        save_image(result, output)
-        log.ok(path.stem, size=list(result.size), matte="mask" if mask is not None else "alpha")
-    echo(log.summary())
-    if log.failed:
-        raise CaseFailures(log.summary())
+class PasteStage(Stage[Path]):
+    """Paste every ``<source>_to_<target>.png`` onto ``<background_folder>/<source>.png``
+    (steps 8 and 11): by its alpha when it carries one, else (and always in the reference
+    profile, as published) by its mask of the same name in ``mask_folder``."""
+
+    name = "paste"
+
+    def __init__(self, background_folder: Path, mask_folder: Path | None, output_folder: Path, profile: str = "default", overwrite: bool = False):
+        self.background_folder = background_folder
+        self.mask_folder = mask_folder
+        self.output_folder = output_folder
+        self.profile = profile
+        self.overwrite = overwrite
+
+    def outputs(self, case: Path) -> list[Path]:
+        return [self.output_folder / f"{case.stem}.png"]
+
+    def run(self, case: Path, session, log: StageLog) -> None:
+        source, _ = split_pair_name(case.name)
+        background_file = self.background_folder / f"{source}.png"
+        if not background_file.exists():
+            raise BadInputError(f"{case}: no background {background_file} (run inpaint first)")
+        foreground = load_image(case, "RGBA")
+        mask_file = self.mask_folder / case.name if self.mask_folder is not None else None
+        needs_mask = self.profile == "reference" or not carries_alpha(foreground)
+        if needs_mask and (mask_file is None or not mask_file.exists()):
+            raise BadInputError(f"{case}: no alpha channel and no mask {mask_file} (run segment --mode rgb first)")
+        mask = load_image(mask_file, "L") if needs_mask else None
+        result = composite(foreground, load_image(background_file, "RGB"), mask, self.profile)
+        save_image(result, self.outputs(case)[0])
+        log.ok(case.stem, size=list(result.size), matte="mask" if mask is not None else "alpha")

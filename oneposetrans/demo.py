@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from oneposetrans.errors import BadInputError, OnePoseTransError
-from oneposetrans.results import ResultsTree, pair_name, pose_map_name, stem
+from oneposetrans.results import ResultsTree, pair_name, stem
 
 SOURCE_NAME = "source"
 MAX_FILE_SIZE = "25mb"
@@ -54,34 +54,57 @@ class Visitor:
 
 
 class DemoSteps:
-    """The demo's steps as plain functions of (visitor, inputs), testable without a browser."""
+    """The demo's steps as plain functions of (visitor, inputs), testable without a browser.
+
+    Each step is the recipe's step (:class:`~oneposetrans.recipe.Recipe`) on the visitor's tree,
+    so the page does what the ``repose`` command does in each profile. A step asked for again
+    is redone (the visitor changed its input).
+    """
 
     def __init__(self, config: DemoConfig):
         self.config = config
+        # Models are shared by all visitors, loaded on first use; one visitor's step runs at a time.
         self._lock = threading.Lock()
-        # Heavy models are shared by all visitors and loaded on first use.
-        self.segmenter = functools.cache(self._load_segmenter)
-        self.reposer = functools.cache(self._load_reposer)
-        self.inpainter = functools.cache(self._load_inpainter)
+        self._session = None
 
-    def _load_segmenter(self):
-        from oneposetrans.segment import PersonSegmenter
+    @property
+    def session(self):
+        from oneposetrans.session import Session
 
-        return PersonSegmenter(self.config.models, self.config.device, self.config.profile)
-
-    def _load_reposer(self):
-        from oneposetrans.repose import Reposer
-
-        return Reposer(self.config.models, self.config.device, self.config.dtype, self.config.profile)
-
-    def _load_inpainter(self):
-        from oneposetrans.inpaint import make_inpainter
-
-        return make_inpainter("lama", self.config.models, self.config.device, self.config.dtype, self.config.profile)
+        if self._session is None:
+            self._session = Session(self.config.models, self.config.device, self.config.dtype, self.config.profile)
+        return self._session
 
     def new_visitor(self) -> Visitor:
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         return Visitor(ResultsTree(self.config.workdir / uuid.uuid4().hex))
+
+    def _recipe(self, visitor: Visitor, **settings):
+        from oneposetrans.recipe import Recipe
+        from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
+
+        config = self.config
+        return Recipe(
+            visitor.tree,
+            self.session,
+            GenerationSettings(resolution=config.resolution, steps=config.denoise_steps),
+            FinetuneSettings(profile=config.profile, resolution=config.finetune_resolution, steps=config.finetune_steps),
+            RefineSettings(resolution=config.resolution, steps=config.denoise_steps),
+            echo=lambda _: None,
+            progress=False,
+            overwrite=True,
+            shown_as={SOURCE_NAME: "the uploaded photo"},
+        )
+
+    def _run(self, visitor: Visitor, step: str, *arguments):
+        """``Recipe.<step>(*arguments)`` on the visitor's tree; a failed case becomes its reason."""
+        from oneposetrans.errors import CaseFailures
+
+        with self._lock:
+            try:
+                return getattr(self._recipe(visitor), step)(*arguments)
+            except CaseFailures as error:
+                raise BadInputError("; ".join(error.reasons)) from None
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -104,23 +127,26 @@ class DemoSteps:
         return load_image(path, "RGB")
 
     def segment(self, visitor: Visitor, use_clicks: bool) -> Image.Image:
-        """The person mask by GroundingDINO, or by SAM from the clicks; writes images_rgba and images_mask."""
+        """The person mask by GroundingDINO (step 1), or by SAM from the clicks; writes
+        images_rgba and images_mask."""
+        from oneposetrans.image_io import load_image
         from oneposetrans.segment import Segmentation, SegmentOutputs
 
         image = self._source(visitor)
-        with self._lock:
-            if use_clicks:
-                if not visitor.clicks:
-                    raise BadInputError("click on the person in the photo first (or segment automatically)")
-                mask = self.segmenter().segment_points(image, [(x, y) for x, y, _ in visitor.clicks], [label for *_, label in visitor.clicks])
-                found = Segmentation(mask, (0.0, 0.0, float(image.width), float(image.height)), 1.0, 1)
-            else:
-                found = self.segmenter().segment(image, name="the uploaded photo")
-        SegmentOutputs.for_mode("dataset", visitor.tree.folder("images_mask"), visitor.tree.folder("images_rgba"), None).write(
-            image, found, SOURCE_NAME
-        )
+        if use_clicks:
+            if not visitor.clicks:
+                raise BadInputError("click on the person in the photo first (or segment automatically)")
+            with self._lock:
+                mask = self.session.segmenter.segment_points(image, [(x, y) for x, y, _ in visitor.clicks], [label for *_, label in visitor.clicks])
+            found = Segmentation(mask, (0.0, 0.0, float(image.width), float(image.height)), 1.0, 1)
+            SegmentOutputs.for_mode("dataset", visitor.tree.folder("images_mask"), visitor.tree.folder("images_rgba"), None).write(
+                image, found, SOURCE_NAME
+            )
+        else:
+            self._run(visitor, "segment_sources", [SOURCE_NAME])
+        person = np.asarray(load_image(visitor.tree.file("images_rgba", f"{SOURCE_NAME}.png"), "RGBA"))[..., 3] > 127
         overlay = np.asarray(image).copy()
-        overlay[found.mask > 127] = (overlay[found.mask > 127] * 0.5 + np.array([255, 64, 64]) * 0.5).astype(np.uint8)
+        overlay[person] = (overlay[person] * 0.5 + np.array([255, 64, 64]) * 0.5).astype(np.uint8)
         return Image.fromarray(overlay)
 
     def click(self, visitor: Visitor, x: float, y: float, positive: bool) -> str:
@@ -128,123 +154,101 @@ class DemoSteps:
         return f"{len(visitor.clicks)} click(s): " + ", ".join(f"({x:.0f},{y:.0f}){'+' if l else '-'}" for x, y, l in visitor.clicks)
 
     def auto_caption(self, visitor: Visitor) -> str:
-        from oneposetrans.caption import automatic_captioner, caption_with_retries, conform
+        """Step 2 by the session's captioner; the visitor may edit the caption before fine-tuning."""
+        from oneposetrans.caption import CaptionStore
 
-        image = self._source(visitor)
-        captioner = automatic_captioner(self.config.models, self.config.device)
-        raw = caption_with_retries(captioner, image)
-        caption = conform(raw)
-        if caption is None:
-            raise BadInputError(f"the caption from {captioner.model} does not fit 'A man/woman with face, ...' ({raw[:80]!r}); type one")
-        return caption
+        self._source(visitor)
+        self._run(visitor, "caption", [SOURCE_NAME])
+        return CaptionStore(visitor.tree).get(SOURCE_NAME)
 
     def finetune(self, visitor: Visitor, caption: str) -> str:
         from oneposetrans.caption import conform
-        from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
+        from oneposetrans.finetune import FinetuneCase
 
         fitted = conform(caption or "")
         if fitted is None:
             raise BadInputError('the caption must read "A man/woman with face, <clothes and accessories>"')
         visitor.caption = fitted
         self._source(visitor)
-        settings = FinetuneSettings(profile=self.config.profile, resolution=self.config.finetune_resolution, steps=self.config.finetune_steps)
-        with self._lock:
-            run_finetune(
-                [FinetuneCase(SOURCE_NAME, [visitor.tree.file("images", f"{SOURCE_NAME}.png")], fitted)],
-                visitor.tree, self.config.models, settings, device=self.config.device, overwrite=True, echo=lambda _: None,
-            )
+        self._run(visitor, "finetune", [FinetuneCase(SOURCE_NAME, [visitor.tree.file("images", f"{SOURCE_NAME}.png")], fitted)])
         return f"LoRA trained for: {fitted}"
+
+    def _pose_maps(self, visitor: Visitor):
+        from oneposetrans.pose import PoseMaps
+
+        return PoseMaps(visitor.tree, self.config.profile)
 
     def poses(self, visitor: Visitor, files: list[str] | None) -> list[Image.Image]:
         """Target poses from keypoints JSON, rendered maps or photos (OpenPose), several at once."""
-        from oneposetrans.image_io import save_image
-        from oneposetrans.pose import PoseExtractor, load_pose_map
+        from oneposetrans.pose import load_pose_map
 
         if not files:
             raise BadInputError("upload one or more target poses (OpenPose JSON, pose maps or photos)")
-        extractor = functools.cache(lambda: PoseExtractor(self.config.models, self.config.device))
-        maps, names = [], []
+        cache, maps, names = self._pose_maps(visitor), [], []
         for path in files:
             name = stem(Path(path).name)
-            pose_map, _ = load_pose_map(path, self.config.resolution, extractor, self.config.profile)
-            save_image(pose_map, visitor.tree.file("poses", pose_map_name(name, self.config.profile)))
-            maps.append(pose_map)
+            render = lambda: load_pose_map(path, self.config.resolution, lambda: self.session.pose_extractor, self.config.profile)  # noqa: E731
+            with self._lock:
+                maps.append(cache.get(name, render, overwrite=True))
             names.append(name)
         visitor.targets = names
         return maps
 
     def repose(self, visitor: Visitor) -> tuple[list[Image.Image], str]:
-        """The RGBA results, and what the identity lacked (e.g. no face found in the photo)."""
-        from oneposetrans.image_io import load_image, save_image
-        from oneposetrans.repose import GenerationSettings, load_identity_image
+        """The RGBA results (step 5), and what the identity lacked (e.g. no face found in the photo)."""
+        from oneposetrans.generator import ReposeCase
+        from oneposetrans.image_io import load_image
 
-        lora = visitor.tree.file("lora", f"{SOURCE_NAME}.safetensors")
-        if not lora.exists():
+        if not visitor.tree.file("lora", f"{SOURCE_NAME}.safetensors").exists():
             raise BadInputError("fine-tune first")
         if not visitor.targets:
             raise BadInputError("give the target poses first")
-        maps = [load_image(visitor.tree.file("poses", pose_map_name(t, self.config.profile)), "RGB") for t in visitor.targets]
-        settings = GenerationSettings(resolution=self.config.resolution, steps=self.config.denoise_steps)
         self._source(visitor)
-        identity, missing_mask = load_identity_image(visitor.tree, SOURCE_NAME, self.config.profile)
-        with self._lock:
-            images, notes = self.reposer().generate(visitor.caption, maps, settings, lora=lora, source=identity)
-        notes = [missing_mask, *notes] if missing_mask else notes
-        for target, image in zip(visitor.targets, images):
-            save_image(image, visitor.tree.file("reposed_result", pair_name(SOURCE_NAME, target)))
-        return images, "; ".join(notes) or f"{len(images)} poses rendered"
+        cache = self._pose_maps(visitor)
+        pose_of = lambda target: load_image(cache.path(target), "RGB")  # noqa: E731
+        counts, stage = self._run(visitor, "repose", [ReposeCase(SOURCE_NAME, visitor.targets, visitor.caption)], pose_of)
+        images = [Image.open(visitor.tree.file("reposed_result", pair_name(SOURCE_NAME, t))) for t in visitor.targets]
+        return images, "; ".join(stage.notes) or f"{len(images)} poses rendered"
+
+    def _results(self, visitor: Visitor, kind: str, missing: str) -> list[str]:
+        names = [pair_name(SOURCE_NAME, t) for t in visitor.targets]
+        if not names or not all(visitor.tree.file(f"{kind}_result", n).exists() for n in names):
+            raise BadInputError(missing)
+        return names
 
     def refine(self, visitor: Visitor) -> list[Image.Image]:
-        from oneposetrans.refine import RefineSettings, Refiner, run_refine
-
-        names = [pair_name(SOURCE_NAME, t) for t in visitor.targets]
-        if not names or not all(visitor.tree.file("reposed_result", n).exists() for n in names):
-            raise BadInputError("repose first")
-        settings = RefineSettings(resolution=self.config.resolution, steps=self.config.denoise_steps)
-        with self._lock:
-            run_refine(
-                visitor.tree, lambda: Refiner(self.reposer(), self.config.models), {SOURCE_NAME: visitor.caption}, settings,
-                profile=self.config.profile, names=names, overwrite=True, echo=lambda _: None,
-            )
+        names = self._results(visitor, "reposed", "repose first")
+        if self.config.profile == "reference":
+            # The published refining pass reads the results' RGBA of step 6.
+            self._run(visitor, "segment_results", "reposed", ("rgba",), names)
+        self._run(visitor, "refine", {SOURCE_NAME: visitor.caption}, names)
         return [Image.open(visitor.tree.file("refined_result", n)) for n in names]
 
     def background(self, visitor: Visitor, uploaded: str | None) -> Image.Image:
-        """The source with the person removed (LaMa), or an uploaded background."""
+        """The source with the person removed (step 4, LaMa), or an uploaded background."""
         from oneposetrans.image_io import load_image, save_image
 
         target = visitor.tree.file("images_inpainted", f"{SOURCE_NAME}.png")
         if uploaded:
-            image = load_image(uploaded, "RGB")
+            save_image(load_image(uploaded, "RGB"), target)
         else:
-            mask_file = visitor.tree.file("images_mask", f"{SOURCE_NAME}.png")
-            if not mask_file.exists():
+            self._source(visitor)
+            if not visitor.tree.file("images_mask", f"{SOURCE_NAME}.png").exists():
                 raise BadInputError("segment the person first (the inpainting needs the mask)")
-            with self._lock:
-                image = self.inpainter()(self._source(visitor), load_image(mask_file, "L"))
-        save_image(image, target)
-        return image
+            self._run(visitor, "inpaint", [SOURCE_NAME])
+        return load_image(target, "RGB")
 
     def composite(self, visitor: Visitor, use_refined: bool) -> list[Image.Image]:
-        from oneposetrans.composite import composite
-        from oneposetrans.image_io import load_image, save_image
+        """The results on the background (steps 7-8, or 10-11 for the refined results)."""
+        from oneposetrans.image_io import load_image
 
-        stage = "refined" if use_refined else "reposed"
-        background_file = visitor.tree.file("images_inpainted", f"{SOURCE_NAME}.png")
-        if not background_file.exists():
+        kind = "refined" if use_refined else "reposed"
+        if not visitor.tree.file("images_inpainted", f"{SOURCE_NAME}.png").exists():
             raise BadInputError("make the background first (inpaint or upload)")
-        background = load_image(background_file, "RGB")
-        finals = []
-        for target in visitor.targets:
-            result = visitor.tree.file(f"{stage}_result", pair_name(SOURCE_NAME, target))
-            if not result.exists():
-                raise BadInputError(f"{'refine' if use_refined else 'repose'} first")
-            foreground = load_image(result, "RGBA")
-            # The published hard cut needs a mask: the result's own alpha, thresholded.
-            mask = np.where(np.asarray(foreground)[..., 3] >= 128, 255, 0).astype(np.uint8) if self.config.profile == "reference" else None
-            final = composite(foreground, background, mask, self.config.profile)
-            save_image(final, visitor.tree.file(f"{stage}_final_result", result.name))
-            finals.append(final)
-        return finals
+        names = self._results(visitor, kind, f"{'refine' if use_refined else 'repose'} first")
+        self._run(visitor, "segment_results", kind, ("rgb", "mask"), names)
+        self._run(visitor, "paste", kind, names)
+        return [load_image(visitor.tree.file(f"{kind}_final_result", n), "RGB") for n in names]
 
 
 def page_errors(function):

@@ -14,6 +14,10 @@ class BadInputError(OnePoseTransError):
     """One input file (image, list, keypoints) cannot be used; the message names the file."""
 
 
+class CaseError(OnePoseTransError):
+    """One case failed while running (out of memory, a numerical failure); the others go on."""
+
+
 class MissingModelError(OnePoseTransError):
     """A model folder or file is absent from the models directory."""
 
@@ -27,4 +31,8 @@ class EnvironmentProblem(OnePoseTransError):
 
 
 class CaseFailures(OnePoseTransError):
-    """Some cases of a batch failed; each one's reason is in the stage log."""
+    """Some cases of a batch failed; each one's reason is in the stage log and in ``reasons``."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None):
+        super().__init__(message)
+        self.reasons = reasons or [message]

@@ -26,7 +26,6 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,12 +33,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from oneposetrans import registry
-from oneposetrans.errors import BadInputError, CaseFailures, MissingModelError, OnePoseTransError
+from oneposetrans.errors import BadInputError, CaseError, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
-from oneposetrans.progress import Progress, case_line
-from oneposetrans.results import ResultsTree, atomic_path, is_done, safe_component
+from oneposetrans.progress import Progress
+from oneposetrans.results import ResultsTree, atomic_path, safe_component
 from oneposetrans.settings import FinetuneSettings
 from oneposetrans.runtime import quiet_libraries, resolve_device
+from oneposetrans.stages import Stage
 
 ADAPTER = "oneposetrans_case"
 
@@ -392,76 +392,52 @@ class _MasterWeights:
             parameter.grad = None
 
 
-def run_finetune(
-    cases: list[FinetuneCase],
-    tree: ResultsTree,
-    models_dir: str | os.PathLike,
-    settings: FinetuneSettings,
-    device: str = "auto",
-    overwrite: bool = False,
-    fail_fast: bool = False,
-    echo: Callable[[str], None] = print,
-    trainer: LoraTrainer | None = None,
-) -> dict[str, int]:
-    """Train this process's share of ``cases`` into ``tree/lora``; resumable and shardable.
+class FinetuneStage(Stage[FinetuneCase]):
+    """Train one LoRA per case into ``tree/lora/<name>.safetensors`` (step 3).
 
-    Under ``accelerate launch`` each process takes every n-th case, so processes write
-    disjoint files. Failed cases are logged with their reason and the others go on; at the
-    end :class:`CaseFailures` is raised if any failed. Pass ``trainer`` to reuse models that
-    are already loaded; otherwise they are loaded once, and only if some case needs training.
+    A case that fails (bad photo, out of memory) is recorded with its reason and the trainer is
+    reset for the next one.
     """
-    from accelerate import PartialState
 
-    # Without CUDA, PartialState only recognises a multi-process launch when told to use the CPU.
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    log = tree.log("finetune")
-    mine = cases[state.process_index :: state.num_processes]
-    todo = []
-    for case in mine:
-        target = tree.file("lora", f"{safe_component(case.name, 'case name')}.safetensors")
-        if is_done(target) and not overwrite:
-            log.skip(case.name)
-        else:
-            todo.append((case, target))
-    started = time.perf_counter()
-    for position, (case, target) in enumerate(todo, 1):
+    name = "finetune"
+    unit = "LoRA"
+
+    def __init__(self, tree: ResultsTree, settings: FinetuneSettings, overwrite: bool = False):
+        self.tree = tree
+        self.settings = settings
+        self.overwrite = overwrite
+
+    def case_name(self, case: FinetuneCase) -> str:
+        return case.name
+
+    def outputs(self, case: FinetuneCase) -> list[Path]:
+        return [self.tree.file("lora", f"{safe_component(case.name, 'case name')}.safetensors")]
+
+    def run(self, case: FinetuneCase, session, log) -> str:
+        target = self.outputs(case)[0]
+        trainer = session.trainer(self.settings)
         try:
-            if trainer is None:
-                started = time.perf_counter()
-                trainer = LoraTrainer.from_models_dir(models_dir, settings, state.device if device == "auto" else device)
-                echo(f"[process {state.process_index}] models loaded in {time.perf_counter() - started:.1f} s")
             trained = trainer.train(case)
             trainer.save(target)
         except MissingModelError:
-            raise  # not this case's fault: every case would fail the same way
-        except OnePoseTransError as error:
-            _fail(log, case, str(error), trainer)
+            raise
+        except OnePoseTransError:
+            trainer.discard()
+            raise
         except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: this case only
-            _fail(log, case, f"{case.name}: {type(error).__name__}: {error}".splitlines()[0], trainer)
-        else:
-            log.ok(
-                case.name,
-                file=str(target),
-                steps=settings.steps,
-                seconds=round(trained.seconds, 3),
-                seconds_per_step=round(trained.seconds / settings.steps, 4),
-                peak_memory_mb=round(trained.peak_memory_mb, 1),
-                memory_kind="cuda_allocated" if trainer.device.type == "cuda" else "process_max_rss",
-                first_loss=round(trained.losses[0], 5),
-                last_loss=round(trained.losses[-1], 5),
-                device=str(trainer.device),
-                views=len(case.images),
-            )
-            echo(case_line(position, len(todo), started, f"{target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}"))
-        if fail_fast and log.failed:
-            break
-    echo(log.summary())
-    if log.failed:
-        raise CaseFailures(f"{len(log.failed)} LoRA(s) failed; first: {log.failed[0][1]}")
-    return {"done": log.done, "skipped": log.skipped}
-
-
-def _fail(log, case: FinetuneCase, reason: str, trainer: LoraTrainer | None) -> None:
-    log.fail(case.name, reason)
-    if trainer is not None:
-        trainer.discard()
+            trainer.discard()
+            raise CaseError(f"{case.name}: {type(error).__name__}: {error}".splitlines()[0]) from None
+        log.ok(
+            case.name,
+            file=str(target),
+            steps=self.settings.steps,
+            seconds=round(trained.seconds, 3),
+            seconds_per_step=round(trained.seconds / self.settings.steps, 4),
+            peak_memory_mb=round(trained.peak_memory_mb, 1),
+            memory_kind="cuda_allocated" if trainer.device.type == "cuda" else "process_max_rss",
+            first_loss=round(trained.losses[0], 5),
+            last_loss=round(trained.losses[-1], 5),
+            device=str(trainer.device),
+            views=len(case.images),
+        )
+        return f"{target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}"

@@ -1,38 +1,28 @@
-"""Dataset reposing runs (recipe step 5): every pair of a pairs list, grouped by source.
+"""Dataset reposing runs (recipe step 5, the ``generate`` command): every pair of a pairs list.
 
 The published scripts reloaded every model for every pair. Here one process loads the models
 once, takes a share of the *sources* (so a source's LoRA, caption, image prompt and face are
-prepared once, whichever process holds it) and renders all of its target poses in batches.
-Under ``accelerate launch`` the sources are dealt round-robin to the processes; every file is
-written atomically, so any number of runs, killed or not, leave a consistent tree.
+prepared once, whichever process holds it) and renders all of its target poses in batches
+(:class:`~oneposetrans.generator.ReposeStage`). Under ``accelerate launch`` the sources are dealt
+round-robin to the processes; every file is written atomically, so any number of runs, killed or
+not, leave a consistent tree.
 
-DeepFashion and WPose differ only in where the target pose comes from (:func:`target_pose`).
+DeepFashion and WPose differ only in where the target pose comes from (:func:`pose_source`).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 from PIL import Image
 
-from oneposetrans.errors import BadInputError, CaseFailures
-from oneposetrans.image_io import load_image, save_image
-from oneposetrans.progress import case_line
-from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, pose_map_name, stem, write_json_atomic
+from oneposetrans.errors import BadInputError
+from oneposetrans.image_io import load_image
+from oneposetrans.results import ResultsTree
 
 DATASETS = ("deepfashion", "wpose")
-
-
-@dataclass
-class DatasetCase:
-    """One source and the targets it still needs."""
-
-    source: str
-    targets: list[str]
-    caption: str | None
 
 
 @dataclass
@@ -43,124 +33,48 @@ class GenerateInputs:
     pairs: list[tuple[str, str]]
     captions: dict[str, str]
     keypoints: dict | None = None
-    """DeepFashion target keypoints by image stem (from the annotation CSV)."""
-    extractor: Callable | None = None
-    """WPose: a factory for the OpenPose detector, called on first use; target photos are read
-    from the results tree's ``images`` folder, beside the sources."""
+    """DeepFashion target keypoints by image stem (from the annotation CSV); WPose reads target
+    photos from the results tree's ``images`` folder, beside the sources."""
 
 
-def group_by_source(pairs: list[tuple[str, str]], captions: dict[str, str], tree: ResultsTree, log: StageLog) -> list[DatasetCase]:
-    """Sources in first-seen order with the targets not yet rendered; finished pairs are logged as skipped."""
-    cases: dict[str, DatasetCase] = {}
-    for source, target in pairs:
-        source, target = stem(source), stem(target)
-        case = cases.setdefault(source, DatasetCase(source, [], captions.get(source)))
-        if target in case.targets:
-            continue
-        if is_done(tree.file("reposed_result", pair_name(source, target))):
-            log.skip(pair_name(source, target))
-        else:
-            case.targets.append(target)
-    return [case for case in cases.values() if case.targets]
+def pose_source(inputs: GenerateInputs, tree: ResultsTree, resolution: int, session) -> Callable[[str], Image.Image]:
+    """The dataset adapter: a target's ControlNet map, rendered once per profile into ``poses/``."""
+    from oneposetrans.pose import PoseMaps, pose_from_photo, render_deepfashion_pose
 
+    maps = PoseMaps(tree, session.profile)
 
-def target_pose(inputs: GenerateInputs, target: str, tree: ResultsTree, resolution: int, profile: str) -> Image.Image:
-    """The ControlNet map of one target, rendered once per profile into ``poses/`` (:func:`pose_map_name`)."""
-    from oneposetrans.pose import fit_pose_map, render_deepfashion_pose
-
-    cached = tree.file("poses", pose_map_name(target, profile))
-    if is_done(cached):
-        return load_image(cached, "RGB")
-    if inputs.dataset == "deepfashion":
+    def deepfashion(target: str) -> tuple[Image.Image, None]:
         if inputs.keypoints is None or target not in inputs.keypoints:
             raise BadInputError(f"{target}: no keypoints for this target in the annotation CSV")
-        pose_map = render_deepfashion_pose(inputs.keypoints[target], profile, resolution)
-    else:
+        return render_deepfashion_pose(inputs.keypoints[target], session.profile, resolution), None
+
+    def wpose(target: str) -> tuple[Image.Image, dict]:
         photo_file = tree.file("images", f"{target}.png")
         if not photo_file.exists():
             raise BadInputError(f"{target}: no target photo {photo_file}")
-        found, pose_map = inputs.extractor().extract(load_image(photo_file, "RGB"), resolution)
-        if not found["people"]:
-            raise BadInputError(f"{photo_file}: no person found by the pose detector")
-        write_json_atomic(tree.file("poses", f"{target}.json"), found)
-        pose_map = fit_pose_map(pose_map, profile, resolution)
-    save_image(pose_map, cached)
-    return pose_map
+        return pose_from_photo(load_image(photo_file, "RGB"), photo_file, resolution, lambda: session.pose_extractor, session.profile)
+
+    render = deepfashion if inputs.dataset == "deepfashion" else wpose
+    return lambda target: maps.get(target, lambda: render(target))
 
 
 def run_generate(
-    inputs: GenerateInputs,
-    tree: ResultsTree,
-    reposer_factory: Callable,
-    settings,
-    profile: str = "default",
-    device: str = "auto",
-    echo: Callable[[str], None] = print,
+    inputs: GenerateInputs, tree: ResultsTree, session, settings, echo: Callable[[str], None] = print, progress: bool = True
 ) -> dict[str, int]:
     """Render every pair not yet in ``reposed_result``; returns this process's counts.
 
     Failures (missing LoRA, caption, keypoints or target photo) are logged per pair with their
     reason and the run goes on; :class:`CaseFailures` is raised at the end if there were any.
     """
-    import torch
-    from accelerate import PartialState
+    from oneposetrans.generator import ReposeStage, group_by_source
+    from oneposetrans.stages import run_stage
 
-    from oneposetrans.repose import load_identity_image
-
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    log = tree.log("generate")
-    cases = group_by_source(inputs.pairs, inputs.captions, tree, log)
-    mine = cases[state.process_index :: state.num_processes]
-    prefix = f"[process {state.process_index}] " if state.num_processes > 1 else ""
-    reposer = None
-    done = 0
-    run_started = time.perf_counter()
-    for number, case in enumerate(mine, 1):
-        pairs = [pair_name(case.source, target) for target in case.targets]
-        try:
-            if not case.caption:
-                raise BadInputError(f"{case.source}: no caption (run caption, or pass --captions)")
-            lora = tree.file("lora", f"{case.source}.safetensors")
-            if not is_done(lora):
-                raise BadInputError(f"{case.source}: no LoRA {lora} (run finetune first)")
-            # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
-            source, missing_mask = load_identity_image(tree, case.source, profile, required=profile == "reference")
-        except BadInputError as error:
-            for pair in pairs:
-                log.fail(pair, str(error))
-            echo(f"{prefix}failed: {error}")
-            continue
-        maps, names = [], []
-        for target, pair in zip(case.targets, pairs):
-            try:
-                maps.append(target_pose(inputs, target, tree, settings.resolution, profile))
-                names.append(pair)
-            except BadInputError as error:
-                log.fail(pair, str(error))
-                echo(f"{prefix}failed: {error}")
-        if not maps:
-            continue
-        if reposer is None:
-            started = time.perf_counter()
-            reposer = reposer_factory()
-            echo(f"{prefix}models loaded in {time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
-
-        def save_batch(first: int, images: list[Image.Image]) -> None:
-            seconds = (time.perf_counter() - started) / (first + len(images))
-            for name, image in zip(names[first : first + len(images)], images):
-                save_image(image, tree.file("reposed_result", name))
-                log.ok(name, seconds_per_target=round(seconds, 3), size=list(image.size), process=state.process_index)
-
-        _, notes = reposer.generate(case.caption, maps, settings, lora=lora, source=source, on_batch=save_batch)
-        notes = [missing_mask, *notes] if missing_mask else notes
-        done += len(maps)
-        note = f"; {'; '.join(notes)}" if notes else ""
-        echo(prefix + case_line(number, len(mine), run_started, f"{case.source}: {len(maps)} targets in {time.perf_counter() - started:.1f} s{note}"))
-    echo(f"{prefix}{log.summary()}")
-    if log.failed:
-        raise CaseFailures(log.summary())
-    return {"done": done, "skipped": log.skipped}
+    stage = ReposeStage(
+        tree, settings, pose_source(inputs, tree, settings.resolution, session),
+        # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
+        require_mask=session.profile == "reference", echo=echo,
+    )
+    return run_stage(stage, group_by_source(inputs.pairs, inputs.captions), session, tree.log("generate"), echo, progress)
 
 
 def source_captions(tree: ResultsTree, captions_file: str | os.PathLike | None) -> dict[str, str]:
@@ -179,12 +93,8 @@ def load_inputs(
     tree: ResultsTree,
     captions_file: str | os.PathLike | None = None,
     keypoints_file: str | os.PathLike | None = None,
-    models_dir: str | os.PathLike | None = None,
-    device: str = "cpu",
 ) -> GenerateInputs:
-    """The dataset adapter: the same run for DeepFashion (keypoint CSV) and WPose (target photos)."""
-    import functools
-
+    """The dataset adapter's inputs: the same run for DeepFashion (keypoint CSV) and WPose (target photos)."""
     from oneposetrans.datasets import read_keypoints_csv, read_pairs
 
     if dataset not in DATASETS:
@@ -194,8 +104,4 @@ def load_inputs(
         if keypoints_file is None:
             raise BadInputError("DeepFashion target poses need --keypoints fasion-resize-annotation-test.csv")
         inputs.keypoints = read_keypoints_csv(keypoints_file)
-    else:
-        from oneposetrans.pose import PoseExtractor
-
-        inputs.extractor = functools.cache(lambda: PoseExtractor(models_dir, device))
     return inputs

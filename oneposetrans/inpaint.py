@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 
 from oneposetrans import registry
-from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.progress import track
-from oneposetrans.results import StageLog, is_done, stem
+from oneposetrans.results import StageLog, stem
+from oneposetrans.stages import Stage
 
 INPAINTERS = ("lama", "diffusion")
 
@@ -163,45 +163,29 @@ def make_inpainter(
     raise BadInputError(f"unknown inpainter {kind!r}; choose from {', '.join(INPAINTERS)}")
 
 
-def run_inpaint(
-    sources: list[Path],
-    mask_folder: Path,
-    output_folder: Path,
-    log: StageLog,
-    inpainter: Callable[[], Callable],
-    overwrite: bool = False,
-    echo: Callable[[str], None] = print,
-    progress: bool = True,
-) -> None:
-    """Inpaint each source under its mask of the same stem; results keep the stem, as PNG.
+class InpaintStage(Stage[Path]):
+    """Remove the person from each source under its mask of the same stem (step 4); the
+    background keeps the stem, as PNG."""
 
-    ``inpainter`` is a factory, called only when some image is left to do.
-    """
-    todo = []
-    for source in sources:
-        name = stem(source)
-        if not overwrite and is_done(output_folder / f"{name}.png"):
-            log.skip(name)
-        else:
-            todo.append(source)
-    model = inpainter() if todo else None
-    for source in track(todo, "inpaint", show=progress):
-        name = stem(source)
-        try:
-            image = load_image(source, "RGB")
-            mask_file = mask_folder / f"{name}.png"
-            if not mask_file.exists():
-                raise BadInputError(f"{source}: no mask {mask_file} (run segment --mode dataset first)")
-            mask = load_image(mask_file, "L")
-            if not binary_mask(mask).any():
-                raise BadInputError(f"{mask_file}: the mask is empty, there is nothing to inpaint")
-        except BadInputError as error:
-            log.fail(name, str(error))
-            echo(f"failed: {error}")
-            continue
-        result = model(image, mask)
-        save_image(result, output_folder / f"{name}.png")
-        log.ok(name, size=list(result.size))
-    echo(log.summary())
-    if log.failed:
-        raise CaseFailures(log.summary())
+    name = "inpaint"
+
+    def __init__(self, mask_folder: Path, output_folder: Path, overwrite: bool = False):
+        self.mask_folder = mask_folder
+        self.output_folder = output_folder
+        self.overwrite = overwrite
+
+    def outputs(self, case: Path) -> list[Path]:
+        return [self.output_folder / f"{stem(case)}.png"]
+
+    def run(self, case: Path, session, log: StageLog) -> None:
+        name = stem(case)
+        image = load_image(case, "RGB")
+        mask_file = self.mask_folder / f"{name}.png"
+        if not mask_file.exists():
+            raise BadInputError(f"{case}: no mask {mask_file} (run segment --mode dataset first)")
+        mask = load_image(mask_file, "L")
+        if not binary_mask(mask).any():
+            raise BadInputError(f"{mask_file}: the mask is empty, there is nothing to inpaint")
+        result = session.inpainter(image, mask)
+        save_image(result, self.output_folder / f"{name}.png")
+        log.ok(name, size=list(result.size), inpainter=session.inpainter_kind)

@@ -21,7 +21,8 @@ from PIL import Image
 from typing import Callable
 
 from oneposetrans.errors import BadInputError
-from oneposetrans.image_io import load_image
+from oneposetrans.image_io import load_image, save_image
+from oneposetrans.results import ResultsTree, is_done, pose_map_name, write_json_atomic
 
 NUM_JOINTS = 18
 # OpenPose BODY_25 -> COCO-18: drop MidHip (8) and the six foot points (19-24).
@@ -268,18 +269,50 @@ def load_pose_map(
     (then ``extractor`` supplies the detector, loaded on first use).
     """
     path = Path(path)
-    found = None
     if path.suffix.lower() == ".json":
         keypoints = load_keypoints(path)
         pose_map = render_keypoints(keypoints, generation_size(keypoints.width, keypoints.height, resolution))
-    else:
-        image = load_image(path, "RGB")
-        if _looks_like_pose_map(image):
-            pose_map = image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR)
-        elif extractor is None:
-            raise BadInputError(f"{path}: looks like a photo, and no pose detector was given")
-        else:
-            found, pose_map = extractor().extract(image, resolution)
-            if not found["people"]:
-                raise BadInputError(f"{path}: no person found by the pose detector")
+        return fit_pose_map(pose_map, profile, resolution), None
+    image = load_image(path, "RGB")
+    if _looks_like_pose_map(image):
+        pose_map = image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR)
+        return fit_pose_map(pose_map, profile, resolution), None
+    if extractor is None:
+        raise BadInputError(f"{path}: looks like a photo, and no pose detector was given")
+    return pose_from_photo(image, path, resolution, extractor, profile)
+
+
+def pose_from_photo(
+    image: Image.Image, path: str | os.PathLike, resolution: int, extractor: "Callable[[], PoseExtractor]", profile: str = "default"
+) -> tuple[Image.Image, dict]:
+    """The pose of the person in a photo (OpenPose), as a map fitted for the profile, and the keypoints."""
+    found, pose_map = extractor().extract(image, resolution)
+    if not found["people"]:
+        raise BadInputError(f"{path}: no person found by the pose detector")
     return fit_pose_map(pose_map, profile, resolution), found
+
+
+class PoseMaps:
+    """The ControlNet map of each target, rendered once per profile into the results tree's
+    ``poses/`` (:func:`~oneposetrans.results.pose_map_name`), with the keypoints found in a photo
+    beside it as ``<target>.json``. Every flow reads its target poses through this cache."""
+
+    def __init__(self, tree: ResultsTree, profile: str = "default"):
+        self.tree = tree
+        self.profile = profile
+        self.rendered = 0
+
+    def path(self, target: str) -> Path:
+        return self.tree.file("poses", pose_map_name(target, self.profile))
+
+    def get(self, target: str, render: "Callable[[], tuple[Image.Image, dict | None]]", overwrite: bool = False) -> Image.Image:
+        """The cached map of ``target``, or ``render()``'s, written to the cache first."""
+        cached = self.path(target)
+        if not overwrite and is_done(cached):
+            return load_image(cached, "RGB")
+        pose_map, found = render()
+        if found is not None:
+            write_json_atomic(self.tree.file("poses", f"{target}.json"), found)
+        save_image(pose_map, cached)
+        self.rendered += 1
+        return pose_map

@@ -1,15 +1,17 @@
-"""The whole numbered dataset recipe of the original README, steps 1 to 11, in one process.
+"""The numbered recipe of the original README, steps 1 to 11, as stages over one results tree.
 
-Each step is the same function its own command runs, so ``run --steps 5`` and ``generate`` do
-the same work, and every step resumes: a finished case is never computed twice. Models are
-loaded once per process and shared between the steps that use them (GroundingDINO + SAM in
-steps 1, 6, 7 and 10; the generator's UNet, VAE and encoders in steps 5 and 9). A step whose
-cases partly failed is reported, and the following steps go on with the cases that exist.
+:class:`Recipe` builds each step's stage and runs it with :func:`~oneposetrans.stages.run_stage`;
+every flow is a list of these steps: the ``run`` command (a dataset's pairs, steps 1-11), the
+``repose`` command (one photo and its target poses, :mod:`oneposetrans.repose`) and the demo
+(a visitor's photo, one step per button). So a step does the same work whichever flow runs
+it, each step resumes (a finished case is never computed twice), and the models are loaded once
+per process by the :class:`~oneposetrans.session.Session` and shared between the steps that use
+them (GroundingDINO + SAM in steps 1, 6, 7 and 10; the generator in steps 5 and 9). A step
+whose cases partly failed is reported, and the following steps go on with the cases that exist.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.results import ResultsTree, stem
+from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
+from oneposetrans.stages import run_stage
 
 STEPS = {
     1: "segment the sources (images_rgba, images_mask)",
@@ -48,147 +53,197 @@ def parse_steps(text: str) -> list[int]:
     return sorted(steps)
 
 
+class Recipe:
+    """The steps over ``tree`` with ``session``'s models; each method runs one step's stage.
+
+    ``shown_as`` maps an image stem to the file the user gave, for messages.
+    """
+
+    def __init__(
+        self,
+        tree: ResultsTree,
+        session,
+        generation: GenerationSettings | None = None,
+        finetune: FinetuneSettings | None = None,
+        refine: RefineSettings | None = None,
+        echo: Callable[[str], None] = print,
+        progress: bool = True,
+        overwrite: bool = False,
+        shown_as: dict[str, str] | None = None,
+    ):
+        self.tree = tree
+        self.session = session
+        self.generation = generation or GenerationSettings()
+        self.finetune_settings = finetune or FinetuneSettings(profile=session.profile)
+        self.refine_settings = refine or RefineSettings(resolution=self.generation.resolution)
+        self.echo = echo
+        self.progress = progress
+        self.overwrite = overwrite
+        self.shown_as = shown_as or {}
+
+    def _run(self, stage, cases: list, log: str | None = None) -> dict[str, int]:
+        stage.overwrite = self.overwrite
+        return run_stage(stage, cases, self.session, self.tree.log(log or stage.name), self.echo, self.progress)
+
+    def images(self, names: list[str] | None = None) -> list[Path]:
+        """``images/<name>.png`` of ``names``, or all of ``images/``."""
+        from oneposetrans.segment import list_images
+
+        if names is None:
+            return list_images(self.tree.folder("images"))
+        return [self.tree.file("images", f"{name}.png") for name in names]
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def segment_sources(self, names: list[str] | None = None) -> dict[str, int]:
+        """Step 1: each photo as RGBA with the person as alpha, and the dilated person mask."""
+        from oneposetrans.segment import SegmentOutputs, SegmentStage
+
+        outputs = SegmentOutputs.for_mode("dataset", self.tree.folder("images_mask"), self.tree.folder("images_rgba"), None)
+        return self._run(SegmentStage(outputs, shown_as=self.shown_as), self.images(names))
+
+    def caption(self, names: list[str], captioner=None) -> dict[str, int]:
+        """Step 2: captions of the photos that have none in the store."""
+        from oneposetrans.caption import CaptionStage
+
+        return self._run(CaptionStage(self.tree, captioner, shown_as=self.shown_as), self.images(names))
+
+    def finetune(self, cases: list) -> dict[str, int]:
+        """Step 3: one LoRA per case (:class:`~oneposetrans.finetune.FinetuneCase`)."""
+        from oneposetrans.finetune import FinetuneStage
+
+        return self._run(FinetuneStage(self.tree, self.finetune_settings), cases)
+
+    def inpaint(self, names: list[str]) -> dict[str, int]:
+        """Step 4: each source's background with the person removed."""
+        from oneposetrans.inpaint import InpaintStage
+
+        stage = InpaintStage(self.tree.folder("images_mask"), self.tree.folder("images_inpainted"))
+        return self._run(stage, self.images(names))
+
+    def repose(self, cases: list, pose_of: Callable, require_mask: bool = False, log: str = "generate"):
+        """Step 5: every target pose of each source (:class:`~oneposetrans.generator.ReposeCase`);
+        returns the counts and the stage (its notes and conditioning describe the last source)."""
+        from oneposetrans.generator import ReposeStage
+
+        stage = ReposeStage(self.tree, self.generation, pose_of, require_mask=require_mask, echo=self.echo)
+        try:
+            return self._run(stage, cases, log), stage
+        except CaseFailures as error:
+            error.stage = stage
+            raise
+
+    def segment_results(self, kind: str, writes: tuple[str, ...], names: list[str] | None = None) -> dict[str, int]:
+        """Steps 6, 7 and 10: the ``reposed`` or ``refined`` results as RGBA, person on black and
+        mask (``writes`` names which). In the default profile a result's LayerDiffuse alpha is its
+        mask and no model runs; the reference profile segments every result again, as published."""
+        from oneposetrans.segment import SegmentOutputs, SegmentStage, list_images
+
+        outputs = SegmentOutputs(
+            rgba=self.tree.folder(f"{kind}_rgba") if "rgba" in writes else None,
+            rgb=self.tree.folder(f"{kind}_rgb") if "rgb" in writes else None,
+            mask=self.tree.folder(f"{kind}_mask") if "mask" in writes else None,
+        )
+        results = [p for p in list_images(self.tree.folder(f"{kind}_result")) if names is None or p.name in names]
+        return self._run(SegmentStage(outputs, use_alpha=self.session.profile != "reference"), results)
+
+    def paste(self, kind: str, names: list[str] | None = None) -> dict[str, int]:
+        """Steps 8 and 11: the ``reposed`` or ``refined`` results onto their sources' backgrounds
+        (in the reference profile, the person on black of step 7 or 10 with its mask, as published)."""
+        from oneposetrans.composite import PasteStage
+        from oneposetrans.segment import list_images
+
+        folder = f"{kind}_rgb" if self.session.profile == "reference" else f"{kind}_result"
+        foregrounds = [p for p in list_images(self.tree.folder(folder)) if names is None or p.name in names]
+        stage = PasteStage(
+            self.tree.folder("images_inpainted"), self.tree.folder(f"{kind}_mask"),
+            self.tree.folder(f"{kind}_final_result"), self.session.profile,
+        )
+        return self._run(stage, foregrounds)
+
+    def refine(self, captions: dict[str, str], names: list[str] | None = None) -> dict[str, int]:
+        """Step 9: the img2img refining pass of the reposed results."""
+        from oneposetrans.refine import RefineStage, refine_inputs
+
+        stage = RefineStage(self.tree, captions, self.refine_settings)
+        return self._run(stage, refine_inputs(self.tree, self.session.profile, names))
+
+
 @dataclass
 class RecipeRequest:
     dataset: str
     results: Path
-    models: Path
     pairs: Path
     keypoints: Path | None = None
     captions: Path | None = None
     steps: list[int] = field(default_factory=lambda: list(STEPS))
-    profile: str = "default"
-    device: str = "auto"
-    dtype: str = "auto"
     resolution: int = 1024
     finetune_resolution: int = 512
-    inpainter: str = "lama"
     denoise_steps: int | None = None
     """Overrides the published 25 denoising steps of steps 5 and 9 (quick checks only)."""
     finetune_steps: int | None = None
 
 
-def run_recipe(request: RecipeRequest, echo: Callable[[str], None] = print) -> list[tuple[int, str]]:
-    """Run the requested steps in order; returns (step, outcome) and raises :class:`CaseFailures`
-    at the end if any step had failed cases (each reason is in RESULTS/logs/<stage>.jsonl)."""
-    import torch
-    from accelerate import PartialState
-
+def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = print, progress: bool = True) -> list[tuple[int, str]]:
+    """Run the requested steps in order over a dataset's pairs; returns (step, outcome) and raises
+    :class:`CaseFailures` at the end if any step had failed cases (each reason is in
+    RESULTS/logs/<stage>.jsonl)."""
+    from oneposetrans.caption import import_captions
     from oneposetrans.datasets import read_pairs, unique_sources
-    from oneposetrans.repose import GenerationSettings, Reposer
-    from oneposetrans.results import ResultsTree, stem
-    from oneposetrans.segment import PersonSegmenter
+    from oneposetrans.finetune import FinetuneCase
+    from oneposetrans.generate import load_inputs, pose_source, source_captions
+    from oneposetrans.generator import group_by_source
 
     tree = ResultsTree(request.results)
-    state = PartialState(cpu=request.device == "cpu" or not torch.cuda.is_available())
-    pairs = read_pairs(request.pairs)
-    sources = [stem(name) for name in unique_sources(pairs)]
-    segmenter = functools.cache(lambda: PersonSegmenter(request.models, request.device, request.profile))
-    reposer = functools.cache(lambda: Reposer(request.models, request.device, request.dtype, request.profile))
-    quiet = lambda line: echo(f"  {line}")  # noqa: E731
-    outcomes: list[tuple[int, str]] = []
+    generation = GenerationSettings(resolution=request.resolution)
+    finetune = FinetuneSettings(profile=session.profile, resolution=request.finetune_resolution)
+    refine = RefineSettings(resolution=request.resolution)
+    if request.denoise_steps:
+        generation.steps = refine.steps = request.denoise_steps
+    if request.finetune_steps:
+        finetune.steps = request.finetune_steps
+    recipe = Recipe(tree, session, generation, finetune, refine, echo=lambda line: echo(f"  {line}"), progress=progress)
+    sources = [stem(name) for name in unique_sources(read_pairs(request.pairs))]
 
-    def step_segment(source: str, mode: str, rgba: str | None, rgb: str | None, mask: str | None, names=None) -> None:
-        from oneposetrans.segment import SegmentOutputs, list_images, run_segment
-
-        outputs = SegmentOutputs.for_mode(
-            mode,
-            tree.folder(mask) if mask else None,
-            tree.folder(rgba) if rgba else None,
-            tree.folder(rgb) if rgb else None,
-        )
-        images = [p for p in list_images(tree.folder(source)) if names is None or p.stem in names]
-        run_segment(
-            images[state.process_index :: state.num_processes], outputs, tree.log("segment"), segmenter,
-            echo=quiet, use_alpha=mode != "dataset" and request.profile != "reference",
-        )
-
-    def step_captions() -> None:
-        from oneposetrans.caption import CaptionStore, automatic_captioner, import_captions, run_captions
-
-        if request.captions is not None:
-            if state.is_main_process:
-                import_captions(request.captions, tree)
-            state.wait_for_everyone()
+    def captions() -> None:
+        if request.captions is None:
+            recipe.caption(sources)
             return
-        missing = [tree.file("images", f"{name}.png") for name in sources if name not in CaptionStore(tree).records()]
-        if missing and state.is_main_process:
-            run_captions(missing, tree, automatic_captioner(request.models, request.device))
-        state.wait_for_everyone()
+        if session.is_main_process:
+            import_captions(request.captions, tree)
+        session.wait_for_everyone()
 
-    def step_finetune() -> None:
-        from oneposetrans.finetune import FinetuneCase, FinetuneSettings, run_finetune
-        from oneposetrans.generate import source_captions
-
-        captions = source_captions(tree, request.captions)
-        cases = [
+    def finetune_cases() -> list[FinetuneCase]:
+        known = source_captions(tree, request.captions)
+        return [
             FinetuneCase(
-                name,
-                [tree.file("images", f"{name}.png")],
-                captions.get(name),
-                [tree.file("images_mask", f"{name}.png")],
-                problem=None if captions.get(name) else f"{name}: no caption",
+                name, [tree.file("images", f"{name}.png")], known.get(name), [tree.file("images_mask", f"{name}.png")],
+                problem=None if known.get(name) else f"{name}: no caption",
             )
             for name in sources
         ]
-        settings = FinetuneSettings(profile=request.profile, resolution=request.finetune_resolution)
-        if request.finetune_steps:
-            settings.steps = request.finetune_steps
-        run_finetune(cases, tree, request.models, settings, device=request.device, echo=quiet)
 
-    def step_inpaint() -> None:
-        from oneposetrans.inpaint import make_inpainter, run_inpaint
+    def repose() -> None:
+        inputs = load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints)
+        pose_of = pose_source(inputs, tree, generation.resolution, session)
+        # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
+        recipe.repose(group_by_source(inputs.pairs, inputs.captions), pose_of, require_mask=session.profile == "reference")
 
-        images = [tree.file("images", f"{name}.png") for name in sources][state.process_index :: state.num_processes]
-        factory = lambda: make_inpainter(request.inpainter, request.models, request.device, request.dtype, request.profile)  # noqa: E731
-        run_inpaint(images, tree.folder("images_mask"), tree.folder("images_inpainted"), tree.log("inpaint"), factory, echo=quiet)
-
-    def step_generate() -> None:
-        from oneposetrans.generate import load_inputs, run_generate
-
-        inputs = load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints, request.models, request.device)
-        settings = GenerationSettings(resolution=request.resolution)
-        if request.denoise_steps:
-            settings.steps = request.denoise_steps
-        run_generate(inputs, tree, reposer, settings, profile=request.profile, device=request.device, echo=quiet)
-
-    def step_paste(foreground: str, mask: str, output: str) -> None:
-        from oneposetrans.composite import run_paste
-        from oneposetrans.segment import list_images
-
-        if request.profile == "reference":
-            foreground = foreground.replace("_result", "_rgb")
-        images = list_images(tree.folder(foreground))[state.process_index :: state.num_processes]
-        run_paste(images, tree.folder("images_inpainted"), tree.folder(mask), tree.folder(output), tree.log("paste"), request.profile, echo=quiet)
-
-    def step_refine() -> None:
-        from oneposetrans.generate import source_captions
-        from oneposetrans.refine import RefineSettings, Refiner, run_refine
-
-        refiner = lambda: Refiner(reposer(), request.models)  # noqa: E731
-        settings = RefineSettings(resolution=request.resolution)
-        if request.denoise_steps:
-            settings.steps = request.denoise_steps
-        run_refine(
-            tree, refiner, source_captions(tree, request.captions), settings,
-            profile=request.profile, echo=quiet, process=(state.process_index, state.num_processes),
-        )
-
-    actions: dict[int, Callable[[], None]] = {
+    actions: dict[int, Callable[[], object]] = {
         # All of images/, as published: the targets' masks serve the masked metrics.
-        1: lambda: step_segment("images", "dataset", "images_rgba", None, "images_mask"),
-        2: step_captions,
-        3: step_finetune,
-        4: step_inpaint,
-        5: step_generate,
-        6: lambda: step_segment("reposed_result", "rgba", "reposed_rgba", None, None),
-        7: lambda: step_segment("reposed_result", "rgb", None, "reposed_rgb", "reposed_mask"),
-        8: lambda: step_paste("reposed_result", "reposed_mask", "reposed_final_result"),
-        9: step_refine,
-        10: lambda: step_segment("refined_result", "rgb", None, "refined_rgb", "refined_mask"),
-        11: lambda: step_paste("refined_result", "refined_mask", "refined_final_result"),
+        1: recipe.segment_sources,
+        2: captions,
+        3: lambda: recipe.finetune(finetune_cases()),
+        4: lambda: recipe.inpaint(sources),
+        5: repose,
+        6: lambda: recipe.segment_results("reposed", ("rgba",)),
+        7: lambda: recipe.segment_results("reposed", ("rgb", "mask")),
+        8: lambda: recipe.paste("reposed"),
+        9: lambda: recipe.refine(source_captions(tree, request.captions)),
+        10: lambda: recipe.segment_results("refined", ("rgb", "mask")),
+        11: lambda: recipe.paste("refined"),
     }
-    failed = []
+    failed, outcomes = [], []
     for step in request.steps:
         echo(f"step {step}: {STEPS[step]}")
         started = time.perf_counter()
@@ -199,7 +254,7 @@ def run_recipe(request: RecipeRequest, echo: Callable[[str], None] = print) -> l
             failed.append(f"step {step}: {error}")
             outcomes.append((step, f"some cases failed: {error}"))
         # Steps read what earlier steps wrote, possibly in another process.
-        state.wait_for_everyone()
+        session.wait_for_everyone()
     if failed:
         raise CaseFailures("; ".join(failed))
     return outcomes
@@ -207,7 +262,7 @@ def run_recipe(request: RecipeRequest, echo: Callable[[str], None] = print) -> l
 
 def recipe_models(steps: list[int], inpainter: str = "lama") -> list[str]:
     """Registry names the given steps need, to check before any work starts."""
-    from oneposetrans.repose import REPOSE_MODELS
+    from oneposetrans import registry
 
     names: list[str] = []
     if {1, 6, 7, 10} & set(steps):
@@ -217,12 +272,11 @@ def recipe_models(steps: list[int], inpainter: str = "lama") -> list[str]:
     if 4 in steps:
         names.append("lama" if inpainter == "lama" else "sdxl-inpainting")
     if {5, 9} & set(steps):
-        names += list(REPOSE_MODELS)
+        names += list(registry.GENERATOR_MODELS)
     return list(dict.fromkeys(names))
 
 
 def check_models(steps: list[int], models: str | os.PathLike, inpainter: str = "lama") -> None:
     from oneposetrans import registry
 
-    for name in recipe_models(steps, inpainter):
-        registry.require(name, models)
+    registry.require_all(recipe_models(steps, inpainter), models)

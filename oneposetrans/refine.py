@@ -16,17 +16,17 @@ does what was meant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
-from oneposetrans.progress import Progress
 from oneposetrans.settings import STYLE_BLOCK, RefineSettings, style_block_lora_scales
 from oneposetrans.results import ResultsTree, is_done, split_pair_name
+from oneposetrans.stages import Stage
+
 
 class Refiner:
     """Shares the reposer's UNet, VAE, text and image encoders; adds the transparent encoder and
@@ -118,56 +118,37 @@ class Refiner:
                 self.pipe.unload_subject_lora()
 
 
-def run_refine(
-    tree: ResultsTree,
-    refiner_factory: Callable[[], Refiner],
-    captions: dict[str, str],
-    settings: RefineSettings,
-    profile: str = "default",
-    names: list[str] | None = None,
-    overwrite: bool = False,
-    echo: Callable[[str], None] = print,
-    process: tuple[int, int] = (0, 1),
-) -> dict[str, int]:
-    """Refine every ``reposed_result/<src>_to_<tgt>.png`` (or those of ``names``) into ``refined_result``.
-
-    The default profile refines the LayerDiffuse RGBA itself; the reference profile reads
-    ``reposed_rgba`` (step 6: the generated colours with the SAM mask as alpha), as published.
-    """
+def refine_inputs(tree: ResultsTree, profile: str, names: list[str] | None = None) -> list[Path]:
+    """The results to refine: ``reposed_result`` (or those of ``names``) in the default profile,
+    which refines the LayerDiffuse RGBA itself; ``reposed_rgba`` (step 6: the generated colours
+    with the SAM mask as alpha) in the reference profile, as published."""
     folder = "reposed_rgba" if profile == "reference" else "reposed_result"
-    log = tree.log("refine")
-    inputs = sorted(p for p in tree.folder(folder).glob("*.png") if names is None or p.name in names)
-    index, count = process
-    todo = []
-    for path in inputs[index::count]:
-        if not overwrite and is_done(tree.file("refined_result", path.name)):
-            log.skip(path.stem)
-        else:
-            todo.append(path)
-    refiner = refiner_factory() if todo else None
-    bar = Progress(len(todo), "refine", unit="image")
-    for path in todo:
-        try:
-            source, _ = split_pair_name(path.name)
-            caption = captions.get(source)
-            if not caption:
-                raise BadInputError(f"{path}: no caption for {source}")
-            source_image = load_image(tree.file("images", f"{source}.png"), "RGB")
-            lora = tree.file("lora", f"{source}.safetensors")
-            if not is_done(lora):
-                raise BadInputError(f"{path}: no LoRA {lora} (run finetune first)")
-            reposed = load_image(path, "RGBA")
-        except BadInputError as error:
-            log.fail(path.stem, str(error))
-            echo(f"failed: {error}")
-            bar.update()
-            continue
-        refined = refiner.refine(reposed, caption, source_image, lora, settings)
-        save_image(refined, tree.file("refined_result", path.name))
-        log.ok(path.stem, size=list(refined.size))
-        bar.update()
-    bar.close()
-    echo(log.summary())
-    if log.failed:
-        raise CaseFailures(log.summary())
-    return {"done": log.done, "skipped": log.skipped}
+    return sorted(p for p in tree.folder(folder).glob("*.png") if names is None or p.name in names)
+
+
+class RefineStage(Stage[Path]):
+    """Refine each reposed result into ``refined_result`` (step 9)."""
+
+    name = "refine"
+
+    def __init__(self, tree: ResultsTree, captions: dict[str, str], settings: RefineSettings, overwrite: bool = False):
+        self.tree = tree
+        self.captions = captions
+        self.settings = settings
+        self.overwrite = overwrite
+
+    def outputs(self, case: Path) -> list[Path]:
+        return [self.tree.file("refined_result", case.name)]
+
+    def run(self, case: Path, session, log) -> None:
+        source, _ = split_pair_name(case.name)
+        caption = self.captions.get(source)
+        if not caption:
+            raise BadInputError(f"{case}: no caption for {source}")
+        source_image = load_image(self.tree.file("images", f"{source}.png"), "RGB")
+        lora = self.tree.file("lora", f"{source}.safetensors")
+        if not is_done(lora):
+            raise BadInputError(f"{case}: no LoRA {lora} (run finetune first)")
+        refined = session.refiner.refine(load_image(case, "RGBA"), caption, source_image, lora, self.settings)
+        save_image(refined, self.outputs(case)[0])
+        log.ok(case.stem, size=list(refined.size))

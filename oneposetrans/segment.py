@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from oneposetrans import registry
-from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import IMAGE_SUFFIXES, load_image, save_image
-from oneposetrans.progress import track
-from oneposetrans.results import StageLog, is_done, stem
+from oneposetrans.results import StageLog, stem
+from oneposetrans.stages import Stage
 
 DETECTION_TEXT = "human."
 BOX_THRESHOLD = 0.25
@@ -228,56 +228,41 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def run_segment(
-    sources: list[Path],
-    outputs: SegmentOutputs,
-    log: StageLog,
-    segmenter: PersonSegmenter | Callable[[], PersonSegmenter],
-    overwrite: bool = False,
-    echo: Callable[[str], None] = print,
-    progress: bool = True,
-    use_alpha: bool = False,
-) -> None:
-    """Segment every image of ``sources`` not segmented yet; one line per failure, the others go on.
+class SegmentStage(Stage[Path]):
+    """Segment every image given, writing what ``outputs`` asks for (steps 1, 6, 7 and 10).
 
-    ``segmenter`` may be a factory, so that a run with nothing left to do loads no model. With
-    ``use_alpha`` (the default profile on generated results), an image whose alpha channel is a
-    real matte, LayerDiffuse's, gives the mask itself; the published steps 6, 7 and 10 dropped
-    that alpha on reading and segmented the result again.
-    Raises :class:`CaseFailures` at the end when some images failed.
+    With ``use_alpha`` (the default profile on generated results), an image whose alpha channel
+    is a real matte, LayerDiffuse's, gives the mask itself and no model is loaded; the published
+    steps 6, 7 and 10 dropped that alpha on reading and segmented the result again. ``shown_as``
+    names an image in messages by the file the user gave rather than its copy in the tree.
     """
-    todo = []
-    for source in sources:
-        name = stem(source)
-        if not overwrite and all(is_done(f) for f in outputs.files(name)):
-            log.skip(name)
+
+    name = "segment"
+
+    def __init__(self, outputs: SegmentOutputs, use_alpha: bool = False, overwrite: bool = False, shown_as: dict[str, str] | None = None):
+        self.writes = outputs
+        self.use_alpha = use_alpha
+        self.overwrite = overwrite
+        self.shown_as = shown_as or {}
+
+    def outputs(self, case: Path) -> list[Path]:
+        return self.writes.files(stem(case))
+
+    def run(self, case: Path, session, log: StageLog) -> None:
+        name = stem(case)
+        if self.use_alpha:
+            rgba = load_image(case, "RGBA")
+            image = rgba.convert("RGB")
+            alpha = np.asarray(rgba)[..., 3]
+            if alpha.min() < 255:
+                if not (alpha >= 128).any():
+                    raise NoPersonError(f"{case}: the alpha channel is empty")
+                matte = np.where(alpha >= 128, 255, 0).astype(np.uint8)
+                self.writes.write(image, Segmentation(matte, (0.0, 0.0, float(image.width), float(image.height)), 1.0, 1), name)
+                log.ok(name, matte="alpha")
+                return
         else:
-            todo.append(source)
-    for source in track(todo, "segment", show=progress):
-        name = stem(source)
-        try:
-            if use_alpha:
-                rgba = load_image(source, "RGBA")
-                image = rgba.convert("RGB")
-                alpha = np.asarray(rgba)[..., 3]
-                if alpha.min() < 255:
-                    if not (alpha >= 128).any():
-                        raise NoPersonError(f"{source}: the alpha channel is empty")
-                    matte = np.where(alpha >= 128, 255, 0).astype(np.uint8)
-                    outputs.write(image, Segmentation(matte, (0.0, 0.0, float(image.width), float(image.height)), 1.0, 1), name)
-                    log.ok(name, matte="alpha")
-                    continue
-            else:
-                image = load_image(source, "RGB")
-            if callable(segmenter) and not isinstance(segmenter, PersonSegmenter):
-                segmenter = segmenter()
-            segmentation = segmenter.segment(image, name=str(source))
-        except BadInputError as error:
-            log.fail(name, str(error))
-            echo(f"failed: {error}")
-            continue
-        outputs.write(image, segmentation, name)
-        log.ok(name, matte="sam", people=segmentation.people, score=round(segmentation.score, 4), box=[round(v, 1) for v in segmentation.box])
-    echo(log.summary())
-    if log.failed:
-        raise CaseFailures(log.summary())
+            image = load_image(case, "RGB")
+        found = session.segmenter.segment(image, name=self.shown_as.get(name, str(case)))
+        self.writes.write(image, found, name)
+        log.ok(name, matte="sam", people=found.people, score=round(found.score, 4), box=[round(v, 1) for v in found.box])

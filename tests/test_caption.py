@@ -5,11 +5,19 @@ import json
 import pytest
 from PIL import Image
 
-from oneposetrans.caption import CaptionStore, conform, import_captions, run_captions
+from oneposetrans.caption import CaptionStage, CaptionStore, conform, import_captions
 from oneposetrans.cli import main
 from oneposetrans.datasets import read_caption_lines
 from oneposetrans.errors import CaseFailures
 from oneposetrans.results import ResultsTree
+from oneposetrans.session import Session
+from oneposetrans.stages import run_stage
+
+
+def run_captions(images, tree, captioner, sleep=lambda _: None):
+    """Step 2 as every flow runs it: the caption stage through the one stage driver."""
+    stage = CaptionStage(tree, captioner, sleep=sleep)
+    return run_stage(stage, images, Session(None, "cpu", echo=print), tree.log("caption"), echo=lambda _: None, progress=False)
 
 
 class RateLimited(Exception):
@@ -62,15 +70,15 @@ def test_resume_retry_and_flagging(tmp_path, images):
     fake = FakeCaptioner(
         [RateLimited("quota"), RateLimited("quota"), "A woman with face, red coat", "Just a jacket.", "A man with face, cap"]
     )
-    with pytest.raises(CaseFailures, match="b.png: caption does not fit"):
-        run_captions(images, tree, fake, sleep=delays.append, echo=lambda _: None)
+    with pytest.raises(CaseFailures, match="b.png: the caption from fake-vlm does not fit"):
+        run_captions(images, tree, fake, sleep=delays.append)
     assert delays == [2.0, 4.0]  # exponential backoff on the rate limit
     store = CaptionStore(tree)
     assert store.get("a") == "A woman with face, red coat" and store.get("c") == "A man with face, cap"
     assert store.get("b") is None  # flagged, never used
 
     again = FakeCaptioner(["A woman with face, green dress"])
-    assert run_captions(images, tree, again, sleep=delays.append, echo=lambda _: None) == {"done": 1, "skipped": 2}
+    assert run_captions(images, tree, again, sleep=delays.append) == {"done": 1, "skipped": 2, "failed": 0}
     assert again.calls == 1 and store.get("b") == "A woman with face, green dress"
 
 
@@ -78,7 +86,7 @@ def test_non_retryable_errors_fail_that_image_only(tmp_path, images):
     tree = ResultsTree(tmp_path / "results")
     fake = FakeCaptioner([ValueError("blocked by safety filter"), "A man with face, cap", "A man with face, hat"])
     with pytest.raises(CaseFailures):
-        run_captions(images, tree, fake, sleep=lambda _: None, echo=lambda _: None)
+        run_captions(images, tree, fake, sleep=lambda _: None)
     assert fake.calls == 3 and CaptionStore(tree).get("c") == "A man with face, hat"
 
 
@@ -100,7 +108,7 @@ def test_both_formats_round_trip(tmp_path):
         ("person_1_pexels2.png", "A man with face, cap"),
     ]
     again = ResultsTree(tmp_path / "again")
-    import_captions(exported, again, echo=lambda _: None)
+    import_captions(exported, again)
     assert CaptionStore(again).records() == {k: {**v, "origin": "import:exported.txt"} for k, v in CaptionStore(tree).records().items()}
 
 
@@ -117,7 +125,7 @@ def test_the_key_never_reaches_the_log(tmp_path, monkeypatch, images):
     tree = ResultsTree(tmp_path / "results")
     fake = FakeCaptioner([RuntimeError(f"400 bad request for key={secret}")] + ["A man with face, cap"] * 2)
     with pytest.raises(CaseFailures):
-        run_captions(images, tree, fake, sleep=lambda _: None, echo=lambda _: None)
+        run_captions(images, tree, fake, sleep=lambda _: None)
     assert secret not in "".join(p.read_text() for p in tree.root.rglob("*") if p.is_file() and p.suffix in {".jsonl", ".txt"})
 
 
@@ -147,7 +155,7 @@ def test_a_local_vlm_answer_off_template_is_flagged(tmp_path, tiny_models, image
     captioner = LocalVLMCaptioner(tiny_models / "SmolVLM-256M-Instruct", "cpu", max_new_tokens=3)
     tree = ResultsTree(tmp_path / "results")
     with pytest.raises(CaseFailures, match="does not fit"):
-        run_captions(images[:1], tree, captioner, echo=lambda _: None)
+        run_captions(images[:1], tree, captioner)
     assert CaptionStore(tree).records() == {}
 
 
@@ -158,14 +166,16 @@ def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, images, capsys):
     assert "not a transformers model folder" in err and "Traceback" not in err
 
 
-def test_without_a_key_the_chain_captions_with_the_local_vlm(tmp_path, tiny_models, no_api_key):
-    from oneposetrans.chain import ChainRequest, _caption
+def test_without_a_key_the_repose_command_captions_with_the_local_vlm(tmp_path, tiny_models, no_api_key):
+    from oneposetrans.recipe import Recipe
+    from oneposetrans.repose import ReposeRequest, _caption
     from oneposetrans.testing.tiny import TINY_VLM_ANSWER
 
     photo = tmp_path / "me.jpg"
     Image.new("RGB", (40, 60), "blue").save(photo)
     tree = ResultsTree(tmp_path / "out")
-    request = ChainRequest(out=tree.root, models=tiny_models, source=photo, device="cpu")
-    caption, status = _caption(request, tree, "me")
+    Image.open(photo).save(tree.file("images", "me.png"))  # the source as the flow ingests it
+    recipe = Recipe(tree, Session(tiny_models, "cpu"), echo=lambda _: None)
+    caption, status = _caption(ReposeRequest(out=tree.root, source=photo), recipe, "me")
     assert caption == TINY_VLM_ANSWER and status.detail == "by local:SmolVLM-256M-Instruct"
     assert CaptionStore(tree).get("me") == TINY_VLM_ANSWER

@@ -175,3 +175,41 @@ def test_whole_flow_in_headless_chromium(tiny_models, tmp_path, cli_env):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("profile", ["default", "reference"])
+def test_the_demo_does_what_the_repose_command_does(profile, tiny_models, astronaut_tree, tmp_path, capsys):
+    """Same photo, LoRA and pose: the demo's result and composite are the command's, bit for bit,
+    in each profile (the reference paste re-segments the result with SAM in both; the tiny
+    detector finds nobody in a result, so there both stop at the paste with the same reason)."""
+    from oneposetrans.cli import main
+    from oneposetrans.demo import SOURCE_NAME
+    from oneposetrans.errors import BadInputError
+    from oneposetrans.repose import BUNDLED_CAPTION
+    from tests.conftest import seeded_tree
+
+    pose = BUNDLED_POSES[0]
+    command = seeded_tree(astronaut_tree, tmp_path / "command")
+    code = main(["repose", "--smoke", "--device", "cpu", "--quiet", "--out", str(command), "--pose", str(pose),
+                 "--steps", "1", "--resolution", "64", "--profile", profile])
+    steps = DemoSteps(DemoConfig(tiny_models, tmp_path / "work", "cpu", profile=profile, resolution=64, denoise_steps=1))
+    visitor = steps.new_visitor()
+    for path in astronaut_tree.rglob("astronaut.*"):  # the same source and LoRA, under the demo's name
+        target = visitor.tree.root / path.relative_to(astronaut_tree).with_name(path.name.replace("astronaut", SOURCE_NAME))
+        shutil.copyfile(path, target)
+    visitor.caption = BUNDLED_CAPTION
+    steps.poses(visitor, [str(pose)])
+    steps.repose(visitor)
+    steps.background(visitor, None)
+    name = f"{pose.stem}.png"
+    demo_result = np.asarray(Image.open(visitor.tree.file("reposed_result", f"{SOURCE_NAME}_to_{name}")))
+    assert (demo_result == np.asarray(Image.open(command / "reposed_result" / f"astronaut_to_{name}"))).all()
+    if profile == "default":
+        assert code == 0
+        final = steps.composite(visitor, False)[0]
+        assert (np.asarray(final) == np.asarray(Image.open(command / "reposed_final_result" / f"astronaut_to_{name}"))).all()
+    else:
+        assert code == 1 and "no person found" in capsys.readouterr().out
+        with pytest.raises(BadInputError, match="no person found"):
+            steps.composite(visitor, False)
+        assert not list((command / "reposed_final_result").iterdir())

@@ -14,11 +14,20 @@ from safetensors.torch import load_file
 
 from oneposetrans.cli import main
 from oneposetrans.errors import BadInputError, CaseFailures
-from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer, run_finetune
+from oneposetrans.finetune import FinetuneCase, FinetuneSettings, FinetuneStage, LoraTrainer
 from oneposetrans.results import ResultsTree
 from tests.conftest import REPO
 
 FAST = dict(resolution=64, steps=4)
+
+
+def run_finetune(cases, tree, models, settings):
+    """Step 3 as every flow runs it: the fine-tuning stage through the one stage driver."""
+    from oneposetrans.session import Session
+    from oneposetrans.stages import run_stage
+
+    session = Session(models, "cpu", echo=lambda _: None)
+    return run_stage(FinetuneStage(tree, settings), cases, session, tree.log("finetune"), echo=lambda _: None, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +225,7 @@ def test_multi_view_trains_one_lora(tiny_models, photo, tmp_path):
     Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)
     tree = ResultsTree(tmp_path / "results")
     case = FinetuneCase("person", [photo, mirrored], "A woman with face, orange spacesuit")
-    assert run_finetune([case], tree, tiny_models, FinetuneSettings(**FAST), echo=lambda _: None) == {"done": 1, "skipped": 0}
+    assert run_finetune([case], tree, tiny_models, FinetuneSettings(**FAST)) == {"done": 1, "skipped": 0, "failed": 0}
     record = json.loads((tree.root / "logs" / "finetune.jsonl").read_text())
     assert record["views"] == 2 and record["steps"] == 4 and record["seconds"] > 0 and record["peak_memory_mb"] > 0
     assert (tree.root / "lora" / "person.safetensors").is_file()
@@ -334,7 +343,7 @@ def test_failed_cases_raise_after_the_rest(tiny_models, photo, tmp_path):
     tree = ResultsTree(tmp_path)
     cases = [FinetuneCase("bad", [tmp_path / "missing.png"], "A man with face"), _case(photo, name="good")]
     with pytest.raises(CaseFailures, match="missing.png: no such file"):
-        run_finetune(cases, tree, tiny_models, FinetuneSettings(**FAST), echo=lambda _: None)
+        run_finetune(cases, tree, tiny_models, FinetuneSettings(**FAST))
     assert (tree.root / "lora" / "good.safetensors").is_file()
 
 

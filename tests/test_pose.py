@@ -148,13 +148,15 @@ class _FakeDetector:
 def test_wpose_pose_maps_by_profile(tmp_path, profile, size, name):
     """A 3:4 target photo: the reference map is stretched to 1024x1024 (the only runnable published
     path), the default one keeps the aspect ratio; each profile caches its own file."""
-    from oneposetrans.generate import GenerateInputs, target_pose
+    from types import SimpleNamespace
+
+    from oneposetrans.generate import GenerateInputs, pose_source
     from oneposetrans.results import ResultsTree
 
     tree = ResultsTree(tmp_path / "results")
     Image.new("RGB", (768, 1024), (90, 90, 90)).save(tree.file("images", "t.png"))
-    inputs = GenerateInputs("wpose", [], {}, extractor=_FakeDetector)
-    pose_map = target_pose(inputs, "t", tree, 1024, profile)
+    session = SimpleNamespace(profile=profile, pose_extractor=_FakeDetector())
+    pose_map = pose_source(GenerateInputs("wpose", [], {}), tree, 1024, session)("t")
     assert pose_map.size == size
     assert sorted(p.name for p in tree.folder("poses").glob("*.png")) == [name]
     assert Image.open(tree.file("poses", name)).size == size

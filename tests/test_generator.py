@@ -6,7 +6,7 @@ from PIL import Image
 
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
 from oneposetrans.pose import BUNDLED_POSES, load_pose_map
-from oneposetrans.repose import Reposer
+from oneposetrans.generator import Reposer
 from oneposetrans.settings import GenerationSettings, published_lora_scales
 
 CAPTION = "A woman with face, orange spacesuit"
@@ -140,7 +140,7 @@ def _segmented_source(tmp_path, size=(300, 400)):
 
 
 def test_reference_identity_image_is_the_published_premultiplied_stretch(tmp_path):
-    from oneposetrans.repose import load_identity_image
+    from oneposetrans.generator import load_identity_image
 
     tree = _segmented_source(tmp_path)
     identity, note = load_identity_image(tree, "src", "reference", required=True)
@@ -153,7 +153,7 @@ def test_reference_identity_image_is_the_published_premultiplied_stretch(tmp_pat
 
 
 def test_default_identity_image_keeps_the_aspect_and_pads_with_black(tmp_path):
-    from oneposetrans.repose import load_identity_image
+    from oneposetrans.generator import load_identity_image
 
     tree = _segmented_source(tmp_path)
     identity, _ = load_identity_image(tree, "src", "default")
@@ -166,7 +166,7 @@ def test_default_identity_image_keeps_the_aspect_and_pads_with_black(tmp_path):
 
 def test_without_a_mask_the_whole_photo_with_a_note_or_a_clear_error(tmp_path):
     from oneposetrans.errors import BadInputError
-    from oneposetrans.repose import load_identity_image
+    from oneposetrans.generator import load_identity_image
 
     tree = _segmented_source(tmp_path)
     tree.file("images_rgba", "src.png").unlink()
@@ -177,7 +177,7 @@ def test_without_a_mask_the_whole_photo_with_a_note_or_a_clear_error(tmp_path):
 
 
 def test_clip_and_face_detector_read_the_identity_image(reposer, poses, tmp_path, monkeypatch):
-    from oneposetrans.repose import load_identity_image
+    from oneposetrans.generator import load_identity_image
 
     identity, _ = load_identity_image(_segmented_source(tmp_path), "src", "reference")
     seen = {}
@@ -201,7 +201,7 @@ def test_reference_renders_one_target_per_pipeline_call(tiny_models, poses, sour
 def test_report_names_only_the_conditioning_that_was_used():
     from types import SimpleNamespace
 
-    from oneposetrans.repose import _describe_conditioning
+    from oneposetrans.generator import _describe_conditioning
 
     settings = GenerationSettings()
     everything = SimpleNamespace(image_tokens=4, face_tokens=16)

@@ -1,0 +1,107 @@
+"""One driver for every stage of the recipe.
+
+A stage is what the method does to one case (an image, a source with its target poses, a
+LoRA to train): it names the case, lists the files the case produces and runs it with the
+:class:`~oneposetrans.session.Session`. :func:`run_stage` owns everything around that, the same
+way for every stage and every flow (the ``repose`` command, the ``run`` recipe, the stage
+commands, the demo): this process's share of the cases under ``accelerate launch``, skipping
+the cases whose files exist (a killed run resumes), the stage log, progress, and one line per
+failed case while the others go on, with :class:`CaseFailures` at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+from oneposetrans.errors import CaseFailures, EnvironmentProblem, MissingModelError, OnePoseTransError
+from oneposetrans.progress import Progress, case_line
+from oneposetrans.results import StageLog, is_done, stem
+
+Case = TypeVar("Case")
+
+
+class Stage(Generic[Case]):
+    """Base of the stages: subclasses define :meth:`outputs` and :meth:`run`.
+
+    ``name`` is the stage's log (``logs/<name>.jsonl``); ``unit`` counts its progress;
+    ``shardable`` is False for a stage whose output is one shared file (the caption store), which
+    the main process runs alone; ``overwrite`` redoes cases whose files exist.
+    """
+
+    name = "stage"
+    unit = "image"
+    shardable = True
+    overwrite = False
+
+    def case_name(self, case: Case) -> str:
+        return stem(case)
+
+    def outputs(self, case: Case) -> list[Path]:
+        raise NotImplementedError
+
+    def done(self, case: Case) -> bool:
+        return all(is_done(path) for path in self.outputs(case))
+
+    def skip(self, case: Case, log: StageLog) -> None:
+        log.skip(self.case_name(case))
+
+    def fail(self, case: Case, log: StageLog, reason: str) -> None:
+        log.fail(self.case_name(case), reason)
+
+    def run(self, case: Case, session, log: StageLog) -> str | None:
+        """Do one case and record it in ``log`` (``log.ok``); raise :class:`OnePoseTransError`
+        when the case cannot be done. The line returned, if any, is printed with the count and
+        the time left."""
+        raise NotImplementedError
+
+
+def run_stage(
+    stage: Stage,
+    cases: Sequence,
+    session,
+    log: StageLog,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+    fail_fast: bool = False,
+) -> dict[str, int]:
+    """Run ``stage`` over this process's share of ``cases``; returns its counts.
+
+    A model is loaded only when a case is left to do (the session loads on first use). Missing
+    models and machine problems stop the stage, since every case would fail the same way;
+    ``fail_fast`` stops it at the first failed case.
+    """
+    if not stage.shardable and not session.is_main_process:
+        session.wait_for_everyone()
+        return {"done": 0, "skipped": 0, "failed": 0}
+    mine = session.shard(cases) if stage.shardable else list(cases)
+    todo = []
+    for case in mine:
+        if not stage.overwrite and stage.done(case):
+            stage.skip(case, log)
+        else:
+            todo.append(case)
+    prefix = session.prefix
+    started = time.perf_counter()
+    with Progress(len(todo) if progress else 0, stage.name, stage.unit) as bar:
+        for position, case in enumerate(todo, 1):
+            try:
+                line = stage.run(case, session, log)
+            except (MissingModelError, EnvironmentProblem):
+                raise
+            except OnePoseTransError as error:
+                stage.fail(case, log, str(error))
+                echo(f"{prefix}failed: {error}")
+                if fail_fast:
+                    break
+            else:
+                if line:
+                    echo(prefix + case_line(position, len(todo), started, line))
+            bar.update()
+    echo(prefix + log.summary())
+    if not stage.shardable:
+        session.wait_for_everyone()
+    if log.failed:
+        raise CaseFailures(f"{log.summary()}; first: {log.failed[0][1]}", [reason for _, reason in log.failed])
+    return {"done": log.done, "skipped": log.skipped, "failed": len(log.failed)}
