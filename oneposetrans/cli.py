@@ -18,6 +18,7 @@ from oneposetrans.results import PROFILES
 from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
 
 GENERATION = GenerationSettings()
+FINETUNE = FinetuneSettings()
 
 SMOKE_RESOLUTION = 256
 SMOKE_FINETUNE_RESOLUTION = 128
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     repose.add_argument("--guidance", type=float, default=GENERATION.guidance, help="classifier-free guidance scale")
     repose.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed (the same for every target)")
     repose.add_argument(
-        "--resolution", type=int, help=f"shorter side of the output, rounded to 64 (default 1024; {SMOKE_RESOLUTION} with --smoke)"
+        "--resolution", type=int, help=f"shorter side of the output, rounded to 64 (default {GENERATION.resolution}; {SMOKE_RESOLUTION} with --smoke)"
     )
     repose.add_argument("--controlnet-scale", type=float, default=GENERATION.controlnet_scale, help="OpenPose ControlNet conditioning scale")
     repose.add_argument("--batch-size", type=int, default=GENERATION.batch_size, help="target poses sampled together in one batch")
@@ -299,7 +300,7 @@ def _add_dataset_stages(commands) -> None:
     generate.add_argument("--steps", "--denoise-steps", dest="steps", type=int, default=GENERATION.steps, help="denoising steps")
     generate.add_argument("--guidance", type=float, default=GENERATION.guidance, help="classifier-free guidance scale")
     generate.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed, the same for every pair")
-    generate.add_argument("--resolution", type=int, help="shorter side of the output (default 1024; 256 with --smoke)")
+    generate.add_argument("--resolution", type=int, help=f"shorter side of the output (default {GENERATION.resolution}; {SMOKE_RESOLUTION} with --smoke)")
     generate.add_argument("--batch-size", type=int, default=GENERATION.batch_size, help="target poses of one source sampled together")
     _add_common(generate)
     generate.set_defaults(handler=_cmd_generate)
@@ -315,7 +316,7 @@ def _add_dataset_stages(commands) -> None:
     )
     refine.add_argument("--dataset", choices=DATASETS, help="dataset (only names the run; both read the results tree)")
     refine.add_argument("--captions", type=Path, help="captions file 'index/name/text' (default: RESULTS/captions)")
-    refine.add_argument("--resolution", type=int, help="shorter side (default 1024; 256 with --smoke)")
+    refine.add_argument("--resolution", type=int, help=f"shorter side (default {GENERATION.resolution}; {SMOKE_RESOLUTION} with --smoke)")
     refine.add_argument("--overwrite", action="store_true", help="refine again results that exist")
     _add_common(refine)
     refine.set_defaults(handler=_cmd_refine)
@@ -336,11 +337,11 @@ def _add_dataset_stages(commands) -> None:
     run.add_argument("--keypoints", type=Path, help="DeepFashion annotation CSV (for step 5)")
     run.add_argument("--captions", type=Path, help="captions file 'index/name/text' (step 2 imports it; default: caption automatically)")
     run.add_argument("--steps", default="1-11", help="steps to run, e.g. 1-11, 5, 1-4,9")
-    run.add_argument("--resolution", type=int, help="generation and refining shorter side (default 1024; 256 with --smoke)")
-    run.add_argument("--finetune-resolution", type=int, help="LoRA crop size (default 512; 128 with --smoke)")
+    run.add_argument("--resolution", type=int, help=f"generation and refining shorter side (default {GENERATION.resolution}; {SMOKE_RESOLUTION} with --smoke)")
+    run.add_argument("--finetune-resolution", type=int, help=f"LoRA crop size (default {FINETUNE.resolution}; {SMOKE_FINETUNE_RESOLUTION} with --smoke)")
     run.add_argument("--inpainter", choices=("lama", "diffusion"), default="lama", help="background inpainter (step 4)")
-    run.add_argument("--denoise-steps", type=int, help="override the denoising steps of steps 5 and 9 (published: 25), for quick checks")
-    run.add_argument("--finetune-steps", type=int, help="override the LoRA optimisation steps (published: 60), for quick checks")
+    run.add_argument("--denoise-steps", type=int, help=f"override the denoising steps of steps 5 and 9 (published: {GENERATION.steps}), for quick checks")
+    run.add_argument("--finetune-steps", type=int, help=f"override the LoRA optimisation steps (published: {FINETUNE.steps}), for quick checks")
     _add_common(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -371,7 +372,7 @@ def _add_dataset_stages(commands) -> None:
 
 
 def _smoke_resolution(arguments: argparse.Namespace) -> int:
-    return arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
+    return arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else GENERATION.resolution)
 
 
 def _echo(line: str) -> None:
@@ -433,10 +434,10 @@ def _cmd_demo(arguments: argparse.Namespace) -> int:
         device=arguments.device,
         dtype=arguments.dtype,
         profile=arguments.profile,
-        resolution=SMOKE_RESOLUTION if arguments.smoke else 1024,
-        finetune_resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else 512,
+        resolution=SMOKE_RESOLUTION if arguments.smoke else GENERATION.resolution,
+        finetune_resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else FINETUNE.resolution,
         # The smoke demo must answer within a browser test's patience on a CPU.
-        finetune_steps=10 if arguments.smoke else 60,
+        finetune_steps=10 if arguments.smoke else FINETUNE.steps,
         denoise_steps=4 if arguments.smoke else GENERATION.steps,
         smoke=arguments.smoke,
     )
@@ -481,7 +482,7 @@ def _cmd_run(arguments: argparse.Namespace) -> int:
         captions=arguments.captions,
         steps=steps,
         resolution=_smoke_resolution(arguments),
-        finetune_resolution=arguments.finetune_resolution or (SMOKE_FINETUNE_RESOLUTION if arguments.smoke else 512),
+        finetune_resolution=arguments.finetune_resolution or (SMOKE_FINETUNE_RESOLUTION if arguments.smoke else FINETUNE.resolution),
         denoise_steps=arguments.denoise_steps,
         finetune_steps=arguments.finetune_steps,
     )
@@ -713,7 +714,7 @@ def _models_dir(arguments: argparse.Namespace, tiny_work: bool = True) -> Path:
 def _cmd_repose(arguments: argparse.Namespace) -> int:
     from oneposetrans.repose import ReposeRequest, check_inputs, format_report, run_repose
 
-    resolution = arguments.resolution or (SMOKE_RESOLUTION if arguments.smoke else 1024)
+    resolution = _smoke_resolution(arguments)
     request = ReposeRequest(
         out=arguments.out,
         source=arguments.source,

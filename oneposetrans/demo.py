@@ -23,6 +23,7 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError, OnePoseTransError
 from oneposetrans.results import ResultsTree, pair_name, stem
+from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
 SOURCE_NAME = "source"
 MAX_FILE_SIZE = "25mb"
@@ -35,10 +36,10 @@ class DemoConfig:
     device: str = "auto"
     dtype: str = "auto"
     profile: str = "default"
-    resolution: int = 1024
-    finetune_resolution: int = 512
-    finetune_steps: int = 60
-    denoise_steps: int = 25
+    resolution: int = GenerationSettings.resolution
+    finetune_resolution: int = FinetuneSettings.resolution
+    finetune_steps: int = FinetuneSettings.steps
+    denoise_steps: int = GenerationSettings.steps
     smoke: bool = False
     """The models are the tiny kit's random weights: the page says its pictures are noise."""
 
@@ -81,7 +82,7 @@ class DemoSteps:
 
     def _recipe(self, visitor: Visitor, **settings):
         from oneposetrans.recipe import Recipe
-        from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
+        from oneposetrans.settings import RefineSettings
 
         config = self.config
         return Recipe(

@@ -127,17 +127,31 @@ def psnr(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)), with the usual 1e-6 diagonal fallback."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)) (Heusel et al., 2017).
+
+    With fewer images than feature dimensions (2048 for Inception) the covariances have low rank,
+    and Tr sqrt(S_a S_b) is exactly the sum of the singular values of X_a X_b^T (the centred
+    features) over sqrt((n_a - 1)(n_b - 1)): the nonzero eigenvalues of S_a S_b are those of
+    (X_a X_b^T)(X_a X_b^T)^T up to that factor. That costs milliseconds where ``scipy.linalg.sqrtm``
+    of the 2048x2048 product took about 30 s and warned that it is singular. Otherwise the usual
+    ``sqrtm`` route, with its 1e-6 diagonal fallback, as pytorch-fid.
+    """
+    mu_a, mu_b = features_a.mean(axis=0), features_b.mean(axis=0)
+    centred_a, centred_b = features_a - mu_a, features_b - mu_b
+    scale_a, scale_b = len(features_a) - 1, len(features_b) - 1
+    if min(len(features_a), len(features_b)) <= features_a.shape[1]:
+        singular = np.linalg.svd(centred_a @ centred_b.T, compute_uv=False)
+        trace_root = singular.sum() / np.sqrt(scale_a * scale_b)
+        traces = (centred_a**2).sum() / scale_a + (centred_b**2).sum() / scale_b
+        return float(((mu_a - mu_b) ** 2).sum() + traces - 2.0 * trace_root)
     from scipy import linalg
 
-    mu_a, mu_b = features_a.mean(axis=0), features_b.mean(axis=0)
-    sigma_a, sigma_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
+    sigma_a, sigma_b = centred_a.T @ centred_a / scale_a, centred_b.T @ centred_b / scale_b
     root, _ = linalg.sqrtm(sigma_a @ sigma_b, disp=False)
     if not np.isfinite(root).all():
         offset = np.eye(sigma_a.shape[0]) * 1e-6
         root = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    root = root.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(root))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(root.real))
 
 
 # --- backbones ------------------------------------------------------------------------------------

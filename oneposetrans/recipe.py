@@ -177,8 +177,8 @@ class RecipeRequest:
     keypoints: Path | None = None
     captions: Path | None = None
     steps: list[int] = field(default_factory=lambda: list(STEPS))
-    resolution: int = 1024
-    finetune_resolution: int = 512
+    resolution: int = GenerationSettings.resolution
+    finetune_resolution: int = FinetuneSettings.resolution
     denoise_steps: int | None = None
     """Overrides the published 25 denoising steps of steps 5 and 9 (quick checks only)."""
     finetune_steps: int | None = None
