@@ -1,0 +1,95 @@
+"""The IMAGPose denoiser: an SD1.5 UNet on the joint canvas with the image-level conditions
+(ILC) as extra input channels, the pose features added after ``conv_in``, and a cross-view
+attention module after every spatial transformer (and after each resnet of the blocks that have
+no attention): 21 places in SD1.5.
+
+The UNet stays diffusers' ``UNet2DConditionModel``; the additions ride on forward hooks, so its
+weights, attention processors and memory options are the stock ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from oneposetrans.imagpose.modules import CrossViewAttention, PoseEncoder
+
+LATENT_CHANNELS = 4
+ILC_CHANNELS = 2 * LATENT_CHANNELS + 1
+"""noisy latent (4), flag map (1: given, 0: generate), latent of the masked canvas (4)."""
+
+
+def widen_conv_in(unet) -> None:
+    """Give a stock 4-channel UNet the 9-channel ILC input in place. The new channels' weights
+    start at zero, so the widened UNet computes what the stock one did until it is trained."""
+    old = unet.conv_in
+    if old.in_channels == ILC_CHANNELS:
+        return
+    new = nn.Conv2d(ILC_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding).to(old.weight)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=ILC_CHANNELS)
+
+
+def cva_sites(unet) -> list[tuple[nn.Module, str]]:
+    """The modules after which a CVA module runs, with its name in :class:`CrossViewAttention`."""
+    sites = []
+    for kind, blocks in (("down_blocks", unet.down_blocks), ("up_blocks", unet.up_blocks)):
+        for index, block in enumerate(blocks):
+            hosts = getattr(block, "attentions", None) or block.resnets
+            sites += [(host, f"{kind}.{index}.motion_modules.{j}") for j, host in enumerate(hosts)]
+    sites.append((unet.mid_block.attentions[0], "mid_block.motion_modules.0"))
+    return sites
+
+
+class ImagPoseDenoiser(nn.Module):
+    """UNet + pose encoder + CVA; :meth:`forward` takes the 9-channel canvas input."""
+
+    def __init__(self, unet, pose_encoder: PoseEncoder, cva: CrossViewAttention | None):
+        super().__init__()
+        self.unet = unet
+        self.pose_encoder = pose_encoder
+        self.cva = cva
+        self._pose_features: torch.Tensor | None = None
+        self._tiled = True
+        unet.conv_in.register_forward_hook(self._add_pose)
+        if cva is not None:
+            modules = dict(cva.named_modules())
+            for host, name in cva_sites(unet):
+                host.register_forward_hook(self._cross_view(modules[name]))
+
+    def _add_pose(self, module, inputs, output):
+        return output if self._pose_features is None else output + self._pose_features
+
+    def _cross_view(self, motion_module):
+        def hook(module, inputs, output):
+            if not self._tiled:
+                return output
+            if isinstance(output, tuple):
+                return (motion_module(output[0]), *output[1:])
+            if hasattr(output, "sample"):
+                output.sample = motion_module(output.sample)
+                return output
+            return motion_module(output)
+
+        return hook
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        context: torch.Tensor,
+        pose: torch.Tensor | None = None,
+        tiled: bool = True,
+    ) -> torch.Tensor:
+        """``sample`` (B, 9, H/8, W/8) of a canvas, ``context`` the FLC tokens, ``pose`` the pose
+        canvas (B, 3, H, W) in [0, 1] or None; ``tiled`` False runs no CVA (a single picture)."""
+        self._pose_features = self.pose_encoder(pose.to(sample.dtype)) if pose is not None else None
+        self._tiled = tiled and self.cva is not None
+        try:
+            return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+        finally:
+            self._pose_features = None
