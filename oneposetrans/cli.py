@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tools(commands)
     _add_dataset_stages(commands)
 
+    from oneposetrans.imagpose.commands import add_commands as add_imagpose
+
+    add_imagpose(commands, _add_common)
+
     demo = commands.add_parser(
         "demo",
         help="the Gradio demo: the whole in-the-wild flow in the browser (demo.py)",

@@ -276,6 +276,69 @@ MODELS: tuple[ModelSpec, ...] = (
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
         size_gb=0.09,
     ),
+    # IMAGPose: the stock parts an untrained checkpoint is built from (`imagpose init`), and the
+    # checkpoint itself, which nobody has published: it is the user's own, trained here.
+    ModelSpec(
+        name="sd15",
+        title="Stable Diffusion v1.5 UNet, widened to IMAGPose's 9 input channels",
+        folder="stable-diffusion-v1-5",
+        required=("unet/config.json", "unet/diffusion_pytorch_model*.safetensors"),
+        stages=("imagpose",),
+        licence="CreativeML OpenRAIL-M",
+        hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        allow_patterns=("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
+        notes="only to build an IMAGPose checkpoint (imagpose init)",
+        size_gb=3.44,
+    ),
+    ModelSpec(
+        name="sd-vae-ft-mse",
+        title="SD VAE fine-tuned with MSE, IMAGPose's VAE",
+        folder="sd-vae-ft-mse",
+        required=("config.json", "diffusion_pytorch_model*.safetensors"),
+        stages=("imagpose",),
+        licence="MIT",
+        hf_repo="stabilityai/sd-vae-ft-mse",
+        allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        notes="only to build an IMAGPose checkpoint (imagpose init)",
+        size_gb=0.33,
+    ),
+    ModelSpec(
+        name="dinov2-base",
+        title="DINOv2 ViT-B/14, IMAGPose's image encoder (257 tokens of 768)",
+        folder="dinov2-base",
+        required=("config.json", "model.safetensors"),
+        stages=("imagpose",),
+        licence="Apache-2.0",
+        hf_repo="facebook/dinov2-base",
+        allow_patterns=("config.json", "preprocessor_config.json", "model.safetensors"),
+        notes="only to build an IMAGPose checkpoint (imagpose init)",
+        size_gb=0.35,
+    ),
+    ModelSpec(
+        name="animatediff-motion-v2",
+        title="AnimateDiff v2 motion module, initialises IMAGPose's cross-view attention",
+        folder="animatediff-motion-v2",
+        required=("mm_sd_v15_v2.ckpt",),
+        stages=("imagpose",),
+        licence="Apache-2.0",
+        hf_repo="guoyww/animatediff",
+        allow_patterns=("mm_sd_v15_v2.ckpt",),
+        notes="only to build an IMAGPose checkpoint (imagpose init); read with torch.load(weights_only=True)",
+        size_gb=1.82,
+    ),
+    ModelSpec(
+        name="imagpose",
+        title="IMAGPose checkpoint folder (unet, vae, image_encoder, scheduler, imagpose.safetensors)",
+        folder="imagpose",
+        required=("imagpose.json", "imagpose.safetensors", "unet/config.json", "vae/config.json", "image_encoder/config.json", "scheduler/scheduler_config.json"),
+        stages=("imagpose",),
+        licence="yours (the IMAGPose method: Apache-2.0 code)",
+        manual="no IMAGPose weights were ever published: `imagpose init` builds an untrained folder from sd15, sd-vae-ft-mse, dinov2-base and animatediff-motion-v2, and training it is the next step (not built yet)",
+        optional=True,
+        notes="imagpose generate --checkpoint DIR",
+        # Not a download: the folder's size in fp32, estimated from its parts (the CVA modules ~1.7 GB).
+        size_gb=5.8,
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in MODELS}
@@ -289,6 +352,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "demo": GENERATOR_MODELS + _COMPOSITE_MODELS + ("openpose",),
     "run": GENERATOR_MODELS + _COMPOSITE_MODELS + ("openpose",),
     "evaluate": ("lpips-alex", "fid-inception", "fid-inception-tf", "antelopev2"),
+    "imagpose-init": ("sd15", "sd-vae-ft-mse", "dinov2-base", "animatediff-motion-v2"),
 }
 
 
@@ -333,9 +397,11 @@ def require_all(names: list[str], models_dir: str | os.PathLike) -> None:
     if len(missing) == 1:
         require(missing[0], models_dir)
     if missing:
+        downloadable = [name for name in missing if not spec(name).manual]
+        how = [f"get {'them' if len(downloadable) > 1 else 'it'} with: {download_command(downloadable, models_dir)}"] if downloadable else []
+        how += [f"{name}: {spec(name).manual}" for name in missing if spec(name).manual]
         raise MissingModelError(
-            f"{len(missing)} models missing in {models_dir} ({total_size(missing)}): {', '.join(missing)}; "
-            f"get them with: {download_command(missing, models_dir)}"
+            f"{len(missing)} models missing in {models_dir} ({total_size(missing)}): {', '.join(missing)}; " + "; ".join(how)
         )
 
 

@@ -107,3 +107,15 @@ class RefineSettings:
     def schedule_length(self) -> int:
         """``int(25 / 0.65) = 38``: the published Karras schedule, of which the last 25 steps run."""
         return int(self.steps / self.strength)
+
+
+@dataclass
+class ImagPoseSettings:
+    """IMAGPose's sampler as the paper gives it: DDIM, 20 steps, guidance 2.0 on the FLC tokens
+    (the published script used 30 steps), seed 42 (the published script's); tiles of 512 on the
+    long side."""
+
+    steps: int = 20
+    guidance: float = 2.0
+    seed: int = 42
+    tile_long_side: int = 512

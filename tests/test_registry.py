@@ -12,7 +12,8 @@ def test_check_on_empty_folder_lists_every_model_and_fails(tmp_path, capsys):
     out = capsys.readouterr().out
     for model in registry.MODELS:
         assert model.name in out
-        assert registry.download_command(model.name, tmp_path) in out
+        # A model nobody publishes (the IMAGPose checkpoint) says how to make it instead.
+        assert (model.manual or registry.download_command(model.name, tmp_path)) in out
 
 
 def test_require_names_folder_and_download_command(tmp_path):

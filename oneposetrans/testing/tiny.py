@@ -30,6 +30,8 @@ KIT_SOURCES = (
     _PACKAGE / "vcm.py",  # the adapters' key numbering
     _PACKAGE / "layerdiffuse.py",  # the transparent VAE's modules
     _PACKAGE / "caption.py",  # the tiny captioner is trained on caption.INSTRUCTION
+    _PACKAGE / "imagpose" / "modules.py",  # the CVA modules' names (the motion-module file)
+    _PACKAGE / "imagpose" / "checkpoint.py",  # the IMAGPose checkpoint layout
     _PACKAGE / "data" / "tiny_grounding_dino.safetensors",
 )
 
@@ -761,6 +763,95 @@ def _build_fid_inception_tf(folder: Path) -> None:
     torch.save(_half_state(model), folder / "weights-inception-2015-12-05-6726825d.pth")
 
 
+# --- IMAGPose ----------------------------------------------------------------------------------
+# SD1.5's block layout (three cross-attention down blocks and a plain one) at a tiny width, so the
+# 21 cross-view attention places exist.
+IMAGPOSE_UNET = dict(
+    sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+)
+
+
+def _tiny_sd15_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**IMAGPOSE_UNET)
+
+
+def _tiny_sd_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64,
+    )
+
+
+def _tiny_dinov2():
+    from transformers import Dinov2Config, Dinov2Model
+
+    return Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, image_size=224, patch_size=14))
+
+
+def _tiny_cross_view_attention():
+    import torch
+
+    from oneposetrans.imagpose.modules import CrossViewAttention
+
+    cva = CrossViewAttention(IMAGPOSE_UNET["block_out_channels"], IMAGPOSE_UNET["layers_per_block"], heads=4, groups=8)
+    # Trained motion modules are not the identity: a small random output lets every one take part.
+    with torch.no_grad():
+        for name, parameter in cva.named_parameters():
+            if "proj_out.weight" in name:
+                torch.nn.init.normal_(parameter, std=0.05)
+    return cva
+
+
+def _build_sd15(folder: Path) -> None:
+    with _seeded(21):
+        _tiny_sd15_unet().save_pretrained(folder / "unet")
+
+
+def _build_sd_vae(folder: Path) -> None:
+    with _seeded(22):
+        _tiny_sd_vae().save_pretrained(folder)
+
+
+def _build_dinov2(folder: Path) -> None:
+    with _seeded(23):
+        _tiny_dinov2().save_pretrained(folder)
+
+
+def _build_motion_module(folder: Path) -> None:
+    """A motion-module file with AnimateDiff v2's key names (a plain state dict, as published)."""
+    import torch
+
+    with _seeded(24):
+        torch.save(_tiny_cross_view_attention().state_dict(), folder / "mm_sd_v15_v2.ckpt")
+
+
+def _build_imagpose(folder: Path) -> None:
+    """A trained-looking checkpoint folder: every added module has non-zero output weights."""
+    import torch
+
+    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_components, training_scheduler
+    from oneposetrans.imagpose.unet import ImagPoseDenoiser, widen_conv_in
+
+    with _seeded(25):
+        unet = _tiny_sd15_unet()
+        widen_conv_in(unet)
+        image_encoder = _tiny_dinov2()
+        config = modules_config(unet, image_encoder, pose_channels=(4, 8, 8, 16), heads=4, groups=8)
+        pose_encoder, tokenizer, _ = build_modules(config)
+        with torch.no_grad():
+            torch.nn.init.normal_(pose_encoder.conv_out.weight, std=0.05)
+            torch.nn.init.normal_(unet.conv_in.weight[:, 4:], std=0.05)
+        denoiser = ImagPoseDenoiser(unet, pose_encoder, _tiny_cross_view_attention())
+        save_components(folder, _tiny_sd_vae(), denoiser, tokenizer, image_encoder, training_scheduler(), config)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl-base": _build_sdxl,
     "sdxl-inpainting": functools.partial(_build_sdxl, inpainting=True),
@@ -777,6 +868,11 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "lpips-alex": _build_lpips_alex,
     "fid-inception": _build_fid_inception,
     "fid-inception-tf": _build_fid_inception_tf,
+    "sd15": _build_sd15,
+    "sd-vae-ft-mse": _build_sd_vae,
+    "dinov2-base": _build_dinov2,
+    "animatediff-motion-v2": _build_motion_module,
+    "imagpose": _build_imagpose,
 }
 
 

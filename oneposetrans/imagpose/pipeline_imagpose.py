@@ -1,0 +1,156 @@
+"""``ImagPosePipeline``: every IMAGPose scenario in one denoising pass over the joint canvas.
+
+The components are a checkpoint folder's (:mod:`oneposetrans.imagpose.checkpoint`): the VAE, the
+denoiser (9-channel UNet, pose encoder, cross-view attention), the FLC tokenizer, the image
+encoder (DINOv2) and the DDIM scheduler. :meth:`__call__` reads top to bottom: lay the tiles out
+for the mode, encode the given tiles and the reference tokens, denoise with classifier-free
+guidance on the FLC tokens only (pose, flags and the masked latent stay in both branches, as in
+the published sampler), decode, and cut each result tile back to its target's frame.
+
+Fixed from the published sampler (README *IMAGPose*): the beta schedule is the training one
+(scaled-linear, v-prediction, zero terminal SNR, trailing spacing; the published inference used
+"linear"); the reference's VAE tokens come from its tile, as in training (the published
+inference resized the reference to the whole canvas); the image encoder sees the reference
+padded to a square, not centre-cropped (which cut heads and feet); every source view is
+tokenised with its view embedding (the published code used the first source only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from oneposetrans.errors import BadInputError
+from oneposetrans.imagpose import canvas as joint
+from oneposetrans.progress import Progress
+from oneposetrans.settings import ImagPoseSettings
+
+# CLIP's normalisation, which the published FLC preprocessing applied before DINOv2.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_SIDE = 224
+
+
+@dataclass
+class ImagPoseOutput:
+    images: list[Image.Image]
+    """The generated targets, each at its target pose's frame, in the order of the targets."""
+    canvas: Image.Image
+    """The whole decoded canvas, for inspection."""
+
+
+class ImagPosePipeline:
+    def __init__(self, vae, denoiser, tokenizer, image_encoder, scheduler):
+        self.vae = vae
+        self.denoiser = denoiser
+        self.tokenizer = tokenizer
+        self.image_encoder = image_encoder
+        self.scheduler = scheduler
+        parameter = next(denoiser.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+
+    @classmethod
+    def from_pretrained(cls, folder, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "ImagPosePipeline":
+        from oneposetrans.imagpose.checkpoint import load_components
+
+        components = load_components(folder)
+        for name in ("vae", "denoiser", "tokenizer", "image_encoder"):
+            components[name].to(device, dtype).eval()
+        return cls(**components)
+
+    # -- conditions ---------------------------------------------------------------------------
+
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        array = np.stack([np.asarray(image.convert("RGB"), np.float32) / 255.0 for image in images])
+        return torch.from_numpy(array).permute(0, 3, 1, 2).to(self.device, self.dtype)
+
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        latents = self.vae.encode(self._pixels(images) * 2 - 1).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    def _image_tokens(self, picture: Image.Image) -> torch.Tensor:
+        side = max(picture.size)
+        square = Image.new("RGB", (side, side))
+        square.paste(picture.convert("RGB"), ((side - picture.width) // 2, (side - picture.height) // 2))
+        pixels = self._pixels([square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC)])
+        mean = torch.tensor(IMAGE_MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGE_STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        return self.image_encoder(pixel_values=(pixels - mean) / std).last_hidden_state
+
+    def context(self, sources: list[Image.Image], source_tiles: list[Image.Image]) -> torch.Tensor:
+        """FLC tokens of every source view: image-encoder tokens, then its tile's latent patches."""
+        latents = self._encode(source_tiles)
+        return torch.cat(
+            [self.tokenizer(self._image_tokens(picture), latents[view : view + 1], view=view) for view, picture in enumerate(sources)],
+            dim=1,
+        )
+
+    # -- the pass -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        sources: list[Image.Image],
+        source_poses: list[Image.Image],
+        target_poses: list[Image.Image],
+        mode: str = "t1",
+        settings: ImagPoseSettings | None = None,
+    ) -> ImagPoseOutput:
+        settings = settings or ImagPoseSettings()
+        layout = joint.layout(mode, len(sources), len(target_poses))
+        if len(source_poses) != len(sources):
+            raise BadInputError(f"{len(sources)} source photo(s) but {len(source_poses)} source pose(s)")
+        tile = joint.tile_size(*sources[0].size, settings.tile_long_side)
+
+        # 1. The tiles: given pictures where the mode puts sources, black where it generates.
+        fitted = [joint.fit(picture, tile) for picture in sources]
+        pose_of = {f"source:{i}": p for i, p in enumerate(source_poses)} | {f"target:{j}": p for j, p in enumerate(target_poses)}
+        fitted_poses = {name: joint.fit(pose, tile) for name, pose in pose_of.items()}
+        black = Image.new("RGB", tile)
+        image_tiles = [black if source is None else fitted[source][0] for source in layout.sources]
+        pose_canvas = self._pixels([joint.join([fitted_poses[name][0] for name in layout.poses])])
+
+        # 2. Image-level conditions: the masked canvas's latent and the flag map.
+        masked = self._encode([joint.join(image_tiles)])
+        height, width = masked.shape[-2:]
+        flags = torch.zeros(1, 1, height, width, device=self.device, dtype=self.dtype)
+        for index, flag in enumerate(layout.flags):
+            rows, columns = index // 2, index % 2
+            flags[..., rows * height // 2 : (rows + 1) * height // 2, columns * width // 2 : (columns + 1) * width // 2] = flag
+
+        # 3. Feature-level conditions; the unconditional branch has zero tokens.
+        context = self.context(sources, [tile_image for tile_image, _ in fitted])
+        guided = settings.guidance > 1.0
+        contexts = torch.cat([torch.zeros_like(context), context]) if guided else context
+        conditions = torch.cat([flags, masked], dim=1)
+        poses = torch.cat([pose_canvas] * 2) if guided else pose_canvas
+
+        # 4. Denoise the whole canvas at once.
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        latents = torch.randn(masked.shape, generator=generator).to(self.device, self.dtype) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(settings.steps, device=self.device)
+        with Progress(len(self.scheduler.timesteps), f"imagpose {mode}") as bar:
+            for timestep in self.scheduler.timesteps:
+                sample = torch.cat([latents, conditions], dim=1)
+                sample = torch.cat([sample] * 2) if guided else sample
+                prediction = self.denoiser(self.scheduler.scale_model_input(sample, timestep), timestep, contexts, poses)
+                if guided:
+                    unconditional, conditional = prediction.chunk(2)
+                    prediction = unconditional + settings.guidance * (conditional - unconditional)
+                latents = self.scheduler.step(prediction, timestep, latents).prev_sample
+                bar.update()
+
+        # 5. Decode and cut the results back to their targets' frames.
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        array = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        full = Image.fromarray(array)
+        tiles = joint.split(full)
+        images = []
+        for index in layout.results:
+            target = layout.poses[index]
+            pose, frame = pose_of[target], fitted_poses[target][1]
+            images.append(joint.unfit(tiles[index], frame, pose.size))
+        return ImagPoseOutput(images, full)
