@@ -12,13 +12,14 @@ import argparse
 import time
 from pathlib import Path
 
+from oneposetrans.commands import SMOKE_BANNER, add_common, echo, models_dir, open_session
 from oneposetrans.errors import BadInputError
 from oneposetrans.imagpose.canvas import MODES, layout
 
 MODE_CHOICES = ("auto", *MODES)
 
 
-def add_commands(commands, add_common) -> None:
+def add(commands) -> None:
     from oneposetrans.settings import ImagPoseSettings
 
     defaults = ImagPoseSettings()
@@ -66,10 +67,9 @@ def pick_mode(mode: str, sources: int, targets: int) -> str:
 
 def _cmd_init(arguments: argparse.Namespace) -> int:
     from oneposetrans import registry
-    from oneposetrans.cli import _models_dir
     from oneposetrans.imagpose.checkpoint import initialise
 
-    models = _models_dir(arguments)
+    models = models_dir(arguments)
     registry.require_all(registry.TASKS["imagpose-init"], models)
     folder = initialise(models, arguments.out)
     print(f"untrained IMAGPose checkpoint written to {folder}")
@@ -78,7 +78,6 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 
 def _cmd_generate(arguments: argparse.Namespace) -> int:
     from oneposetrans import registry
-    from oneposetrans.cli import SMOKE_BANNER, _echo, _models_dir, _session
     from oneposetrans.image_io import load_image, save_image
     from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
     from oneposetrans.settings import ImagPoseSettings
@@ -93,13 +92,13 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     check_writable_folder(arguments.out)
     sources = [load_image(path, "RGB") for path in arguments.source]
     detect = not arguments.source_pose or any(needs_detector(p) for p in [*arguments.pose, *(arguments.source_pose or [])])
-    models = _models_dir(arguments)
+    models = models_dir(arguments)
     checkpoint = arguments.checkpoint or Path(models) / registry.spec("imagpose").folder
     # Every missing model in one line, before anything loads.
     registry.require_all(["openpose"] * detect + ["imagpose"] * (arguments.checkpoint is None), models)
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
-    session = _session(arguments, models)
+    session = open_session(arguments, models)
     tree = ResultsTree(arguments.out)
     side = 128 if arguments.smoke and arguments.tile == ImagPoseSettings.tile_long_side else arguments.tile
     settings = ImagPoseSettings(steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, tile_long_side=side)
@@ -120,7 +119,7 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     pipeline = ImagPosePipeline.from_pretrained(checkpoint, session.device, session.torch_dtype)
-    _echo(f"  IMAGPose checkpoint loaded in {time.perf_counter() - started:.1f} s ({checkpoint})")
+    echo(f"  IMAGPose checkpoint loaded in {time.perf_counter() - started:.1f} s ({checkpoint})")
     started = time.perf_counter()
     output = pipeline(sources, source_poses, targets, mode, settings)
     log = tree.log("imagpose")
@@ -129,7 +128,7 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
         result = tree.file("reposed_result", pair_name(stem(arguments.source[0]), target))
         save_image(image, result)
         log.ok(result.stem, mode=mode, steps=settings.steps, seconds=round(time.perf_counter() - started, 3), size=list(image.size))
-        _echo(f"  {result.name}")
+        echo(f"  {result.name}")
         rows.append((sources[0], load_image(maps.path(target), "RGB"), image))
     save_image(output.canvas, tree.root / f"canvas_{stem(arguments.source[0])}.png")
     contact_sheet(rows, tree.root / "contact_sheet.png")
