@@ -1,7 +1,7 @@
 """The joint canvas: four tiles in a 2x2 grid, and how each scenario fills it.
 
-Tiles are placed top-left, top-right, bottom-left, bottom-right (IMAGPose §3.1). Cross-view
-attention splits the canvas into its quadrants at every UNet resolution, down to 1/64 of the
+Tiles are placed top-left, top-right, bottom-left, bottom-right, as in the published code.
+Cross-view attention splits the canvas into its quadrants at every UNet resolution, down to 1/64 of the
 pixels, so a tile's sides must be multiples of 64: a picture of another size is fitted into the
 tile (aspect ratio kept) and padded, and the pad is recorded so that the generated tile is cut
 back to the picture's frame. The published code resized (distorting) instead.
@@ -93,7 +93,8 @@ class Layout:
 
 
 def layout(mode: str, sources: int, targets: int) -> Layout:
-    """The tiles of ``mode`` for ``sources`` views and ``targets`` poses (IMAGPose §3.4)."""
+    """The tiles of ``mode`` for ``sources`` views and ``targets`` poses: the paper's T1 and T2,
+    and its multi-target and multi-view scenarios."""
     if sources < 1 or targets < 1:
         raise BadInputError("IMAGPose needs at least one source photo and one target pose")
     if mode == "t1":

@@ -42,8 +42,8 @@ class PoseEncoder(nn.Module):
 
 
 class FeatureTokenizer(nn.Module):
-    """The FLC context (IMAGPose §3.2): an image encoder's tokens (DINOv2 ``last_hidden_state``)
-    followed by tokens of the source's VAE latent, one per 16x16 latent patch.
+    """The feature-level conditioning (FLC) context: an image encoder's tokens (DINOv2
+    ``last_hidden_state``) followed by tokens of the source's VAE latent, one per 16x16 latent patch.
 
     ``encoder_width`` other than ``width`` (the UNet's cross-attention width, 768 for SD1.5)
     gets a linear projection; with ``views`` > 1, each source view's tokens get a learned view
