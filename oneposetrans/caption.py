@@ -236,7 +236,11 @@ class CaptionStage(Stage[Path]):
         self.shown_as = shown_as or {}
         self._captioned = set(self.store.records())
 
+    def outputs(self, case: Path) -> list[Path]:
+        return [self.store.path]
+
     def done(self, case: Path) -> bool:
+        # The store is one file for every image: a case is done when its record is in it.
         return stem(case) in self._captioned
 
     def run(self, case: Path, session, log) -> str:

@@ -25,7 +25,7 @@ from oneposetrans.errors import BadInputError
 from oneposetrans.face import PUBLISHED_SIDE
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.progress import Progress
-from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name
+from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, stem
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.settings import GenerationSettings
 from oneposetrans.stages import Stage
@@ -234,8 +234,6 @@ class ReposeCase:
 
 def group_by_source(pairs: list[tuple[str, str]], captions: dict[str, str]) -> list[ReposeCase]:
     """``(source, target)`` pairs as one case per source, in first-seen order, each target once."""
-    from oneposetrans.results import stem
-
     cases: dict[str, ReposeCase] = {}
     for source, target in pairs:
         source, target = stem(source), stem(target)

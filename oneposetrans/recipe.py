@@ -127,11 +127,7 @@ class Recipe:
         from oneposetrans.generator import ReposeStage
 
         stage = ReposeStage(self.tree, self.generation, pose_of, require_mask=require_mask, echo=self.echo)
-        try:
-            return self._run(stage, cases, log), stage
-        except CaseFailures as error:
-            error.stage = stage
-            raise
+        return self._run(stage, cases, log), stage
 
     def segment_results(self, kind: str, writes: tuple[str, ...], names: list[str] | None = None) -> dict[str, int]:
         """Steps 6, 7 and 10: the ``reposed`` or ``refined`` results as RGBA, person on black and

@@ -11,6 +11,7 @@ failed case while the others go on, with :class:`CaseFailures` at the end.
 
 from __future__ import annotations
 
+import abc
 import time
 from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
@@ -22,7 +23,7 @@ from oneposetrans.results import StageLog, is_done, stem
 Case = TypeVar("Case")
 
 
-class Stage(Generic[Case]):
+class Stage(abc.ABC, Generic[Case]):
     """Base of the stages: subclasses define :meth:`outputs` and :meth:`run`.
 
     ``name`` is the stage's log (``logs/<name>.jsonl``); ``unit`` counts its progress;
@@ -38,8 +39,10 @@ class Stage(Generic[Case]):
     def case_name(self, case: Case) -> str:
         return stem(case)
 
+    @abc.abstractmethod
     def outputs(self, case: Case) -> list[Path]:
-        raise NotImplementedError
+        """The files ``case`` writes; the case is finished when all of them exist (unless the
+        stage says otherwise in :meth:`done`)."""
 
     def done(self, case: Case) -> bool:
         return all(is_done(path) for path in self.outputs(case))
@@ -50,11 +53,11 @@ class Stage(Generic[Case]):
     def fail(self, case: Case, log: StageLog, reason: str) -> None:
         log.fail(self.case_name(case), reason)
 
+    @abc.abstractmethod
     def run(self, case: Case, session, log: StageLog) -> str | None:
         """Do one case and record it in ``log`` (``log.ok``); raise :class:`OnePoseTransError`
         when the case cannot be done. The line returned, if any, is printed with the count and
         the time left."""
-        raise NotImplementedError
 
 
 def run_stage(

@@ -126,7 +126,8 @@ class ImagPosePipeline:
         guided = settings.guidance > 1.0
         contexts = torch.cat([torch.zeros_like(context), context]) if guided else context
         conditions = torch.cat([flags, masked], dim=1)
-        poses = torch.cat([pose_canvas] * 2) if guided else pose_canvas
+        pose_features = self.denoiser.encode_pose(pose_canvas)
+        pose_features = torch.cat([pose_features] * 2) if guided else pose_features
 
         # 4. Denoise the whole canvas at once.
         generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -136,7 +137,8 @@ class ImagPosePipeline:
             for timestep in self.scheduler.timesteps:
                 sample = torch.cat([latents, conditions], dim=1)
                 sample = torch.cat([sample] * 2) if guided else sample
-                prediction = self.denoiser(self.scheduler.scale_model_input(sample, timestep), timestep, contexts, poses)
+                sample = self.scheduler.scale_model_input(sample, timestep)
+                prediction = self.denoiser(sample, timestep, contexts, pose_features=pose_features)
                 if guided:
                     unconditional, conditional = prediction.chunk(2)
                     prediction = unconditional + settings.guidance * (conditional - unconditional)

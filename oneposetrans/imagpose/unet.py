@@ -77,6 +77,11 @@ class ImagPoseDenoiser(nn.Module):
 
         return hook
 
+    def encode_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        """The pose canvas (B, 3, H, W) in [0, 1] as the features added after ``conv_in``. A
+        sampler computes them once: the pose does not change between denoising steps."""
+        return self.pose_encoder(pose.to(next(self.pose_encoder.parameters()).dtype))
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -84,10 +89,12 @@ class ImagPoseDenoiser(nn.Module):
         context: torch.Tensor,
         pose: torch.Tensor | None = None,
         tiled: bool = True,
+        pose_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sample`` (B, 9, H/8, W/8) of a canvas, ``context`` the FLC tokens, ``pose`` the pose
-        canvas (B, 3, H, W) in [0, 1] or None; ``tiled`` False runs no CVA (a single picture)."""
-        self._pose_features = self.pose_encoder(pose.to(sample.dtype)) if pose is not None else None
+        canvas (B, 3, H, W) in [0, 1] or None, or its :meth:`encode_pose` as ``pose_features``;
+        ``tiled`` False runs no CVA (a single picture)."""
+        self._pose_features = pose_features if pose is None else self.encode_pose(pose)
         self._tiled = tiled and self.cva is not None
         try:
             return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
