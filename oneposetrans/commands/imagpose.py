@@ -124,12 +124,12 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     output = pipeline(sources, source_poses, targets, mode, settings)
     log = tree.log("imagpose")
     rows = []
-    for target, image in zip([stem(p) for p in arguments.pose], output.images):
-        result = tree.file("reposed_result", pair_name(stem(arguments.source[0]), target))
+    for path, pose_map, image in zip(arguments.pose, targets, output.images):
+        result = tree.file("reposed_result", pair_name(stem(arguments.source[0]), stem(path)))
         save_image(image, result)
         log.ok(result.stem, mode=mode, steps=settings.steps, seconds=round(time.perf_counter() - started, 3), size=list(image.size))
         echo(f"  {result.name}")
-        rows.append((sources[0], load_image(maps.path(target), "RGB"), image))
+        rows.append((sources[0], pose_map, image))
     save_image(output.canvas, tree.root / f"canvas_{stem(arguments.source[0])}.png")
     contact_sheet(rows, tree.root / "contact_sheet.png")
     reminder = " (smoke run: the pictures are noise)" if arguments.smoke else ""
