@@ -61,3 +61,31 @@ def make_mini_deepfashion(root: Path) -> dict[str, Path]:
     descriptions = root / "fashion_descriptions.txt"
     descriptions.write_text("\n".join(captions) + "\n")
     return {"pairs": pairs, "keypoints": keypoints, "captions": descriptions}
+
+
+TRAINING_OUTFITS = [("WOMEN", "Dresses", "id_00000011", "01", 4), ("MEN", "Denim", "id_00000012", "03", 5), ("WOMEN", "Skirts", "id_00000013", "02", 2)]
+TRAINING_VIEWS = ("1_front", "2_side", "3_back", "4_full", "7_additional")
+
+
+def make_mini_deepfashion_training(root: Path) -> Path:
+    """The training split in DeepFashion's raw layout (``train.lst`` and the train keypoint CSV):
+    two outfits with 4 and 5 views, one with 2 views (too few for a 4-tile canvas). Returns the
+    keypoints CSV; ``prepare-deepfashion`` then copies the photos into ``fashion/train_highres``."""
+    fashion = root / "fashion"
+    names, keypoint_lines = [], ["name:keypoints_y:keypoints_x"]
+    for index, (gender, category, person, outfit, views) in enumerate(TRAINING_OUTFITS):
+        folder = fashion / gender / category / person
+        folder.mkdir(parents=True, exist_ok=True)
+        for view_index, view in enumerate(TRAINING_VIEWS[:views]):
+            _photo(10 + index * 5 + view_index).save(folder / f"{outfit}_{view}.jpg", quality=95)
+            name = deepfashion_flat_name(f"fashion/{gender}/{category}/{person}/{outfit}_{view}.jpg")
+            names.append(name)
+            ys = [y for y, _ in STANDING]
+            xs = [x + 4 * view_index if x >= 0 else -1 for _, x in STANDING]
+            keypoint_lines.append(f"{name}:{json.dumps(ys)}:{json.dumps(xs)}")
+    (fashion / "train.lst").write_text("\n".join(names) + "\n")
+    if not (fashion / "test.lst").exists():
+        (fashion / "test.lst").write_text("")
+    keypoints = root / "fasion-resize-annotation-train.csv"
+    keypoints.write_text("\n".join(keypoint_lines) + "\n")
+    return keypoints

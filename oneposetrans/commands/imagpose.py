@@ -56,6 +56,33 @@ def add(commands) -> None:
     add_common(generate, results=False)
     generate.set_defaults(handler=_cmd_generate)
 
+    train = actions.add_parser(
+        "train",
+        help="one training phase (run it under `accelerate launch -m oneposetrans imagpose train ...` for several GPUs)",
+        description="Phase 1 trains the UNet, pose encoder and FLC tokenizer from `imagpose init`; phase 2 the cross-view "
+        "attention only; phase 3 everything at lr 1e-6. Checkpoints are IMAGPose checkpoint folders "
+        "(OUTPUT/checkpoint-<step>, loadable by `imagpose generate --checkpoint`); logs go to OUTPUT/logs/train.jsonl.",
+    )
+    train.add_argument("--config", required=True, help="config file (YAML), or phase1, phase2, phase3: the bundled ones")
+    train.add_argument(
+        "--data", type=Path, required=True,
+        help="DeepFashion root as prepare-deepfashion leaves it: fashion/train_highres/ and fasion-resize-annotation-train.csv",
+    )
+    train.add_argument("--output", type=Path, required=True, help="folder of the checkpoints and logs")
+    train.add_argument("--init", type=Path, help="checkpoint folder to start from (default: the config's init; --smoke: the kit's)")
+    train.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT", help="continue from the latest checkpoint in --output, or from CHECKPOINT")
+    train.add_argument("--max-steps", type=int, help="optimizer steps of the phase (default: the config's)")
+    train.add_argument("--batch-size", type=int, help="canvases per process per step")
+    train.add_argument("--learning-rate", type=float, help="AdamW learning rate")
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    train.add_argument("--log-every", type=int, help="steps between log lines")
+    train.add_argument("--tile", type=int, help="long side of a tile, a multiple of 64 (default 512; --smoke: 128)")
+    train.add_argument("--workers", type=int, help="data-loading processes per training process")
+    train.add_argument("--seed", type=int, help="seed of the data order, masks, noise and timesteps")
+    train.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (if tensorboard is installed)")
+    add_common(train, results=False)
+    train.set_defaults(handler=_cmd_train)
+
 
 def pick_mode(mode: str, sources: int, targets: int) -> str:
     if mode != "auto":
@@ -134,6 +161,40 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     contact_sheet(rows, tree.root / "contact_sheet.png")
     reminder = " (smoke run: the pictures are noise)" if arguments.smoke else ""
     print(f"{len(output.images)} result(s) of mode {mode} in {tree.root / 'reposed_result'}{reminder}")
+    return 0
+
+
+def _cmd_train(arguments: argparse.Namespace) -> int:
+    from oneposetrans import registry
+    from oneposetrans.imagpose.train import ImagPoseTrainer, checkpoints, load_config
+
+    models = models_dir(arguments)
+    smoke_tile = 128 if arguments.smoke and arguments.tile is None else arguments.tile
+    config = load_config(
+        arguments.config, init=str(arguments.init) if arguments.init else None, max_steps=arguments.max_steps,
+        batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, checkpoint_every=arguments.checkpoint_every,
+        log_every=arguments.log_every, tile_long_side=smoke_tile, workers=arguments.workers, seed=arguments.seed,
+    )
+    if config.init is None and arguments.smoke:
+        config.init = str(registry.require("imagpose", models))
+    done = checkpoints(arguments.output) if arguments.output.is_dir() else []
+    resume = None
+    if arguments.resume == "latest":
+        resume = done[-1] if done else None
+        if resume is None:
+            echo(f"no checkpoint in {arguments.output} yet: starting at step 0")
+    elif arguments.resume:
+        resume = Path(arguments.resume)
+        if not (resume / "training_state.pt").is_file():
+            raise BadInputError(f"{resume}: not a training checkpoint (no training_state.pt)")
+    elif done:
+        raise BadInputError(f"{arguments.output} already has {done[-1].name}: pass --resume to continue it, or choose another --output")
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    trainer = ImagPoseTrainer(config, arguments.data, arguments.output, resume, cpu=arguments.device == "cpu", tensorboard=arguments.tensorboard, echo=echo)
+    last = trainer.train()
+    if trainer.accelerator.is_main_process:
+        print(f"phase {config.phase} at step {trainer.step}: {last}")
     return 0
 
 

@@ -11,7 +11,8 @@ libraries' own layouts::
     imagpose.safetensors  their weights: pose_encoder.*, tokenizer.*, cva.* (AnimateDiff key names)
 
 :func:`initialise` builds an untrained folder from the stock parts (SD1.5, the VAE, DINOv2, an
-AnimateDiff-v2 motion module); training (the next issue) starts from it.
+AnimateDiff-v2 motion module); training (:mod:`oneposetrans.imagpose.train`) starts from it and
+writes its checkpoints in the same format.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from oneposetrans.errors import BadInputError, MissingModelError
 from oneposetrans.imagpose.modules import CrossViewAttention, FeatureTokenizer, PoseEncoder, load_motion_modules
@@ -28,6 +30,7 @@ from oneposetrans.imagpose.unet import ImagPoseDenoiser, widen_conv_in
 MODULES_CONFIG = "imagpose.json"
 MODULES_WEIGHTS = "imagpose.safetensors"
 PARTS = ("unet", "vae", "image_encoder", "scheduler", MODULES_CONFIG, MODULES_WEIGHTS)
+ADDED_MODULES = ("pose_encoder", "tokenizer", "cva")
 
 
 def training_scheduler():
@@ -41,14 +44,16 @@ def training_scheduler():
     )
 
 
-def modules_config(unet, image_encoder, views: int = 3, pose_channels: tuple[int, ...] = (16, 32, 96, 256), heads: int = 8, groups: int = 32) -> dict:
+def modules_config(
+    unet, image_encoder, views: int = 3, pose_channels: tuple[int, ...] = (16, 32, 96, 256), heads: int = 8, groups: int = 32, patch: int = 16
+) -> dict:
     return {
         "pose_encoder": {"out_channels": unet.config.block_out_channels[0], "channels": list(pose_channels)},
         "tokenizer": {
             "width": unet.config.cross_attention_dim,
             "encoder_width": image_encoder.config.hidden_size,
             "latent_channels": 4,
-            "patch": 16,
+            "patch": patch,
             "views": views,
         },
         "cva": {
@@ -70,24 +75,50 @@ def build_modules(config: dict) -> tuple[PoseEncoder, FeatureTokenizer, CrossVie
     )
 
 
-def save_components(folder: str | os.PathLike, vae, denoiser: ImagPoseDenoiser, tokenizer: FeatureTokenizer, image_encoder, scheduler, config: dict) -> Path:
+def save_components(
+    folder: str | os.PathLike,
+    vae,
+    denoiser: ImagPoseDenoiser,
+    tokenizer: FeatureTokenizer,
+    image_encoder,
+    scheduler,
+    config: dict,
+    *,
+    copy_from: str | os.PathLike | None = None,
+    copied: tuple[str, ...] = (),
+    extra: Callable[[Path], object] | None = None,
+) -> Path:
     """Write a checkpoint folder. It is written beside ``folder`` under a temporary name and then
-    renamed into place, so a killed save never leaves a folder that looks complete."""
-    from safetensors.torch import save_file
+    renamed into place, so a killed save never leaves a folder that looks complete.
+
+    The parts named in ``copied`` (``unet``, ``vae``, ``image_encoder``, ``pose_encoder``,
+    ``tokenizer``, ``cva``) are taken from the checkpoint folder ``copy_from`` bit for bit
+    (hard links where the file system allows) instead of from the modules: training holds its
+    frozen parts in a lower precision. ``extra(partial_folder)`` writes further files first.
+    """
+    from safetensors.torch import load_file, save_file
 
     final = Path(folder)
     partial = final.with_name(f".{final.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    denoiser.unet.save_pretrained(partial / "unet")
-    vae.save_pretrained(partial / "vae")
-    image_encoder.save_pretrained(partial / "image_encoder")
+    for name, model in (("unet", denoiser.unet), ("vae", vae), ("image_encoder", image_encoder)):
+        if name in copied:
+            shutil.copytree(Path(copy_from) / name, partial / name, copy_function=_link_or_copy)
+        else:
+            model.save_pretrained(partial / name)
     scheduler.save_pretrained(partial / "scheduler")
-    state = {f"pose_encoder.{k}": v for k, v in denoiser.pose_encoder.state_dict().items()}
-    state |= {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
-    state |= {f"cva.{k}": v for k, v in denoiser.cva.state_dict().items()}
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(partial / MODULES_WEIGHTS))
+    kept = load_file(Path(copy_from) / MODULES_WEIGHTS) if set(copied) & set(ADDED_MODULES) else {}
+    state = {}
+    for name, module in zip(ADDED_MODULES, (denoiser.pose_encoder, tokenizer, denoiser.cva)):
+        if name in copied:
+            state |= {k: v for k, v in kept.items() if k.startswith(f"{name}.")}
+        else:
+            state |= {f"{name}.{k}": v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(partial / MODULES_WEIGHTS))
     (partial / MODULES_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    if extra is not None:
+        extra(partial)
     if final.exists():
         replaced = final.with_name(f".{final.name}.{os.getpid()}.old")
         os.replace(final, replaced)
@@ -96,6 +127,13 @@ def save_components(folder: str | os.PathLike, vae, denoiser: ImagPoseDenoiser, 
     else:
         os.replace(partial, final)
     return final
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def load_components(folder: str | os.PathLike) -> dict:
@@ -117,7 +155,8 @@ def load_components(folder: str | os.PathLike) -> dict:
         raise BadInputError(f"{folder / 'unet'}: {unet.config.in_channels} input channels; IMAGPose's UNet has 9")
     pose_encoder, tokenizer, cva = build_modules(config)
     state = load_file(folder / MODULES_WEIGHTS)
-    for prefix, module in (("pose_encoder.", pose_encoder), ("tokenizer.", tokenizer), ("cva.", cva)):
+    for name, module in zip(ADDED_MODULES, (pose_encoder, tokenizer, cva)):
+        prefix = f"{name}."
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         module.load_state_dict(part, strict=True)
     return {

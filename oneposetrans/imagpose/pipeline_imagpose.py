@@ -25,13 +25,51 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError
 from oneposetrans.imagpose import canvas as joint
+from oneposetrans.imagpose.modules import to_tiles
 from oneposetrans.progress import Progress
 from oneposetrans.settings import ImagPoseSettings
 
 # CLIP's normalisation, which the published FLC preprocessing applied before DINOv2.
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), np.float32).reshape(3, 1, 1)
+IMAGE_STD = np.array((0.26862954, 0.26130258, 0.27577711), np.float32).reshape(3, 1, 1)
 IMAGE_SIDE = 224
+
+
+def encoder_pixels(picture: Image.Image) -> np.ndarray:
+    """The image encoder's input (3, 224, 224): the photo padded to a square with black, resized,
+    CLIP-normalised. Padding keeps the whole person (a centre crop cut heads and feet)."""
+    side = max(picture.size)
+    square = Image.new("RGB", (side, side))
+    square.paste(picture.convert("RGB"), ((side - picture.width) // 2, (side - picture.height) // 2))
+    pixels = np.asarray(square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC), np.float32).transpose(2, 0, 1) / 255.0
+    return (pixels - IMAGE_MEAN) / IMAGE_STD
+
+
+def flc_context(
+    tokenizer, image_tokens: torch.Tensor, tile_latents: torch.Tensor, views: torch.Tensor | None = None, drop: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The cross-attention context of V source views, shared by sampling and training.
+
+    ``image_tokens`` (B, V, N, E) and ``tile_latents`` (B, V, 4, h, w) -> (B, V * (N + M), width).
+    ``views`` (B,) counts each sample's real views when some are padding: their tokens are
+    masked out (the mask is returned). ``drop`` (B, 2) zeroes a sample's image-encoder tokens,
+    its latent tokens or both: the null condition is zero tokens, as the sampler's
+    unconditional branch uses.
+    """
+    parts, valid = [], []
+    count = image_tokens.shape[2]
+    for view in range(image_tokens.shape[1]):
+        tokens = tokenizer(image_tokens[:, view], tile_latents[:, view], view=view)
+        if drop is not None:
+            keep = torch.ones_like(tokens[..., :1])
+            keep[:, :count] = (~drop[:, 0]).to(tokens.dtype)[:, None, None]
+            keep[:, count:] = (~drop[:, 1]).to(tokens.dtype)[:, None, None]
+            tokens = tokens * keep
+        parts.append(tokens)
+        if views is not None:
+            valid.append((views > view)[:, None].expand(-1, tokens.shape[1]))
+    mask = torch.cat(valid, dim=1) if views is not None else None
+    return torch.cat(parts, dim=1), mask
 
 
 @dataclass
@@ -71,22 +109,13 @@ class ImagPosePipeline:
         latents = self.vae.encode(self._pixels(images) * 2 - 1).latent_dist.mode()
         return latents * self.vae.config.scaling_factor
 
-    def _image_tokens(self, picture: Image.Image) -> torch.Tensor:
-        side = max(picture.size)
-        square = Image.new("RGB", (side, side))
-        square.paste(picture.convert("RGB"), ((side - picture.width) // 2, (side - picture.height) // 2))
-        pixels = self._pixels([square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC)])
-        mean = torch.tensor(IMAGE_MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGE_STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
-        return self.image_encoder(pixel_values=(pixels - mean) / std).last_hidden_state
-
-    def context(self, sources: list[Image.Image], source_tiles: list[Image.Image]) -> torch.Tensor:
-        """FLC tokens of every source view: image-encoder tokens, then its tile's latent patches."""
-        latents = self._encode(source_tiles)
-        return torch.cat(
-            [self.tokenizer(self._image_tokens(picture), latents[view : view + 1], view=view) for view, picture in enumerate(sources)],
-            dim=1,
-        )
+    def context(self, sources: list[Image.Image], masked_latent: torch.Tensor, view_tiles: list[int]) -> torch.Tensor:
+        """FLC tokens of every source view: image-encoder tokens of the photo, then the latent
+        patches of its tile in the masked canvas's latent."""
+        pixels = torch.from_numpy(np.stack([encoder_pixels(picture) for picture in sources])).to(self.device, self.dtype)
+        image_tokens = self.image_encoder(pixel_values=pixels).last_hidden_state[None]
+        tile_latents = to_tiles(masked_latent)[:, view_tiles]
+        return flc_context(self.tokenizer, image_tokens, tile_latents)[0]
 
     # -- the pass -----------------------------------------------------------------------------
 
@@ -122,7 +151,7 @@ class ImagPosePipeline:
             flags[..., rows * height // 2 : (rows + 1) * height // 2, columns * width // 2 : (columns + 1) * width // 2] = flag
 
         # 3. Feature-level conditions; the unconditional branch has zero tokens.
-        context = self.context(sources, [tile_image for tile_image, _ in fitted])
+        context = self.context(sources, masked, [layout.sources.index(view) for view in range(len(sources))])
         guided = settings.guidance > 1.0
         contexts = torch.cat([torch.zeros_like(context), context]) if guided else context
         conditions = torch.cat([flags, masked], dim=1)

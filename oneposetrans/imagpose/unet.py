@@ -90,13 +90,15 @@ class ImagPoseDenoiser(nn.Module):
         pose: torch.Tensor | None = None,
         tiled: bool = True,
         pose_features: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sample`` (B, 9, H/8, W/8) of a canvas, ``context`` the FLC tokens, ``pose`` the pose
         canvas (B, 3, H, W) in [0, 1] or None, or its :meth:`encode_pose` as ``pose_features``;
-        ``tiled`` False runs no CVA (a single picture)."""
+        ``tiled`` False runs no CVA (a single picture, or training phase 1); ``context_mask``
+        (B, tokens) True on the tokens to attend to, when some are padding."""
         self._pose_features = pose_features if pose is None else self.encode_pose(pose)
         self._tiled = tiled and self.cva is not None
         try:
-            return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+            return self.unet(sample, timestep, encoder_hidden_states=context, encoder_attention_mask=context_mask, return_dict=False)[0]
         finally:
             self._pose_features = None

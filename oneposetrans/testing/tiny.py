@@ -843,7 +843,8 @@ def _build_imagpose(folder: Path) -> None:
         unet = _tiny_sd15_unet()
         widen_conv_in(unet)
         image_encoder = _tiny_dinov2()
-        config = modules_config(unet, image_encoder, pose_channels=(4, 8, 8, 16), heads=4, groups=8)
+        # Latent patches of 8 (16 at full size) let a canvas of 64-pixel tiles train in tests.
+        config = modules_config(unet, image_encoder, pose_channels=(4, 8, 8, 16), heads=4, groups=8, patch=8)
         pose_encoder, tokenizer, _ = build_modules(config)
         with torch.no_grad():
             torch.nn.init.normal_(pose_encoder.conv_out.weight, std=0.05)

@@ -1,0 +1,190 @@
+"""IMAGPose training data: joint canvases of one DeepFashion identity.
+
+A sample is four distinct photos of one identity (one outfit of one person: the flattened
+DeepFashion name without its view, ``...id0000653004`` of ``...id0000653004_1front``, the
+published preparation script's rule) laid on the 2x2 canvas; k in {1, 2, 3} random tiles are
+masked (to generate), the others are given. Every photo is fitted into its tile as inference
+fits it (:func:`oneposetrans.imagpose.canvas.fit`: aspect kept, padded), and its pose is drawn
+by the project's renderer from the dataset's keypoints at the fitted size, so training and
+sampling see the same tiles and the same skeletons.
+
+Fixed from the published loader (README *IMAGPose*): images are drawn without replacement, so
+a target is never also given as a source; a horizontal flip mirrors the keypoints and swaps
+their left and right joints before drawing (the published code flipped the rendered skeleton,
+which swapped the limbs' colours); the FLC reference is the given tile in [-1, 1] as at
+inference (the published loader fed [0, 1]).
+
+Every sample is a pure function of (seed, index): the sampler's position is the training step,
+so a resumed run draws exactly the samples an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from oneposetrans.errors import BadInputError
+from oneposetrans.imagpose import canvas as joint
+from oneposetrans.imagpose.pipeline_imagpose import encoder_pixels
+from oneposetrans.pose import DEEPFASHION_FRAME, Keypoints, render_keypoints
+
+IMAGES_PER_SAMPLE = joint.TILES
+MAX_VIEWS = joint.TILES - 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# OpenPose COCO-18: the joints that trade places when a person is mirrored.
+MIRRORED_JOINTS = ((2, 5), (3, 6), (4, 7), (8, 11), (9, 12), (10, 13), (14, 15), (16, 17))
+
+
+def identity_of(stem: str) -> str:
+    """The outfit a flattened DeepFashion name shows: the name without its last ``_`` field."""
+    return stem.rsplit("_", 1)[0]
+
+
+def mirror_keypoints(points: np.ndarray, width: int) -> np.ndarray:
+    """Keypoints of the horizontally flipped photo: x mirrored, left and right joints swapped."""
+    mirrored = points.copy()
+    mirrored[:, 0] = width - 1 - mirrored[:, 0]
+    for right, left in MIRRORED_JOINTS:
+        mirrored[[right, left]] = mirrored[[left, right]]
+    return mirrored
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    images: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The random choices of one sample."""
+
+    identity: Identity
+    images: tuple[int, ...]
+    """Which of the identity's photos go on the four tiles (distinct)."""
+    masked: frozenset[int]
+    """The tiles to generate."""
+    flip: bool
+    drop_image_tokens: bool
+    drop_latent_tokens: bool
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    tile_long_side: int = 512
+    masked_tiles: tuple[int, int] = (1, 3)
+    flip: float = 0.5
+    drop_image_tokens: float = 0.05
+    drop_latent_tokens: float = 0.05
+    drop_both: float = 0.05
+
+
+class IdentityCanvases:
+    """Training canvases from a folder of flattened DeepFashion photos and their keypoints
+    (the ``name:keypoints_y:keypoints_x`` CSV in the 256x176 frame).
+
+    Photos without keypoints and identities with fewer than four photos are left out, and
+    counted in :attr:`left_out`. ``sample(index)`` returns numpy arrays (see :meth:`sample`).
+    """
+
+    def __init__(self, images: str | os.PathLike, keypoints: dict[str, np.ndarray], settings: DataSettings, seed: int):
+        images = Path(images)
+        if not images.is_dir():
+            raise BadInputError(f"{images}: no such folder of training images")
+        self.settings = settings
+        self.seed = seed
+        self.keypoints = keypoints
+        self.tile = joint.tile_size(*DEEPFASHION_FRAME, settings.tile_long_side)
+        groups: dict[str, list[Path]] = {}
+        no_keypoints = 0
+        for path in sorted(images.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.stem not in keypoints or np.isnan(keypoints[path.stem]).all():
+                no_keypoints += 1
+                continue
+            groups.setdefault(identity_of(path.stem), []).append(path)
+        self.identities = [Identity(name, tuple(paths)) for name, paths in groups.items() if len(paths) >= IMAGES_PER_SAMPLE]
+        self.left_out = {"photos without keypoints": no_keypoints, "identities with fewer than 4 photos": len(groups) - len(self.identities)}
+        if not self.identities:
+            raise BadInputError(
+                f"{images}: no identity has {IMAGES_PER_SAMPLE} photos with keypoints "
+                f"({no_keypoints} photos without keypoints, {len(groups)} identities in all)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def _identity(self, index: int) -> Identity:
+        # Each pass over the identities is its own permutation: every identity once per epoch.
+        epoch, position = divmod(index, len(self.identities))
+        order = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.identities))
+        return self.identities[order[position]]
+
+    def _tile(self, path: Path, flip: bool) -> tuple[Image.Image, Image.Image, Image.Image]:
+        """(photo, photo fitted into the tile, its pose drawn at the same place)."""
+        photo = Image.open(path).convert("RGB")
+        points = self.keypoints[path.stem]
+        frame_width, frame_height = DEEPFASHION_FRAME
+        if flip:
+            photo = ImageOps.mirror(photo)
+            points = mirror_keypoints(points, frame_width)
+        fitted, frame = joint.fit(photo, self.tile)
+        pose = Image.new("RGB", self.tile)
+        pose.paste(render_keypoints(Keypoints(points[None], frame_width, frame_height), frame.size), frame.offset)
+        return photo, fitted, pose
+
+    def draw(self, index: int) -> Draw:
+        """The choices of sample ``index``, a pure function of (seed, index)."""
+        settings = self.settings
+        rng = np.random.default_rng([self.seed, 2, index])
+        identity = self._identity(index)
+        images = tuple(rng.choice(len(identity.images), IMAGES_PER_SAMPLE, replace=False).tolist())
+        low, high = settings.masked_tiles
+        masked = frozenset(rng.choice(joint.TILES, int(rng.integers(low, high + 1)), replace=False).tolist())
+        flip = bool(rng.random() < settings.flip)
+        # One draw splits into: image tokens dropped, latent tokens dropped, both, neither.
+        draw = rng.random()
+        image_only = settings.drop_image_tokens
+        latent_only = image_only + settings.drop_latent_tokens
+        both = latent_only + settings.drop_both
+        return Draw(identity, images, masked, flip, draw < image_only or latent_only <= draw < both, image_only <= draw < both)
+
+    def sample(self, index: int) -> dict[str, np.ndarray]:
+        """Sample ``index``:
+
+        * ``canvas`` (3, 2h, 2w) float32 in [-1, 1]: the four photos, the target of the loss;
+        * ``masked`` the same with the masked tiles black; ``flags`` (4,) 1 on given tiles;
+        * ``pose`` (3, 2h, 2w) in [0, 1]: every tile's pose;
+        * ``encoder_pixels`` (3, 3, 224, 224): the given photos for the image encoder (views
+          beyond ``views`` repeat the first), ``view_tiles`` (3,) the tile of each view;
+        * ``drop`` (2,) bools: the image-encoder and latent tokens dropped for guidance.
+        """
+        draw = self.draw(index)
+        tiles = [self._tile(draw.identity.images[i], draw.flip) for i in draw.images]
+        black = Image.new("RGB", self.tile)
+        given = [tile for tile in range(joint.TILES) if tile not in draw.masked]
+        pixels = [encoder_pixels(tiles[tile][0]) for tile in given]
+        pixels += [pixels[0]] * (MAX_VIEWS - len(pixels))
+        return {
+            "canvas": _signed(joint.join([fitted for _, fitted, _ in tiles])),
+            "masked": _signed(joint.join([black if tile in draw.masked else tiles[tile][1] for tile in range(joint.TILES)])),
+            "pose": _unit(joint.join([pose for _, _, pose in tiles])),
+            "flags": np.array([0.0 if tile in draw.masked else 1.0 for tile in range(joint.TILES)], np.float32),
+            "encoder_pixels": np.stack(pixels),
+            "view_tiles": np.array(given + [given[0]] * (MAX_VIEWS - len(given)), np.int64),
+            "views": np.int64(len(given)),
+            "drop": np.array([draw.drop_image_tokens, draw.drop_latent_tokens]),
+        }
+
+
+def _unit(image: Image.Image) -> np.ndarray:
+    return (np.asarray(image, np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+
+def _signed(image: Image.Image) -> np.ndarray:
+    return _unit(image) * 2 - 1
