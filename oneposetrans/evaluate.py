@@ -3,7 +3,8 @@
 * SSIM, both community variants of scikit-image's ``structural_similarity`` as GFLA/CFLD call it:
   "ssim" on [0,1] with a 51x51 uniform window, and "ssim_256" on [0,255] with a Gaussian window
   (sigma 1.5, ``use_sample_covariance=False``) and the per-image data range ``max - min`` of the
-  generated image. Computed here with valid-region convolutions, equal to scikit-image's values.
+  generated image; "ssim_pcdms" is "ssim_256" with sigma 1.2, as PIDM and PCDMs (and so IMAGPose)
+  call it. Computed here with valid-region convolutions, equal to scikit-image's values.
 * PSNR on [0,1], data range 1. LPIPS with the AlexNet backbone (the lpips package) on [-1,1].
 * FID, community protocol: torchvision's ImageNet Inception-v3 (bilinear resize to 299, CFLD's
   input transform, 2048-d pool features), real set = the training images, every image kept (the
@@ -48,16 +49,21 @@ LOWER_IS_BETTER = {"lpips", "masked_lpips", "fid", "fid_standard"}
 # --- SSIM and PSNR --------------------------------------------------------------------------------
 
 
+SSIM_SIGMA = {"ssim": None, "ssim_256": 1.5, "ssim_pcdms": 1.2}
+"""The Gaussian window of each SSIM variant (None: the 51x51 uniform window)."""
+
+
 def ssim(generated: torch.Tensor, target: torch.Tensor, variant: str = "ssim", backend: str = "auto") -> torch.Tensor:
     """Per-image SSIM of N x 3 x H x W float images in [0,1], as scikit-image computes it.
 
     ``variant="ssim"``: uniform 51x51 window, data range 1, sample covariance (skimage default).
     ``variant="ssim_256"``: images x255, Gaussian window (sigma 1.5), population covariance, data
-    range = generated.max() - generated.min() per image (GFLA's call).
+    range = generated.max() - generated.min() per image (GFLA's call); ``"ssim_pcdms"`` the same
+    with sigma 1.2 (PIDM's and PCDMs' call).
     ``backend``: "scipy" filters the whole batch with scipy.ndimage (fastest on a CPU), "torch"
     with tensor operations on the images' device (a GPU); "auto" picks by device.
     """
-    if variant not in ("ssim", "ssim_256"):
+    if variant not in SSIM_SIGMA:
         raise ValueError(f"unknown SSIM variant {variant!r}")
     if backend == "auto":
         backend = "scipy" if generated.device.type == "cpu" else "torch"
@@ -68,12 +74,12 @@ def ssim(generated: torch.Tensor, target: torch.Tensor, variant: str = "ssim", b
             for i in range(0, len(generated), CPU_SSIM_CHUNK)
         ])
     x, y = generated.double(), target.double()
-    if variant == "ssim_256":
+    if variant != "ssim":
         x, y = x * 255.0, y * 255.0
         data_range = x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))
     else:
         data_range = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-    taps = 51 if variant == "ssim" else 2 * int(3.5 * 1.5 + 0.5) + 1
+    taps = 51 if variant == "ssim" else 2 * int(3.5 * SSIM_SIGMA[variant] + 0.5) + 1
     cov_norm = taps**2 / (taps**2 - 1.0) if variant == "ssim" else 1.0
     blur = _scipy_blur if backend == "scipy" else _torch_blur
     # The five local statistics are filtered in one call, and only the valid region is kept,
@@ -101,7 +107,8 @@ def _scipy_blur(stacked: torch.Tensor, variant: str, taps: int) -> torch.Tensor:
     if variant == "ssim":
         filtered = ndimage.uniform_filter(array, size=(1, 1, 1, taps, taps))
     else:
-        filtered = ndimage.gaussian_filter(array, sigma=(0, 0, 0, 1.5, 1.5), truncate=3.5)
+        sigma = SSIM_SIGMA[variant]
+        filtered = ndimage.gaussian_filter(array, sigma=(0, 0, 0, sigma, sigma), truncate=3.5)
     return torch.from_numpy(np.ascontiguousarray(_valid(filtered, taps)))
 
 
@@ -110,7 +117,7 @@ def _torch_blur(stacked: torch.Tensor, variant: str, taps: int) -> torch.Tensor:
         window = torch.full((taps,), 1.0 / taps, dtype=torch.float64, device=stacked.device)
     else:
         offsets = torch.arange(taps, dtype=torch.float64, device=stacked.device) - (taps - 1) // 2
-        window = torch.exp(-(offsets**2) / (2 * 1.5**2))
+        window = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA[variant] ** 2))
         window = window / window.sum()
     # Separable and valid: each axis is a dot product over a sliding view.
     rows = stacked.unfold(3, taps, 1) @ window
@@ -317,8 +324,12 @@ def _at_size(path: Path, size: tuple[int, int], mode: str = "RGB") -> Image.Imag
     return image if image.size == size else image.resize(size, Image.BICUBIC)
 
 
-def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) -> dict:
-    """Compute the requested metrics; write metrics.json, metrics.md and report.html; return the summary."""
+def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, shared: dict | None = None) -> dict:
+    """Compute the requested metrics; write metrics.json, metrics.md and report.html; return the summary.
+
+    ``shared``, a dict kept across calls, holds the metric backbones and the real set's FID
+    features per size, so that scoring several result folders loads and reads them once.
+    """
     from oneposetrans.runtime import quiet_libraries, resolve_device
 
     quiet_libraries()
@@ -329,14 +340,21 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
         raise BadInputError(f"unknown metrics {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
     wanted = set(request.metrics)
     cases = collect_cases(request)
-    lpips_model = Lpips(request.models, device) if wanted & {"lpips", "masked_lpips"} else None
+    shared = {} if shared is None else shared
+
+    def once(key: tuple, build: Callable):
+        if key not in shared:
+            shared[key] = build()
+        return shared[key]
+
+    lpips_model = once(("lpips", str(device)), lambda: Lpips(request.models, device)) if wanted & {"lpips", "masked_lpips"} else None
     faces = None
     if wanted & {"face_source", "face_target"}:
         from oneposetrans.face import FaceEmbedder
 
-        faces = FaceEmbedder(request.models, str(device))
+        faces = once(("faces", str(device)), lambda: FaceEmbedder(request.models, str(device)))
     inceptions = {
-        metric: InceptionFeatures(request.models, device, "community" if metric == "fid" else "standard")
+        metric: once((metric, str(device)), lambda metric=metric: InceptionFeatures(request.models, device, "community" if metric == "fid" else "standard"))
         for metric in SET_METRICS
         if metric in wanted
     }
@@ -353,8 +371,9 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
         scores: dict[str, torch.Tensor] = {}
         if "ssim" in wanted:
             scores["ssim"] = ssim(generated, target, "ssim")
-        if "ssim_256" in wanted:
-            scores["ssim_256"] = ssim(generated, target, "ssim_256")
+        for variant in ("ssim_256", "ssim_pcdms"):
+            if variant in wanted:
+                scores[variant] = ssim(generated, target, variant)
         if "psnr" in wanted:
             scores["psnr"] = psnr(generated, target)
         if lpips_model is not None and "lpips" in wanted:
@@ -409,8 +428,11 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print) ->
             real_frames = {path: size or _frame(path) for path in real_paths}
             real_batches = _same_frame_batches(real_paths, request.batch_size, real_frames.get)
             for metric, extractor in inceptions.items():
-                real = [extractor(_tensor([_at_size(p, real_frames[p]) for p in batch])) for batch in real_batches]
-                summary[metric] = frechet_distance(np.concatenate(fake_features[metric]), np.concatenate(real))
+                real = once(
+                    (metric, "real", str(real_folder.resolve()), request.size, len(real_paths)),
+                    lambda extractor=extractor: np.concatenate([extractor(_tensor([_at_size(p, real_frames[p]) for p in batch])) for batch in real_batches]),
+                )
+                summary[metric] = frechet_distance(np.concatenate(fake_features[metric]), real)
             summary["fid_real_images"] = len(real_paths)
     out = request.out or request.results / "evaluation"
     write_json_atomic(out / "metrics.json", {"summary": summary, "per_pair": per_case, "problems": request.problems})

@@ -52,6 +52,7 @@ class Session:
         # The demo serves several visitors from threads: a model is built by one of them only.
         self._loading = threading.Lock()
         self._trainers: dict[tuple, object] = {}
+        self._imagpose: dict[str, object] = {}
 
     # -- processes ----------------------------------------------------------------------------
 
@@ -133,6 +134,17 @@ class Session:
         from oneposetrans.caption import automatic_captioner
 
         return automatic_captioner(self.models, str(self.device))
+
+    def imagpose(self, checkpoint: str | Path):
+        """The IMAGPose pipeline of a checkpoint folder, loaded once per folder."""
+        from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
+
+        key = str(checkpoint)
+        if key not in self._imagpose:
+            self._imagpose[key] = self._load(
+                f"IMAGPose checkpoint {checkpoint}", lambda: ImagPosePipeline.from_pretrained(checkpoint, self.device, self.torch_dtype)
+            )
+        return self._imagpose[key]
 
     def trainer(self, settings: FinetuneSettings):
         """The LoRA trainer for ``settings``: SDXL base loaded once per distinct settings."""

@@ -45,9 +45,10 @@ def _numpy(tensor):
 
 
 @pytest.mark.parametrize("backend", ["scipy", "torch"])  # torch is the GPU path, checked here on the CPU
-def test_ssim_both_variants_and_psnr_equal_scikit_image(backend):
+def test_ssim_every_variant_and_psnr_equal_scikit_image(backend):
     generated, target = _pairs(count=5)
     ours_ssim, ours_256 = ssim(generated, target, "ssim", backend), ssim(generated, target, "ssim_256", backend)
+    ours_pcdms = ssim(generated, target, "ssim_pcdms", backend)
     ours_psnr = psnr(generated, target)
     for index, (g, t) in enumerate(zip(_numpy(generated), _numpy(target))):
         # GFLA/CFLD "ssim": [0,1], 51x51 uniform window.
@@ -59,6 +60,12 @@ def test_ssim_both_variants_and_psnr_equal_scikit_image(backend):
             data_range=g255.max() - g255.min(), channel_axis=2,
         )
         assert ours_256[index] == pytest.approx(reference, abs=1e-6)
+        # "ssim_pcdms": the same with sigma 1.2 (PIDM, PCDMs, IMAGPose).
+        reference = structural_similarity(
+            g255, t255, gaussian_weights=True, sigma=1.2, use_sample_covariance=False,
+            data_range=g255.max() - g255.min(), channel_axis=2,
+        )
+        assert ours_pcdms[index] == pytest.approx(reference, abs=1e-6)
         assert ours_psnr[index] == pytest.approx(peak_signal_noise_ratio(t, g, data_range=1), abs=1e-4)
 
 

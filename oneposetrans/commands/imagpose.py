@@ -83,6 +83,33 @@ def add(commands) -> None:
     add_common(train, results=False)
     train.set_defaults(handler=_cmd_train)
 
+    evaluate = actions.add_parser(
+        "evaluate",
+        help="IMAGPose's DeepFashion protocol: the test pairs in scenarios T1, T2, T3 and multi-target, scored at 256x176 and 512x352",
+        description="Generates RESULTS/<scenario>/reposed_result/<src>_to_<tgt>.png for every test pair (resumable, sharded under "
+        "accelerate launch), scores each scenario at each size with `evaluate` (RESULTS/<scenario>/evaluation-<size>/) and "
+        "gathers the figures beside the paper's in RESULTS/evaluation/imagpose.md.",
+    )
+    evaluate.add_argument(
+        "--data", type=Path, required=True,
+        help="DeepFashion root: fashion/test_highres (sources and ground truth), fashion/train_highres (FID's real set), "
+        "fasion-resize-pairs-test.csv and fasion-resize-annotation-test.csv",
+    )
+    evaluate.add_argument("--checkpoint", type=Path, help="IMAGPose checkpoint folder (default: MODELS/imagpose)")
+    evaluate.add_argument("--pairs", type=Path, help="pairs list (default: DATA/fasion-resize-pairs-test.csv, the 8,570 pairs)")
+    evaluate.add_argument("--keypoints", type=Path, help="test keypoints (default: DATA/fasion-resize-annotation-test.csv)")
+    evaluate.add_argument("--real", type=Path, help="FID's real set (default: DATA/fashion/train_highres)")
+    evaluate.add_argument("--scenarios", default="t1,t2,t3,multi-target", help="comma-separated: t1, t2, t3, multi-target")
+    evaluate.add_argument("--sizes", default="256x176,512x352", help="comma-separated evaluation sizes HEIGHTxWIDTH")
+    evaluate.add_argument("--metrics", default="ssim_pcdms,lpips,fid", help="comma-separated (any of `evaluate --metrics`)")
+    evaluate.add_argument("--limit", type=int, help="only the first N pairs (a quick check)")
+    evaluate.add_argument("--denoise-steps", "--steps", dest="steps", type=int, default=defaults.steps, help="DDIM steps")
+    evaluate.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance on the FLC tokens")
+    evaluate.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
+    evaluate.add_argument("--tile", type=int, default=defaults.tile_long_side, help="long side of a tile, a multiple of 64 (--smoke: 128)")
+    add_common(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
 
 def pick_mode(mode: str, sources: int, targets: int) -> str:
     if mode != "auto":
@@ -106,7 +133,6 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 def _cmd_generate(arguments: argparse.Namespace) -> int:
     from oneposetrans import registry
     from oneposetrans.image_io import load_image, save_image
-    from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
     from oneposetrans.settings import ImagPoseSettings
     from oneposetrans.pose import PoseMaps, load_pose_map, needs_detector, pose_from_photo
     from oneposetrans.report import contact_sheet
@@ -144,9 +170,7 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
         source_poses.append(_with_person(pose_map, path))
     targets = [_with_person(maps.get(stem(path), lambda: load_pose_map(path, side, extractor)), path) for path in arguments.pose]
 
-    started = time.perf_counter()
-    pipeline = ImagPosePipeline.from_pretrained(checkpoint, session.device, session.torch_dtype)
-    echo(f"  IMAGPose checkpoint loaded in {time.perf_counter() - started:.1f} s ({checkpoint})")
+    pipeline = session.imagpose(checkpoint)
     started = time.perf_counter()
     output = pipeline(sources, source_poses, targets, mode, settings)
     log = tree.log("imagpose")
@@ -195,6 +219,44 @@ def _cmd_train(arguments: argparse.Namespace) -> int:
     last = trainer.train()
     if trainer.accelerator.is_main_process:
         print(f"phase {config.phase} at step {trainer.step}: {last}")
+    return 0
+
+
+def _cmd_evaluate(arguments: argparse.Namespace) -> int:
+    from oneposetrans import registry
+    from oneposetrans.datasets import read_keypoints_csv, read_pairs
+    from oneposetrans.evaluate import parse_metrics, parse_size
+    from oneposetrans.imagpose.evaluate import SCENARIOS, ProtocolRequest, default_paths, protocol_table, run_protocol
+    from oneposetrans.settings import ImagPoseSettings
+
+    paths = default_paths(arguments.data)
+    scenarios = tuple(s.strip() for s in arguments.scenarios.split(",") if s.strip())
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise BadInputError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    sizes = tuple(s.strip() for s in arguments.sizes.split(",") if s.strip())
+    for size in sizes:
+        if parse_size(size) is None:
+            raise BadInputError(f"--sizes {size}: the protocol scores at fixed sizes (HEIGHTxWIDTH)")
+    pairs = read_pairs(arguments.pairs or paths["pairs"])[: arguments.limit]
+    keypoints = read_keypoints_csv(arguments.keypoints or paths["keypoints"])
+    models = models_dir(arguments)
+    checkpoint = arguments.checkpoint or Path(models) / registry.spec("imagpose").folder
+    registry.require_all(["imagpose"] * (arguments.checkpoint is None), models)
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    side = 128 if arguments.smoke and arguments.tile == ImagPoseSettings.tile_long_side else arguments.tile
+    request = ProtocolRequest(
+        checkpoint=checkpoint, photos=paths["photos"], pairs=pairs, keypoints=keypoints, results=arguments.results,
+        real=arguments.real or paths["real"], models=models_dir(arguments, tiny_work=False), scenarios=scenarios, sizes=sizes,
+        metrics=parse_metrics(arguments.metrics),
+        settings=ImagPoseSettings(steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, tile_long_side=side),
+    )
+    session = open_session(arguments, models)
+    table = run_protocol(request, session, echo, progress=not arguments.quiet)
+    if session.is_main_process:
+        print(protocol_table(table, request.metrics), end="")
+        print(f"tables: {arguments.results / 'evaluation' / 'imagpose.md'}")
     return 0
 
 

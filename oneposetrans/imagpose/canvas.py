@@ -43,10 +43,15 @@ def tile_size(width: int, height: int, long_side: int = 512) -> tuple[int, int]:
     return (long_side, short) if width >= height else (short, long_side)
 
 
+def fitted_size(size: tuple[int, int], tile: tuple[int, int]) -> tuple[int, int]:
+    """The size a picture of ``size`` takes inside ``tile`` with its aspect ratio kept."""
+    scale = min(tile[0] / size[0], tile[1] / size[1])
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def fit(picture: Image.Image, tile: tuple[int, int], fill: int = 0) -> tuple[Image.Image, TileFrame]:
     """``picture`` scaled to fit ``tile`` with its aspect ratio, centred, padded with ``fill``."""
-    scale = min(tile[0] / picture.width, tile[1] / picture.height)
-    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    size = fitted_size(picture.size, tile)
     offset = ((tile[0] - size[0]) // 2, (tile[1] - size[1]) // 2)
     canvas = Image.new(picture.mode, tile, fill if picture.mode == "L" else (fill,) * len(picture.getbands()))
     canvas.paste(picture.resize(size, Image.BICUBIC), offset)

@@ -53,6 +53,12 @@ def mirror_keypoints(points: np.ndarray, width: int) -> np.ndarray:
     return mirrored
 
 
+def draw_pose(points: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """DeepFashion keypoints (the 256x176 frame) drawn as a pose map of ``size``: the size its
+    photo takes in a tile, so that fitting the map into the tile does not resample it."""
+    return render_keypoints(Keypoints(points[None], *DEEPFASHION_FRAME), size)
+
+
 @dataclass(frozen=True)
 class Identity:
     name: str
@@ -129,13 +135,12 @@ class IdentityCanvases:
         """(photo, photo fitted into the tile, its pose drawn at the same place)."""
         photo = Image.open(path).convert("RGB")
         points = self.keypoints[path.stem]
-        frame_width, frame_height = DEEPFASHION_FRAME
         if flip:
             photo = ImageOps.mirror(photo)
-            points = mirror_keypoints(points, frame_width)
+            points = mirror_keypoints(points, DEEPFASHION_FRAME[0])
         fitted, frame = joint.fit(photo, self.tile)
         pose = Image.new("RGB", self.tile)
-        pose.paste(render_keypoints(Keypoints(points[None], frame_width, frame_height), frame.size), frame.offset)
+        pose.paste(draw_pose(points, frame.size), frame.offset)
         return photo, fitted, pose
 
     def draw(self, index: int) -> Draw:

@@ -1,0 +1,71 @@
+"""IMAGPose's evaluation protocol end to end on the tiny kit: every scenario generated from the
+DeepFashion layout, scored at both sizes by the project's metric code, gathered in one table."""
+
+import json
+import shutil
+
+import pytest
+
+from oneposetrans.cli import main
+from oneposetrans.datasets import prepare_deepfashion
+from oneposetrans.imagpose.evaluate import plan
+from tests.mini_dataset import make_mini_deepfashion_training
+
+FIVE = "fashionMENDenimid0000001203"
+FOUR = "fashionWOMENDressesid0000001101"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deepfashion")
+    keypoints = make_mini_deepfashion_training(root)
+    train = (root / "fashion" / "train.lst").read_text().split()
+    (root / "fashion" / "test.lst").write_text("\n".join(n for n in train if n.startswith((FIVE, FOUR))) + "\n")
+    prepare_deepfashion(root, echo=lambda line: None)
+    shutil.copy(keypoints, root / "fasion-resize-annotation-test.csv")
+    pairs = [(f"{FIVE}_1front", f"{FIVE}_2side"), (f"{FIVE}_1front", f"{FIVE}_3back"), (f"{FOUR}_1front", f"{FOUR}_4full")]
+    (root / "fasion-resize-pairs-test.csv").write_text("from,to\n" + "".join(f"{a}.jpg,{b}.jpg\n" for a, b in pairs))
+    return root
+
+
+def test_the_scenarios_fill_the_canvas_as_the_paper_describes():
+    pairs = [("a_1front.jpg", "a_2side.jpg"), ("a_1front.jpg", "a_3back.jpg"), ("a_1front.jpg", "a_4full.jpg"), ("a_1front.jpg", "a_7additional.jpg")]
+    photos = ["a_1front.jpg", "a_2side.jpg", "a_3back.jpg", "a_4full.jpg", "a_7additional.jpg", "b_1front.jpg"]
+    assert [len(p.targets) for p in plan("multi-target", pairs, photos)] == [3, 1]
+    t3 = plan("t3", pairs, photos)
+    assert t3[0].sources == ("a_1front.jpg", "a_3back.jpg", "a_4full.jpg")  # other views of the outfit, never the target
+    assert all(p.targets[0] not in p.sources for p in t3)
+    assert [p.sources for p in plan("t1", pairs[:1], photos)] == [("a_1front.jpg",)]
+
+
+def test_the_protocol_runs_every_scenario_and_scores_both_sizes(data, tmp_path, tiny_models, capsys):
+    results = tmp_path / "results"
+    command = ["imagpose", "evaluate", "--smoke", "--quiet", "--device", "cpu", "--steps", "1", "--data", str(data), "--results", str(results)]
+    assert main(command) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "| t1 (paper) | 256x176 | 8570 | 0.7561 | 0.1284 | 5.8738 |" in out
+    table = json.loads((results / "evaluation" / "imagpose.json").read_text())["ours"]
+    assert set(table) == {"t1", "t2", "t3", "multi-target"}
+    for scenario, sizes in table.items():
+        assert set(sizes) == {"256x176", "512x352"}
+        for size, summary in sizes.items():
+            assert summary["pairs"] == 3 and {"ssim_pcdms", "lpips", "fid"} <= set(summary)
+            assert (results / scenario / f"evaluation-{size}" / "report.html").is_file()
+        names = sorted(p.name for p in (results / scenario / "reposed_result").iterdir())
+        assert names == sorted(f"{a}_to_{b}.png" for a, b in [(f"{FIVE}_1front", f"{FIVE}_2side"), (f"{FIVE}_1front", f"{FIVE}_3back"), (f"{FOUR}_1front", f"{FOUR}_4full")])
+    logs = [json.loads(line) for line in (results / "multi-target" / "logs" / "imagpose.jsonl").read_text().splitlines()]
+    assert sorted(r["targets"] for r in logs if r["status"] == "done") == [1, 2]  # FIVE's two targets in one pass
+    t3 = [json.loads(line) for line in (results / "t3" / "logs" / "imagpose.jsonl").read_text().splitlines()]
+    assert sorted(r["sources"] for r in t3 if r["status"] == "done") == [3, 3, 3]
+
+    # A second run finds everything done, and a pair that cannot run is one line while the rest go on.
+    with open(data / "fasion-resize-pairs-test.csv", "a") as pairs:
+        pairs.write(f"missing_1front.jpg,{FOUR}_2side.jpg\n")
+    try:
+        assert main([*command, "--scenarios", "t1", "--sizes", "256x176"]) == 1
+    finally:
+        lines = (data / "fasion-resize-pairs-test.csv").read_text().splitlines()
+        (data / "fasion-resize-pairs-test.csv").write_text("\n".join(lines[:-1]) + "\n")
+    assert "missing_1front.jpg: no such test photo" in capsys.readouterr().err
+    t1 = [json.loads(line) for line in (results / "t1" / "logs" / "imagpose.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in t1].count("skipped") == 3
