@@ -333,9 +333,9 @@ MODELS: tuple[ModelSpec, ...] = (
         required=("imagpose.json", "imagpose.safetensors", "unet/config.json", "vae/config.json", "image_encoder/config.json", "scheduler/scheduler_config.json"),
         stages=("imagpose",),
         licence="yours (the IMAGPose method: Apache-2.0 code)",
-        manual="no IMAGPose weights were ever published: `imagpose init` builds an untrained folder from sd15, sd-vae-ft-mse, dinov2-base and animatediff-motion-v2, and training it is the next step (not built yet)",
+        manual="no IMAGPose weights were ever published: `imagpose init` builds an untrained folder from sd15, sd-vae-ft-mse, dinov2-base and animatediff-motion-v2, and `imagpose train` (three phases on DeepFashion) turns it into a model; any of its checkpoint-<step> folders is such a folder",
         optional=True,
-        notes="imagpose generate --checkpoint DIR",
+        notes="imagpose generate or evaluate --checkpoint DIR",
         # Not a download: the folder's size in fp32, estimated from its parts (the CVA modules ~1.7 GB).
         size_gb=5.8,
     ),
