@@ -20,9 +20,6 @@ MODE_CHOICES = ("auto", *MODES)
 
 
 def add(commands) -> None:
-    from oneposetrans.settings import ImagPoseSettings
-
-    defaults = ImagPoseSettings()
     imagpose = commands.add_parser(
         "imagpose",
         help="IMAGPose (NeurIPS 2024): 1->1, 1->N targets and K->1 views in one denoising pass",
@@ -49,10 +46,7 @@ def add(commands) -> None:
     generate.add_argument("--checkpoint", type=Path, help="IMAGPose checkpoint folder (default: MODELS/imagpose)")
     generate.add_argument("--out", type=Path, required=True, help="results tree")
     generate.add_argument("--mode", choices=MODE_CHOICES, default="auto", help="how the canvas is filled")
-    generate.add_argument("--denoise-steps", "--steps", dest="steps", type=int, default=defaults.steps, help="DDIM steps")
-    generate.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance on the FLC tokens")
-    generate.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
-    generate.add_argument("--tile", type=int, default=defaults.tile_long_side, help="long side of a tile, a multiple of 64 (--smoke: 128)")
+    _add_sampling(generate)
     add_common(generate, results=False)
     generate.set_defaults(handler=_cmd_generate)
 
@@ -103,12 +97,19 @@ def add(commands) -> None:
     evaluate.add_argument("--sizes", default="256x176,512x352", help="comma-separated evaluation sizes HEIGHTxWIDTH")
     evaluate.add_argument("--metrics", default="ssim_pcdms,lpips,fid", help="comma-separated (any of `evaluate --metrics`)")
     evaluate.add_argument("--limit", type=int, help="only the first N pairs (a quick check)")
-    evaluate.add_argument("--denoise-steps", "--steps", dest="steps", type=int, default=defaults.steps, help="DDIM steps")
-    evaluate.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance on the FLC tokens")
-    evaluate.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
-    evaluate.add_argument("--tile", type=int, default=defaults.tile_long_side, help="long side of a tile, a multiple of 64 (--smoke: 128)")
+    _add_sampling(evaluate)
     add_common(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    from oneposetrans.settings import ImagPoseSettings
+
+    defaults = ImagPoseSettings()
+    parser.add_argument("--denoise-steps", "--steps", dest="steps", type=int, default=defaults.steps, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance on the FLC tokens")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
+    parser.add_argument("--tile", type=int, default=defaults.tile_long_side, help="long side of a tile, a multiple of 64 (--smoke: 128)")
 
 
 def pick_mode(mode: str, sources: int, targets: int) -> str:

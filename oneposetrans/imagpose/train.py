@@ -73,12 +73,13 @@ class TrainingConfig:
     noise_offset: float = 0.05
     given_tile_loss_weight: float = 1.0
     """1.0: the loss covers the whole canvas, given tiles included, as published."""
-    tile_long_side: int = 512
-    masked_tiles: tuple[int, int] = (1, 3)
-    flip: float = 0.5
-    drop_image_tokens: float = 0.05
-    drop_latent_tokens: float = 0.05
-    drop_both: float = 0.05
+    # The data's settings (defaults in DataSettings).
+    tile_long_side: int = DataSettings.tile_long_side
+    masked_tiles: tuple[int, int] = DataSettings.masked_tiles
+    flip: float = DataSettings.flip
+    drop_image_tokens: float = DataSettings.drop_image_tokens
+    drop_latent_tokens: float = DataSettings.drop_latent_tokens
+    drop_both: float = DataSettings.drop_both
     images: str = "fashion/train_highres"
     """Training photos under --data, as ``prepare-deepfashion`` writes them."""
     keypoints: str = "fasion-resize-annotation-train.csv"
@@ -114,9 +115,7 @@ class TrainingConfig:
         return PHASES[self.phase]["cva"]
 
     def data_settings(self) -> DataSettings:
-        return DataSettings(
-            self.tile_long_side, self.masked_tiles, self.flip, self.drop_image_tokens, self.drop_latent_tokens, self.drop_both
-        )
+        return DataSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataSettings)})
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
