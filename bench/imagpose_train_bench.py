@@ -66,7 +66,6 @@ def time_phase(checkpoint: Path, data: Path, phase: int, tile: int, batch: int, 
     config = load_config(f"phase{phase}", init=str(checkpoint), tile_long_side=tile, batch_size=batch, workers=0, mixed_precision=precision)
     trainer = ImagPoseTrainer(config, data, data / "bench-output", cpu=cpu, echo=lambda line: None)
     device, accelerator = trainer.device, trainer.accelerator
-    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     data_seconds, batches = [], []
     for step in range(warmup + steps):
         started = time.perf_counter()
@@ -81,7 +80,7 @@ def time_phase(checkpoint: Path, data: Path, phase: int, tile: int, batch: int, 
         generator = torch.Generator(device).manual_seed(step)
         loss = trainer.loss(loaded, generator)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+        accelerator.clip_grad_norm_(trainer.trainable, config.max_grad_norm)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         _sync(device)

@@ -249,7 +249,7 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
     side = 128 if arguments.smoke and arguments.tile == ImagPoseSettings.tile_long_side else arguments.tile
     request = ProtocolRequest(
         checkpoint=checkpoint, photos=paths["photos"], pairs=pairs, keypoints=keypoints, results=arguments.results,
-        real=arguments.real or paths["real"], models=models_dir(arguments, tiny_work=False), scenarios=scenarios, sizes=sizes,
+        real=arguments.real or paths["real"], models=models, scenarios=scenarios, sizes=sizes,
         metrics=parse_metrics(arguments.metrics),
         settings=ImagPoseSettings(steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, tile_long_side=side),
     )

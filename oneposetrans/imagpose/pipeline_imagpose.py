@@ -56,20 +56,19 @@ def flc_context(
     its latent tokens or both: the null condition is zero tokens, as the sampler's
     unconditional branch uses.
     """
-    parts, valid = [], []
-    count = image_tokens.shape[2]
-    for view in range(image_tokens.shape[1]):
-        tokens = tokenizer(image_tokens[:, view], tile_latents[:, view], view=view)
-        if drop is not None:
-            keep = torch.ones_like(tokens[..., :1])
-            keep[:, :count] = (~drop[:, 0]).to(tokens.dtype)[:, None, None]
-            keep[:, count:] = (~drop[:, 1]).to(tokens.dtype)[:, None, None]
-            tokens = tokens * keep
-        parts.append(tokens)
-        if views is not None:
-            valid.append((views > view)[:, None].expand(-1, tokens.shape[1]))
-    mask = torch.cat(valid, dim=1) if views is not None else None
-    return torch.cat(parts, dim=1), mask
+    batch, views_given, count = image_tokens.shape[:3]
+    context = torch.stack([tokenizer(image_tokens[:, view], tile_latents[:, view], view=view) for view in range(views_given)], dim=1)
+    if drop is not None:
+        # (B, V, N + M, width): the first N tokens of each view are the image encoder's.
+        keep = torch.ones_like(context[:, :1, :, :1])
+        keep[:, :, :count] = (~drop[:, 0]).to(context.dtype)[:, None, None, None]
+        keep[:, :, count:] = (~drop[:, 1]).to(context.dtype)[:, None, None, None]
+        context = context * keep
+    mask = None
+    if views is not None:
+        mask = (torch.arange(views_given, device=views.device)[None] < views[:, None])[:, :, None].expand(-1, -1, context.shape[2])
+        mask = mask.reshape(batch, -1)
+    return context.reshape(batch, -1, context.shape[-1]), mask
 
 
 @dataclass

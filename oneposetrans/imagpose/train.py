@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -92,7 +92,6 @@ class TrainingConfig:
     """None: the launcher's choice (``accelerate launch --mixed_precision``)."""
     gradient_checkpointing: bool = False
     workers: int = 2
-    trained: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self):
         if self.phase not in PHASES:
@@ -100,7 +99,6 @@ class TrainingConfig:
         defaults = PHASES[self.phase]
         self.learning_rate = defaults["learning_rate"] if self.learning_rate is None else float(self.learning_rate)
         self.max_steps = defaults["max_steps"] if self.max_steps is None else int(self.max_steps)
-        self.trained = defaults["train"]
         self.adam_betas = tuple(self.adam_betas)
         self.masked_tiles = tuple(self.masked_tiles)
         low, high = self.masked_tiles
@@ -111,6 +109,11 @@ class TrainingConfig:
                 raise BadInputError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @property
+    def trained(self) -> tuple[str, ...]:
+        """The modules this phase trains."""
+        return PHASES[self.phase]["train"]
+
+    @property
     def runs_cva(self) -> bool:
         return PHASES[self.phase]["cva"]
 
@@ -118,7 +121,7 @@ class TrainingConfig:
         return DataSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataSettings)})
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def load_config(source: str | os.PathLike, **overrides) -> TrainingConfig:
@@ -135,7 +138,7 @@ def load_config(source: str | os.PathLike, **overrides) -> TrainingConfig:
         raise BadInputError(f"{path}: not YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise BadInputError(f"{path}: expected a mapping of settings")
-    known = {f.name for f in dataclasses.fields(TrainingConfig) if f.init}
+    known = {f.name for f in dataclasses.fields(TrainingConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise BadInputError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -267,10 +270,10 @@ class ImagPoseTrainer:
             module.to(self.device, torch.float32 if trained else self.compute_dtype)
         if config.gradient_checkpointing:
             model.denoiser.unet.enable_gradient_checkpointing()
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        self.trained_parameters = sum(p.numel() for p in parameters)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.trained_parameters = sum(p.numel() for p in self.trainable)
         optimizer = torch.optim.AdamW(
-            parameters, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay, eps=config.adam_epsilon
+            self.trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay, eps=config.adam_epsilon
         )
         warmup = config.lr_warmup_steps
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
@@ -370,7 +373,7 @@ class ImagPoseTrainer:
                     loss = self.loss(batch, generator)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], config.max_grad_norm)
+                        accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 window_loss += loss.detach() / config.gradient_accumulation_steps
