@@ -173,12 +173,15 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
     from torch.utils.flop_counter import FlopCounterMode
 
     from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
+    from oneposetrans.profiles import DEFAULT
 
     trainer = LoraTrainer.from_models_dir(models, FinetuneSettings(**settings), timer.device)
     case = FinetuneCase("subject", [photo], CAPTION)
     lora = photo.parent / "subject.safetensors"
     for name, fast in (("published step", False), ("fast step", True)):
-        trainer.settings = FinetuneSettings(**settings, fast_step=fast)
+        # The default profile with either step: only the step differs.
+        trainer.profile = DEFAULT.replace(fast_step=fast)
+        trainer.settings = FinetuneSettings(**settings)
         timer.reset_peak()
 
         def train():
@@ -186,7 +189,7 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
             trainer.discard()
 
         seconds = timer.seconds(train, repeats)
-        trainer.settings = FinetuneSettings(**dict(settings, steps=1), fast_step=fast)
+        trainer.settings = FinetuneSettings(**dict(settings, steps=1))
         with FlopCounterMode(display=False) as flops:
             trainer.train(case)
         trainer.discard()
@@ -196,6 +199,7 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
             "peak_gb": timer.peak_gb(),
             "tflop_per_step": flops.get_total_flops() / 1e12,
         }
+    trainer.profile = DEFAULT
     trainer.settings = FinetuneSettings(**settings)
     trainer.train(case)
     trainer.save(lora)
@@ -208,6 +212,7 @@ def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: i
     from PIL import Image
 
     from oneposetrans.generator import GenerationSettings, Reposer, identity_image
+    from oneposetrans.profiles import DEFAULT, REFERENCE
 
     pose = Image.new("RGB", (side, side))
     pose.paste((255, 0, 0), (side // 3, side // 4, side // 3 + side // 16, side // 4 + side // 2))
@@ -227,15 +232,15 @@ def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: i
         "peak_gb": timer.peak_gb(),
     }
     del stock, controlnet
-    for profile in ("default", "reference"):
+    for profile in (DEFAULT, REFERENCE):
         reposer = Reposer(models, str(timer.device), dtype, profile)
         source = identity_image(Image.open(photo).convert("RGBA"), profile)
         for label, transparent, poses in (("RGB", False, 1), ("RGBA", True, 1), ("RGBA, 4 poses batched", True, 4)):
             settings = GenerationSettings(steps=steps, resolution=side, transparent=transparent, batch_size=4)
             timer.reset_peak()
             seconds = timer.seconds(lambda: reposer.generate(CAPTION, [pose] * poses, settings, lora=lora, source=source), repeats)
-            timer.figures[f"generation, {profile} profile, VCM + LoRA, {label}"] = {"s_per_target": seconds / poses, "peak_gb": timer.peak_gb()}
-        if profile == "default":
+            timer.figures[f"generation, {profile.name} profile, VCM + LoRA, {label}"] = {"s_per_target": seconds / poses, "peak_gb": timer.peak_gb()}
+        if profile is DEFAULT:
             latents = torch.randn(1, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(0)).to(timer.device, reposer.pipe.unet.dtype)
             timer.figures["transparent decoder, 8 views, one image"] = {
                 "s_per_image": timer.seconds(lambda: reposer.pipe.decode_transparent_latents(latents), repeats)

@@ -42,17 +42,15 @@ def full_size_checkpoint(folder: Path) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import Dinov2Config, Dinov2Model
 
-    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_components, training_scheduler
-    from oneposetrans.imagpose.unet import ImagPoseDenoiser, widen_conv_in
+    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
+    from oneposetrans.imagpose.unet import widen_conv_in
 
     unet = UNet2DConditionModel(**_config("sd15_unet.json"))
     widen_conv_in(unet)
     image_encoder = Dinov2Model(Dinov2Config(**_config("dinov2_base.json")))
-    config = modules_config(unet, image_encoder)
-    pose_encoder, tokenizer, cva = build_modules(config)
-    denoiser = ImagPoseDenoiser(unet, pose_encoder, cva)
+    added = build_modules(modules_config(unet, image_encoder))
     vae = AutoencoderKL(**_config("sd_vae_ft_mse.json"))
-    return save_components(folder, vae, denoiser, tokenizer, image_encoder, training_scheduler(), config)
+    return save_checkpoint(folder, {"vae": vae, "unet": unet, "image_encoder": image_encoder, "scheduler": training_scheduler(), **added})
 
 
 def _sync(device: torch.device) -> None:

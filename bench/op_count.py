@@ -96,6 +96,7 @@ def training_step_ops(unet, latent_side: int, fast_step: bool) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
+    from oneposetrans.profiles import DEFAULT
     from oneposetrans.testing import cached_tiny_models
 
     text = _config("clip_text_encoders.json")
@@ -112,14 +113,14 @@ def training_step_ops(unet, latent_side: int, fast_step: bool) -> dict:
         "tokenizer_2": CLIPTokenizer.from_pretrained(tokenizers, subfolder="tokenizer_2"),
         "noise_scheduler": DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
     }
-    settings = FinetuneSettings(mixed_precision="bf16", resolution=latent_side * 8, fast_step=fast_step)
-    trainer = LoraTrainer(components, settings, torch.device("cpu"))
+    settings = FinetuneSettings(mixed_precision="bf16", resolution=latent_side * 8)
+    trainer = LoraTrainer(components, settings, torch.device("cpu"), DEFAULT.replace(fast_step=fast_step))
     trainer.encode_caption(CAPTION)  # once per case, outside the steps
     photo = Path("/tmp") / "op_count_source.png"
     Image.fromarray(data.astronaut()).save(photo)
     counted = []
     for steps in (1, 2):
-        trainer.settings = FinetuneSettings(mixed_precision="bf16", resolution=latent_side * 8, steps=steps, fast_step=fast_step)
+        trainer.settings = FinetuneSettings(mixed_precision="bf16", resolution=latent_side * 8, steps=steps)
         with OpCounter() as counter:
             trainer.train(FinetuneCase("count", [photo], CAPTION))
         trainer.discard()
@@ -141,40 +142,62 @@ def denoising_step_ops(unet, latent_side: int) -> dict:
 
 @torch.no_grad()
 def generator_step_ops(unet, latent_side: int) -> dict:
-    """UNet calls of the OnePoseTrans generator: VCM (text 77 + image 4 + face 16 tokens, the
-    published image scales) and a rank-32 subject LoRA at the published block scales. The first
-    call of an identity computes its K/V (what every step cost before they were kept); later
-    calls reuse them; then the LoRA merged into the weights."""
+    """UNet calls of the OnePoseTrans generator: the VCM as the pipeline installs it (77 text
+    tokens; the image prompt's CLIP embeds and the face's ArcFace embedding projected by the
+    UNet's ``encoder_hid_proj`` into 4 and 16 tokens, the published image scales, the face at
+    text position 4) and a rank-32 subject LoRA at the published block scales. The projections
+    run once per identity (the first call, not counted); then a call that computes the
+    identity's K/V (what every step cost before they were kept), later calls that reuse them,
+    and the same with the LoRA merged into the weights."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from oneposetrans.settings import published_ip_scales, published_lora_scales
-    from oneposetrans.vcm import VCMLayout, install_vcm, set_ip_scales
+    from oneposetrans.vcm import VCMAttnProcessor, VisualConsistencyModule, cross_attention_processor_indices, install, set_ip_scales
 
     dtype = next(unet.parameters()).dtype
-    layout = VCMLayout(image_tokens=4, face_tokens=16, face_positions=torch.tensor([4, 4]))
+    widths = {str(index): unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
+              for name, index in cross_attention_processor_indices(unet).items()}
     with torch.device("meta"):
-        processors = install_vcm(unet, None, None, layout)
-    for processor in processors.values():
-        processor.to_empty(device="cpu").to(dtype)
+        vcm = VisualConsistencyModule(
+            layer_widths=widths,
+            cross_attention_dim=unet.config.cross_attention_dim,
+            # IP-Adapter SDXL ViT-H (4 tokens) and InstantID's Resampler, at their published sizes.
+            image_projection_config={"image_embed_dim": 1024, "cross_attention_dim": 2048, "num_image_text_embeds": 4},
+            face_projection_config={"embed_dims": 512, "output_dims": 2048, "hidden_dims": 1280, "depth": 4, "dim_head": 64,
+                                    "heads": 20, "num_queries": 16, "ffn_ratio": 4},
+        )
+    vcm.to_empty(device="cpu").to(dtype)
+    processors = install(unet, vcm)
     set_ip_scales(processors, published_ip_scales(), 0.0)
     unet.add_adapter(LoraConfig(r=32, lora_alpha=32, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name="subject")
     unet.set_adapters(["subject"], weights=[published_lora_scales()])
     unet.to(dtype)
     latents = torch.zeros(2, 4, latent_side, latent_side, dtype=dtype)
-    tokens = torch.zeros(2, 97, 2048, dtype=dtype)
-    added = {"text_embeds": torch.zeros(2, 1280, dtype=dtype), "time_ids": torch.zeros(2, 6, dtype=dtype)}
+    text = torch.zeros(2, 77, 2048, dtype=dtype)
+    added = {
+        "text_embeds": torch.zeros(2, 1280, dtype=dtype), "time_ids": torch.zeros(2, 6, dtype=dtype),
+        "image_embeds": [torch.zeros(2, 1, 1024, dtype=dtype), torch.zeros(2, 1, 1, 512, dtype=dtype)],
+    }
+    attention = {"face_positions": torch.tensor([4, 4])}
 
     def count() -> dict:
         with OpCounter() as counter:
-            unet(latents, torch.tensor(500), encoder_hidden_states=tokens, added_cond_kwargs=added)
+            unet(latents, torch.tensor(500), encoder_hidden_states=text, added_cond_kwargs=added, cross_attention_kwargs=attention)
         return counter.summary()
 
+    def forget_keys_and_values() -> None:
+        for processor in unet.attn_processors.values():
+            if isinstance(processor, VCMAttnProcessor):
+                processor._kept.entries.clear()
+
+    count()  # the identity's tokens, once
+    forget_keys_and_values()
     first, steady = count(), count()
     for module in unet.modules():
         if isinstance(module, BaseTunerLayer):
             module.merge(adapter_names=["subject"])
-    layout.changed()
+    forget_keys_and_values()
     count()
     fused = count()
     unet.delete_adapters("subject")

@@ -23,6 +23,7 @@ from PIL import Image, ImageFilter
 
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import StageLog, split_pair_name
 from oneposetrans.stages import Stage
 
@@ -58,22 +59,25 @@ def composite(
     foreground: Image.Image,
     background: Image.Image,
     mask: Image.Image | np.ndarray | None = None,
-    profile: str = "default",
+    profile: Profile = DEFAULT,
 ) -> Image.Image:
     """The person of ``foreground`` over ``background``, in the foreground's frame.
 
-    ``mask`` (person = 255) is used when the foreground carries no alpha, and always in the
-    reference profile, as the published paste did.
+    The background is stretched or covers the frame (``profile.paste_background``). With
+    ``profile.paste_matte == "mask"`` the published hard cut by ``mask`` (person = 255); with
+    ``"alpha"`` the foreground's alpha, or ``mask`` feathered when it carries none.
     """
     size = foreground.size
     colours = np.asarray(foreground.convert("RGB"), np.float32)
-    if profile == "reference":
+    if profile.paste_background == "stretch":
         back = np.asarray(background.convert("RGB").resize(size, Image.BICUBIC), np.float32)
+    else:
+        back = np.asarray(cover(background.convert("RGB"), size), np.float32)
+    if profile.paste_matte == "mask":
         if mask is None:
-            raise BadInputError("the reference paste needs a mask")
+            raise BadInputError("the published paste needs a mask")
         hard = _mask_array(mask, size) == 255
         return Image.fromarray(np.where(hard[..., None], colours, back).astype(np.uint8), "RGB")
-    back = np.asarray(cover(background.convert("RGB"), size), np.float32)
     if carries_alpha(foreground):
         alpha = np.asarray(foreground, np.float32)[..., 3] / 255.0
     elif mask is not None:
@@ -95,16 +99,15 @@ def _mask_array(mask: Image.Image | np.ndarray, size: tuple[int, int]) -> np.nda
 
 class PasteStage(Stage[Path]):
     """Paste every ``<source>_to_<target>.png`` onto ``<background_folder>/<source>.png``
-    (steps 8 and 11): by its alpha when it carries one, else (and always in the reference
-    profile, as published) by its mask of the same name in ``mask_folder``."""
+    (steps 8 and 11): by its alpha when it carries one, else (and always where the session's
+    profile pastes by the mask, as published) by its mask of the same name in ``mask_folder``."""
 
     name = "paste"
 
-    def __init__(self, background_folder: Path, mask_folder: Path | None, output_folder: Path, profile: str = "default", overwrite: bool = False):
+    def __init__(self, background_folder: Path, mask_folder: Path | None, output_folder: Path, overwrite: bool = False):
         self.background_folder = background_folder
         self.mask_folder = mask_folder
         self.output_folder = output_folder
-        self.profile = profile
         self.overwrite = overwrite
 
     def outputs(self, case: Path) -> list[Path]:
@@ -117,10 +120,10 @@ class PasteStage(Stage[Path]):
             raise BadInputError(f"{case}: no background {background_file} (run inpaint first)")
         foreground = load_image(case, "RGBA")
         mask_file = self.mask_folder / case.name if self.mask_folder is not None else None
-        needs_mask = self.profile == "reference" or not carries_alpha(foreground)
+        needs_mask = session.profile.paste_matte == "mask" or not carries_alpha(foreground)
         if needs_mask and (mask_file is None or not mask_file.exists()):
             raise BadInputError(f"{case}: no alpha channel and no mask {mask_file} (run segment --mode rgb first)")
         mask = load_image(mask_file, "L") if needs_mask else None
-        result = composite(foreground, load_image(background_file, "RGB"), mask, self.profile)
+        result = composite(foreground, load_image(background_file, "RGB"), mask, session.profile)
         save_image(result, self.outputs(case)[0])
         log.ok(case.stem, size=list(result.size), matte="mask" if mask is not None else "alpha")

@@ -89,7 +89,7 @@ class DemoSteps:
             visitor.tree,
             self.session,
             GenerationSettings(resolution=config.resolution, steps=config.denoise_steps),
-            FinetuneSettings(profile=config.profile, resolution=config.finetune_resolution, steps=config.finetune_steps),
+            FinetuneSettings(resolution=config.finetune_resolution, steps=config.finetune_steps),
             RefineSettings(resolution=config.resolution, steps=config.denoise_steps),
             echo=lambda _: None,
             progress=False,
@@ -177,7 +177,7 @@ class DemoSteps:
     def _pose_maps(self, visitor: Visitor):
         from oneposetrans.pose import PoseMaps
 
-        return PoseMaps(visitor.tree, self.config.profile)
+        return PoseMaps(visitor.tree, self.session.profile)
 
     def poses(self, visitor: Visitor, files: list[str] | None) -> list[Image.Image]:
         """Target poses from keypoints JSON, rendered maps or photos (OpenPose), several at once."""
@@ -188,7 +188,7 @@ class DemoSteps:
         cache, maps, names = self._pose_maps(visitor), [], []
         for path in files:
             name = stem(Path(path).name)
-            render = lambda: load_pose_map(path, self.config.resolution, lambda: self.session.pose_extractor, self.config.profile)  # noqa: E731
+            render = lambda: load_pose_map(path, self.config.resolution, lambda: self.session.pose_extractor, self.session.profile)  # noqa: E731
             with self._lock:
                 maps.append(cache.get(name, render, overwrite=True))
             names.append(name)
@@ -219,7 +219,7 @@ class DemoSteps:
 
     def refine(self, visitor: Visitor) -> list[Image.Image]:
         names = self._results(visitor, "reposed", "repose first")
-        if self.config.profile == "reference":
+        if self.session.profile.refine_input == "published":
             # The published refining pass reads the results' RGBA of step 6.
             self._run(visitor, "segment_results", "reposed", ("rgba",), names)
         self._run(visitor, "refine", {SOURCE_NAME: visitor.caption}, names)

@@ -30,6 +30,12 @@ class EnvironmentProblem(OnePoseTransError):
     exit_code = 2
 
 
+class NotBuiltError(OnePoseTransError):
+    """What was asked for is not built yet; the message says which issue builds it."""
+
+    exit_code = 2
+
+
 class CaseFailures(OnePoseTransError):
     """Some cases of a batch failed; each one's reason is in the stage log and in ``reasons``."""
 

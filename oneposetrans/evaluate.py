@@ -36,7 +36,8 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image
-from oneposetrans.results import PROFILES, pose_map_name, split_pair_name, write_json_atomic, write_text_atomic
+from oneposetrans.profiles import PROFILES
+from oneposetrans.results import pose_map_name, split_pair_name, write_json_atomic, write_text_atomic
 from oneposetrans.settings import ALL_METRICS, PAIR_METRICS, SET_METRICS
 
 SIZES = {"256x176": (176, 256), "512x352": (352, 512)}
@@ -501,7 +502,7 @@ def html_report(summary: dict, per_case: dict, cases: list[EvaluationCase]) -> s
         for case in chosen:
             _, target = split_pair_name(case.generated.name)
             poses = case.generated.parent.parent / "poses"
-            pose = next((p for p in (poses / pose_map_name(target, profile) for profile in PROFILES) if p.exists()), None)
+            pose = next((p for p in (poses / pose_map_name(target, profile) for profile in PROFILES.values()) if p.exists()), None)
             rows.append((
                 load_image(case.source, "RGB") if case.source else None,
                 load_image(pose, "RGB") if pose else None,

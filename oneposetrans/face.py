@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from oneposetrans import registry
+from oneposetrans.profiles import DEFAULT, Profile
 
 PUBLISHED_SIDE = 1024
 DETECTION_SIZE = (640, 640)
@@ -46,12 +47,12 @@ def draw_face_keypoints(keypoints: np.ndarray, size: tuple[int, int]) -> Image.I
     return Image.fromarray(canvas)
 
 
-def pick_face(faces: list, profile: str):
+def pick_face(faces: list, profile: Profile):
     """Reference: the first face InsightFace returns (the published code). Default: the largest,
     as InstantID does, so that a bystander's face never becomes the subject's."""
     if not faces:
         return None
-    if profile == "reference":
+    if profile.face_choice == "first":
         return faces[0]
     return max(faces, key=lambda face: float((face.bbox[2] - face.bbox[0]) * (face.bbox[3] - face.bbox[1])))
 
@@ -59,7 +60,7 @@ def pick_face(faces: list, profile: str):
 class FaceEmbedder:
     """Load once; :meth:`embed` per source photo."""
 
-    def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", profile: str = "default"):
+    def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", profile: Profile = DEFAULT):
         from insightface.app import FaceAnalysis
 
         folder = registry.require("antelopev2", models_dir)
@@ -75,7 +76,6 @@ class FaceEmbedder:
         face = pick_face(faces, self.profile)
         if face is None:
             return FaceResult(None, "no face found in the source: generated without face tokens")
-        which = "first" if self.profile == "reference" else "largest"
-        note = f"{len(faces)} faces found, used the {which}" if len(faces) > 1 else "one face found"
+        note = f"{len(faces)} faces found, used the {self.profile.face_choice}" if len(faces) > 1 else "one face found"
         keypoints = None if face.kps is None else np.asarray(face.kps, np.float64) / [rgb.width, rgb.height]
         return FaceResult(np.asarray(face.embedding, dtype=np.float32), note, len(faces), keypoints)

@@ -5,7 +5,8 @@ photo and its caption with the plain epsilon-prediction loss, then saved in the 
 LoRA format as ``lora/<name>.safetensors``. The base models are loaded once per process;
 each case adds a fresh adapter to the same UNet and deletes it afterwards.
 
-Profiles differ where the published trainer disagrees with inference:
+Profiles differ where the published trainer disagrees with inference (the profile's
+``finetune_*`` policies and ``fast_step``):
 
 * ``reference``: pooled text embedding = text_encoder_2's *unprojected* pooler output, and
   SDXL time ids (W, H, 0, 0, W, H) of the full-size photo, as published. The crops come from
@@ -35,6 +36,7 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError, CaseError, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.progress import Progress
 from oneposetrans.results import ResultsTree, atomic_path, safe_component
 from oneposetrans.settings import FinetuneSettings
@@ -72,10 +74,13 @@ def _precision(setting: str, device: torch.device) -> str:
 class LoraTrainer:
     """Holds the frozen SDXL components; :meth:`train` fits one case's LoRA."""
 
-    def __init__(self, components: dict, settings: FinetuneSettings, device: str | torch.device = "auto"):
+    def __init__(
+        self, components: dict, settings: FinetuneSettings, device: str | torch.device = "auto", profile: Profile = DEFAULT
+    ):
         """``components``: tokenizer, tokenizer_2, text_encoder, text_encoder_2 (with projection),
         vae, unet and a DDPM-style noise_scheduler, as in an SDXL pipeline."""
         self.settings = settings
+        self.profile = profile
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = _precision(settings.mixed_precision, self.device)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[self.precision]
@@ -88,13 +93,13 @@ class LoraTrainer:
         for encoder in self.text_encoders:
             encoder.to(self.device, self.weight_dtype)
         # The VAE only encodes; fp32 avoids the SDXL VAE's fp16 overflow (the published trainer used fp16).
-        self.vae.to(self.device, self.weight_dtype if settings.profile == "reference" else torch.float32)
+        self.vae.to(self.device, self.weight_dtype if profile.finetune_vae_dtype == "weights" else torch.float32)
         self.unet.to(self.device, self.weight_dtype)
         self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_models_dir(
-        cls, models_dir: str | os.PathLike, settings: FinetuneSettings, device: str | torch.device = "auto"
+        cls, models_dir: str | os.PathLike, settings: FinetuneSettings, device: str | torch.device = "auto", profile: Profile = DEFAULT
     ) -> "LoraTrainer":
         """Load the SDXL base of the registry from local files, once for every case to come."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -112,7 +117,7 @@ class LoraTrainer:
             "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet", **load),
             "noise_scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
         }
-        return cls(components, settings, device)
+        return cls(components, settings, device, profile)
 
     @torch.no_grad()
     def encode_caption(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,14 +133,14 @@ class LoraTrainer:
                 hidden.append(output.hidden_states[-2])
                 if index == 1:
                     pooled = output.pooler_output
-                    if self.settings.profile != "reference":
+                    if self.profile.finetune_pooled == "projected":
                         pooled = encoder.text_projection(pooled)
             self._caption_cache[caption] = (torch.cat(hidden, dim=-1), pooled)
         return self._caption_cache[caption]
 
     def _augment(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """Shorter side to the training resolution (bilinear), then a random square crop."""
-        if self.settings.profile == "reference":
+        if self.profile.finetune_crops == "torchvision":
             return self._augment_as_published(image, mask)
         size = self.settings.resolution
         scale = size / min(image.size)
@@ -180,7 +185,7 @@ class LoraTrainer:
     def _time_ids(self, photo_size: tuple[int, int], crop: list[int]) -> list[int]:
         width, height = photo_size
         size = self.settings.resolution
-        if self.settings.profile == "reference":
+        if self.profile.finetune_time_ids == "photo":
             return [width, height, 0, 0, width, height]
         return [height, width, crop[0], crop[1], size, size]
 
@@ -218,7 +223,7 @@ class LoraTrainer:
             adapter_name=ADAPTER,
         )
         parameters = [p for p in self.unet.parameters() if p.requires_grad]
-        published = settings.profile == "reference" if settings.fast_step is None else not settings.fast_step
+        published = not self.profile.fast_step
         if published:
             # As published (accelerate + cast_training_params): fp32 LoRA weights under autocast,
             # which casts each of them to the compute dtype at every call.
@@ -255,7 +260,7 @@ class LoraTrainer:
         # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
         # default crops can move: they come from Python's generator, while the VAE's sampling noise
         # is still drawn from torch's in the loop, in the published order.
-        planned = [draw_crops() for _ in range(settings.steps)] if not published and settings.profile != "reference" else None
+        planned = [draw_crops() for _ in range(settings.steps)] if not published and self.profile.finetune_crops == "pil" else None
         moments = self._encode_moments([crop for crops in planned for crop in crops]) if planned else None
         bar = Progress(settings.steps, f"finetune {case.name}")
         for step in range(settings.steps):

@@ -72,7 +72,7 @@ def run_generate(
     stage = ReposeStage(
         tree, settings, pose_source(inputs, tree, settings.resolution, session),
         # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
-        require_mask=session.profile == "reference", echo=echo,
+        require_mask=session.profile.require_person_mask, echo=echo,
     )
     return run_stage(stage, group_by_source(inputs.pairs, inputs.captions), session, tree.log("generate"), echo, progress)
 

@@ -24,6 +24,7 @@ from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.face import PUBLISHED_SIDE
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.progress import Progress
 from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, stem
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
@@ -33,18 +34,18 @@ from oneposetrans.stages import Stage
 REPOSE_MODELS = registry.GENERATOR_MODELS
 
 
-def identity_image(photo: Image.Image, profile: str) -> Image.Image:
+def identity_image(photo: Image.Image, profile: Profile) -> Image.Image:
     """What the image prompt (CLIP ViT-H) and the face detector see: the segmented person on black.
 
     ``photo`` is the source as RGBA with the person mask as alpha (``images_rgba``). The published
     generator opened that file and resized it to 1024x1024; Pillow resizes RGBA in premultiplied
     form, so every pixel of alpha 0 comes back black, and ``convert("RGB")`` then kept the person
-    on black, stretched to a square (``reference``). ``default`` keeps the person's aspect ratio
-    and pads the picture to a square with black, so that CLIP's centre crop cuts neither head nor
+    on black, stretched to a square (``identity_image == "stretch"``, reference). ``"pad"``
+    (default) keeps the person's aspect ratio and pads the picture to a square with black, so that CLIP's centre crop cuts neither head nor
     feet. An opaque photo (no mask) passes through the same steps unchanged in content.
     """
     rgba = photo.convert("RGBA")
-    if profile == "reference":
+    if profile.identity_image == "stretch":
         return rgba.resize((PUBLISHED_SIDE, PUBLISHED_SIDE)).convert("RGB")
     person = Image.composite(rgba.convert("RGB"), Image.new("RGB", rgba.size), rgba.getchannel("A"))
     side = max(person.size)
@@ -53,7 +54,7 @@ def identity_image(photo: Image.Image, profile: str) -> Image.Image:
     return square
 
 
-def load_identity_image(tree: ResultsTree, name: str, profile: str, required: bool = False) -> tuple[Image.Image, str | None]:
+def load_identity_image(tree: ResultsTree, name: str, profile: Profile, required: bool = False) -> tuple[Image.Image, str | None]:
     """:func:`identity_image` of ``images_rgba/<name>.png`` and None; without that file, the whole
     photo ``images/<name>.png`` and a note saying so (or BadInputError when ``required``)."""
     rgba_file = tree.file("images_rgba", f"{name}.png")
@@ -76,7 +77,7 @@ class Reposer:
         models_dir: str | os.PathLike,
         device: str = "auto",
         dtype: str = "auto",
-        profile: str = "default",
+        profile: Profile = DEFAULT,
         identitynet: bool = False,
     ):
         from diffusers import ControlNetModel
@@ -105,17 +106,20 @@ class Reposer:
             variant=registry.weights_variant(base),
             local_files_only=True,
             add_watermarker=False,
+            profile=profile,
         ).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        # The offsets are merged before any adapter or LoRA, as published.
-        self.pipe.load_layerdiffuse(folders["layerdiffuse"])
         ip_adapter = next(iter(sorted((folders["ip-adapter"] / "sdxl_models").glob("ip-adapter_sdxl_vit-h.*"))))
-        self.pipe.load_vcm(
-            ip_adapter,
-            folders["ip-adapter"] / "models" / "image_encoder",
-            folders["instantid"] / "ip-adapter.bin",
-            profile=profile,
-        )
+        try:
+            # The offsets are merged before any adapter or LoRA, as published.
+            self.pipe.load_layerdiffuse(folders["layerdiffuse"])
+            self.pipe.load_vcm(
+                ip_adapter,
+                folders["ip-adapter"] / "models" / "image_encoder",
+                folders["instantid"] / "ip-adapter.bin",
+            )
+        except ValueError as error:  # a file that is not what its name says
+            raise BadInputError(str(error)) from None
         self.faces = FaceEmbedder(models_dir, str(self.device), profile)
         self.conditioning = ""
         """What the last :meth:`generate` call conditioned on, in words."""
@@ -138,74 +142,82 @@ class Reposer:
         self.pipe.set_ip_adapter_scale(settings.ip_scales if settings.use_image_prompt else {}, settings.face_scale)
         if lora is not None:
             # The published pipeline ran the adapters unfused; merging them is the same sum, once.
-            self.pipe.load_subject_lora(Path(lora), settings.lora_scales, fuse=self.profile != "reference")
+            self.pipe.load_subject_lora(Path(lora), settings.lora_scales, fuse=self.profile.fuse_lora)
         try:
-            notes: list[str] = []
-            reference = source.convert("RGB") if source is not None else None
-            face_embedding = keypoints_image = None
-            if (settings.use_face or self.identitynet) and reference is not None:
-                found = self.faces.embed(reference)
-                face_embedding = found.embedding if settings.use_face else None
-                notes.append(found.note)
-                if self.identitynet:
-                    from oneposetrans.face import draw_face_keypoints
-
-                    if found.keypoints is None:
-                        raise BadInputError("--identitynet needs a face in the source photo; none was found")
-                    keypoints_image = draw_face_keypoints(found.keypoints, pose_maps[0].size)
-            identity = self.pipe.encode_identity(
-                caption,
-                settings.negative_prompt,
-                reference if settings.use_image_prompt else None,
-                face_embedding,
-                do_classifier_free_guidance=settings.guidance > 1.0,
-            )
-            notes += identity.notes
-            self.conditioning = _describe_conditioning(identity, settings, lora is not None, keypoints_image is not None)
-            images: list[Image.Image] = []
-            # Published: one target per pipeline call (batching changes the kernels, hence the bits).
-            batch_size = 1 if self.profile == "reference" else settings.batch_size
-            # Poses of different sizes cannot share a UNet batch; split where the size changes.
-            groups = [
-                group
-                for first in range(0, len(pose_maps), batch_size)
-                for group in _same_size_runs(pose_maps[first : first + batch_size])
-            ]
-            bar = Progress(len(groups) * settings.steps, f"denoise {len(pose_maps)} target(s)")
-
-            def step_done(pipe, step, timestep, tensors):
-                bar.update()
-                return {}
-
-            with bar:
-                for group in groups:
-                    output = self.pipe(
-                        image=group,
-                        identity=identity,
-                        face_keypoints_image=keypoints_image,
-                        identitynet_conditioning_scale=settings.identitynet_scale,
-                        num_inference_steps=settings.steps,
-                        guidance_scale=settings.guidance,
-                        controlnet_conditioning_scale=settings.controlnet_scale,
-                        control_guidance_start=settings.control_start,
-                        control_guidance_end=settings.control_end,
-                        generator=[torch.Generator(self.device).manual_seed(settings.seed) for _ in group],
-                        transparent=settings.transparent,
-                        batch_size=len(group),
-                        callback_on_step_end=step_done if bar.active else None,
-                    )
-                    if on_batch is not None:
-                        on_batch(len(images), output.images)
-                    images += output.images
-            return images, notes
+            return self._generate(caption, pose_maps, settings, lora is not None, source, on_batch)
+        except ValueError as error:  # the pipeline's check of its inputs
+            raise BadInputError(str(error)) from None
         finally:
             if lora is not None:
                 self.pipe.unload_subject_lora()
 
+    def _generate(
+        self, caption: str, pose_maps: list[Image.Image], settings: GenerationSettings, lora: bool,
+        source: Image.Image | None, on_batch: Callable[[int, list[Image.Image]], None] | None,
+    ) -> tuple[list[Image.Image], list[str]]:
+        notes: list[str] = []
+        reference = source.convert("RGB") if source is not None else None
+        face_embedding = keypoints_image = None
+        if (settings.use_face or self.identitynet) and reference is not None:
+            found = self.faces.embed(reference)
+            face_embedding = found.embedding if settings.use_face else None
+            notes.append(found.note)
+            if self.identitynet:
+                from oneposetrans.face import draw_face_keypoints
+
+                if found.keypoints is None:
+                    raise BadInputError("--identitynet needs a face in the source photo; none was found")
+                keypoints_image = draw_face_keypoints(found.keypoints, pose_maps[0].size)
+        identity = self.pipe.encode_identity(
+            caption,
+            settings.negative_prompt,
+            reference if settings.use_image_prompt else None,
+            face_embedding,
+            do_classifier_free_guidance=settings.guidance > 1.0,
+        )
+        notes += identity.notes
+        self.conditioning = _describe_conditioning(identity, settings, lora, keypoints_image is not None)
+        images: list[Image.Image] = []
+        # Published: one target per pipeline call (batching changes the kernels, hence the bits).
+        batch_size = settings.batch_size if self.profile.batch_poses else 1
+        # Poses of different sizes cannot share a UNet batch; split where the size changes.
+        groups = [
+            group
+            for first in range(0, len(pose_maps), batch_size)
+            for group in _same_size_runs(pose_maps[first : first + batch_size])
+        ]
+        bar = Progress(len(groups) * settings.steps, f"denoise {len(pose_maps)} target(s)")
+
+        def step_done(pipe, step, timestep, tensors):
+            bar.update()
+            return {}
+
+        with bar:
+            for group in groups:
+                output = self.pipe(
+                    image=group,
+                    identity=identity,
+                    face_keypoints_image=keypoints_image,
+                    identitynet_conditioning_scale=settings.identitynet_scale,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance,
+                    controlnet_conditioning_scale=settings.controlnet_scale,
+                    control_guidance_start=settings.control_start,
+                    control_guidance_end=settings.control_end,
+                    generator=[torch.Generator(self.device).manual_seed(settings.seed) for _ in group],
+                    transparent=settings.transparent,
+                    batch_size=len(group),
+                    callback_on_step_end=step_done if bar.active else None,
+                )
+                if on_batch is not None:
+                    on_batch(len(images), output.images)
+                images += output.images
+        return images, notes
+
 
 def _describe_conditioning(identity, settings: GenerationSettings, lora: bool, identitynet: bool) -> str:
     """What a generate call conditioned on, in words, for the run's report."""
-    tokens = ["text"] + ["IP-Adapter image"] * bool(identity.image_tokens) + ["InstantID face"] * bool(identity.face_tokens)
+    tokens = ["text"] + ["IP-Adapter image"] * identity.has_image + ["InstantID face"] * identity.has_face
     parts = [f"VCM ({', '.join(tokens)})", "OpenPose ControlNet"]
     parts += ["IdentityNet"] * identitynet + ["LoRA"] * lora
     parts.append("LayerDiffuse alpha" if settings.transparent else "SDXL VAE (opaque)")

@@ -28,6 +28,7 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import StageLog, stem
 from oneposetrans.stages import Stage
 
@@ -37,7 +38,7 @@ INPAINTERS = ("lama", "diffusion")
 DIFFUSION_STEPS = 20
 DIFFUSION_GUIDANCE = 8.0
 DIFFUSION_SEED = 0
-DIFFUSION_STRENGTH = {"default": 1.0, "reference": 0.6}
+DIFFUSION_STRENGTH = {"fitted": 1.0, "published": 0.6}
 
 PUBLISHED_LAMA = "lama_fp32_1024.onnx"
 PUBLISHED_LAMA_SIDE = 1024
@@ -55,13 +56,13 @@ def binary_mask(mask: Image.Image | np.ndarray) -> np.ndarray:
 class LamaInpainter:
     """LaMa through onnxruntime at the export's fixed input size (read from the model)."""
 
-    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", profile: str = "default"):
+    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", profile: Profile = DEFAULT):
         import onnxruntime
         from oneposetrans.runtime import resolve_device
 
         folder = registry.require("lama", models_dir)
         published = folder / PUBLISHED_LAMA
-        self.path = published if profile == "reference" and published.exists() else sorted(folder.glob("lama_fp32*.onnx"))[0]
+        self.path = published if profile.lama_export == "published" and published.exists() else sorted(folder.glob("lama_fp32*.onnx"))[0]
         available = onnxruntime.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in available:
@@ -76,7 +77,7 @@ class LamaInpainter:
         # Dynamic exports name their axes; they run at the photo's size rounded up to 8.
         self.size = (width, height) if isinstance(height, int) and isinstance(width, int) else None
         self.profile = profile
-        if profile == "reference" and self.size != (PUBLISHED_LAMA_SIDE, PUBLISHED_LAMA_SIDE):
+        if profile.lama_export == "published" and self.size != (PUBLISHED_LAMA_SIDE, PUBLISHED_LAMA_SIDE):
             found = "a dynamic-size" if self.size is None else f"a {self.size[0]}x{self.size[1]}"
             raise BadInputError(
                 f"{self.path}: {found} LaMa export; --profile reference needs the published "
@@ -98,7 +99,7 @@ class LamaInpainter:
             None, {"image": pixels.transpose(2, 0, 1)[None], "mask": model_hole[None, None]}
         )[0][0]
         filled = Image.fromarray(np.clip(output.transpose(1, 2, 0), 0, 255).astype(np.uint8), "RGB")
-        if self.profile == "reference":
+        if self.profile.lama_export == "published":
             return filled
         filled = np.asarray(filled.resize(image.size, Image.BICUBIC))
         return Image.fromarray(np.where(hole[..., None], filled, np.asarray(image)), "RGB")
@@ -108,7 +109,7 @@ class DiffusionInpainter:
     """SDXL inpainting 0.1 through diffusers' AutoPipelineForInpainting, loaded once."""
 
     def __init__(
-        self, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto", profile: str = "default"
+        self, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto", profile: Profile = DEFAULT
     ):
         import torch
         from diffusers import AutoPipelineForInpainting
@@ -121,14 +122,14 @@ class DiffusionInpainter:
         self.pipeline = AutoPipelineForInpainting.from_pretrained(folder, dtype=resolve_dtype(dtype, self.device))
         self.pipeline.to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
-        self.strength = DIFFUSION_STRENGTH[profile]
+        self.strength = DIFFUSION_STRENGTH[profile.diffusion_inpaint]
         self.profile = profile
         self._torch = torch
 
     def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> Image.Image:
         image = image.convert("RGB")
         hole = Image.fromarray(np.where(binary_mask(mask), 255, 0).astype(np.uint8), "L").resize(image.size, Image.NEAREST)
-        if self.profile == "reference":
+        if self.profile.diffusion_inpaint == "published":
             # Published: no size given, so diffusers' default (1024x1024 for SDXL) and that output kept;
             # the seed-0 generator lives on the GPU the pipeline runs on.
             size: dict[str, int] = {}
@@ -148,13 +149,13 @@ class DiffusionInpainter:
             num_inference_steps=DIFFUSION_STEPS,
             generator=self._torch.Generator(generator_device).manual_seed(DIFFUSION_SEED),
         ).images[0]
-        if self.profile == "reference" or result.size == image.size:
+        if self.profile.diffusion_inpaint == "published" or result.size == image.size:
             return result
         return result.resize(image.size, Image.BICUBIC)
 
 
 def make_inpainter(
-    kind: str, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto", profile: str = "default"
+    kind: str, models_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto", profile: Profile = DEFAULT
 ) -> Callable[[Image.Image, Image.Image | np.ndarray], Image.Image]:
     if kind == "lama":
         return LamaInpainter(models_dir, device, profile)

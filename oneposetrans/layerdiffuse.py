@@ -10,6 +10,8 @@ Transparency", arXiv 2402.17113), as OnePoseTrans uses it:
 
 The module names follow the published ``ld_diffusers_sdxl_*.safetensors`` files, which are bare
 state dicts; layer widths are read from the file, so the tiny kit's narrow copies load the same way.
+Decoder and encoder are diffusers models (``ModelMixin`` + ``ConfigMixin``): registered in a
+pipeline, they move, offload and save as its other components do.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 from safetensors.torch import load_file
 from torch import nn
-
-from oneposetrans.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def merge_attention_offsets(unet: nn.Module, path: str | os.PathLike) -> int:
     parameters = dict(unet.named_parameters())
     unknown = [key for key in offsets if key not in parameters]
     if len(unknown) * 2 > len(offsets):
-        raise BadInputError(f"{path}: {len(unknown)} of {len(offsets)} offsets match no UNet weight, e.g. {unknown[0]}")
+        raise ValueError(f"{path}: {len(unknown)} of {len(offsets)} offsets match no UNet weight, e.g. {unknown[0]}")
     if unknown:
         logger.warning("%s: %d of %d offsets match no UNet weight and were skipped, e.g. %s", path, len(unknown), len(offsets), unknown[0])
     with torch.no_grad():
@@ -141,7 +141,7 @@ class TransparentDecoderUNet(ModelMixin, ConfigMixin):
         try:
             widths = tuple(state[f"down_blocks.{level}.resnets.0.conv1.weight"].shape[0] for level in range(7))
         except KeyError:
-            raise BadInputError(f"{path}: not a LayerDiffuse transparent decoder (no down_blocks.*.resnets)") from None
+            raise ValueError(f"{path}: not a LayerDiffuse transparent decoder (no down_blocks.*.resnets)") from None
         model = cls(block_out_channels=widths)
         model.load_state_dict(state, strict=True)
         return model.to(dtype).eval()
@@ -188,12 +188,13 @@ def _view(pixel: torch.Tensor, latent: torch.Tensor, flip: bool, turns: int) -> 
     return torch.rot90(pixel, turns, (2, 3)), torch.rot90(latent, turns, (2, 3))
 
 
-class TransparentOffsetEncoder(nn.Module):
+class TransparentOffsetEncoder(ModelMixin, ConfigMixin):
     """Alpha + padded RGB (4 channels, full resolution) -> latent offset (4 channels, /8)."""
 
     WIDTHS = (32, 32, 64, 64, 128, 128, 256, 256)
     STRIDES = (1, 1, 2, 1, 2, 1, 2, 1)
 
+    @register_to_config
     def __init__(self):
         super().__init__()
         layers: list[nn.Module] = []
@@ -213,7 +214,7 @@ class TransparentOffsetEncoder(nn.Module):
         try:
             model.load_state_dict(load_file(path), strict=True)
         except RuntimeError as error:
-            raise BadInputError(f"{path}: not a LayerDiffuse transparent encoder ({str(error).splitlines()[0]})") from None
+            raise ValueError(f"{path}: not a LayerDiffuse transparent encoder ({str(error).splitlines()[0]})") from None
         return model.to(dtype).eval()
 
 

@@ -6,12 +6,14 @@ loading and saving, offloading, slicing, schedulers), with the method on top:
 
 * one call renders one identity in N target poses: the prompt, image-prompt and face embeddings
   are computed once and shared by every pose (``image`` may list several poses for one prompt);
-* the VCM lives in the UNet's attention processors (:mod:`oneposetrans.vcm`), and the
-  ControlNet's processors read only the text tokens;
-* LayerDiffuse decodes RGBA images.
+* the VCM is a registered component (:class:`~oneposetrans.vcm.VisualConsistencyModule`) whose
+  projections sit in the UNet's ``encoder_hid_proj`` and whose attention processors receive the
+  text states and the image-prompt and face tokens as diffusers' IP-Adapter processors do; the
+  ControlNet reads the text alone;
+* LayerDiffuse's transparent decoder and encoder are registered components too, and decode RGBA.
 
-With none of the method's inputs given (no ``load_vcm`` image or face, no ``identity``, no
-LayerDiffuse), a call is the parent's call with the same arguments.
+With none of the method's inputs given (no VCM image or face, no ``identity``, no LayerDiffuse),
+a call is the parent's call with the same arguments.
 
 Example::
 
@@ -26,11 +28,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,10 +38,14 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl import retrieve_timesteps
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, deprecate
+from diffusers.utils.torch_utils import is_compiled_module, is_torch_version
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import (
     CLIPImageProcessor,
     CLIPTextModel,
@@ -51,19 +54,30 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from oneposetrans import layerdiffuse, vcm
-from oneposetrans.errors import BadInputError
+from oneposetrans import layerdiffuse
+from oneposetrans.vcm import (
+    REFERENCE_FACE_POSITION,
+    TEXT_TOKENS,
+    IdentityConditioning,
+    TextWindowAttnProcessor,
+    VCMAttnProcessor,
+    VisualConsistencyModule,
+    face_token_position,
+    install as install_vcm,
+    set_ip_scales,
+    uninstall as uninstall_vcm,
+    unwrapped,
+)
+from oneposetrans.profiles import Profile, profile_named
 from oneposetrans.settings import NEGATIVE_PROMPT, published_ip_scales
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NEGATIVE_PROMPT = NEGATIVE_PROMPT
 SUBJECT_ADAPTER = "subject"
+LAYERDIFFUSE_OFFSETS = "ld_diffusers_sdxl_attn.safetensors"
 LAYERDIFFUSE_DECODER = "ld_diffusers_sdxl_vae_transparent_decoder.safetensors"
 LAYERDIFFUSE_ENCODER = "ld_diffusers_sdxl_vae_transparent_encoder.safetensors"
-EXTRAS_FOLDER = "oneposetrans"
-"""Where :meth:`~StableDiffusionXLOnePoseTransPipeline.save_pretrained` keeps the method's weights
-(beside the diffusers component folders, which ``from_pretrained`` reads as usual)."""
 
 
 @dataclass
@@ -77,6 +91,29 @@ class OnePoseTransPipelineOutput(BaseOutput):
 
 
 class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline):
+    r"""The OnePoseTrans generator: ``StableDiffusionXLControlNetPipeline`` with the Visual
+    Consistency Module and LayerDiffuse.
+
+    Args (besides the parent's):
+        vcm ([`~oneposetrans.vcm.VisualConsistencyModule`], *optional*):
+            The VCM's weights (``load_vcm`` reads them from the published files).
+        transparent_decoder ([`~oneposetrans.layerdiffuse.TransparentDecoderUNet`], *optional*):
+            LayerDiffuse's decoder of RGBA (``load_layerdiffuse``).
+        transparent_encoder ([`~oneposetrans.layerdiffuse.TransparentOffsetEncoder`], *optional*):
+            LayerDiffuse's encoder of RGBA, which only refining needs.
+        profile (`str` or [`~oneposetrans.profiles.Profile`], defaults to `"default"`):
+            `"reference"` computes what the published code did (README *Profiles*).
+        layerdiffuse_offsets_merged (`bool`):
+            The UNet's weights already carry LayerDiffuse's attention offsets.
+    """
+
+    _optional_components = [
+        *StableDiffusionXLControlNetPipeline._optional_components,
+        "vcm",
+        "transparent_decoder",
+        "transparent_encoder",
+    ]
+
     def __init__(
         self,
         vae: AutoencoderKL,
@@ -91,23 +128,30 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         add_watermarker: bool | None = None,
         feature_extractor: CLIPImageProcessor = None,
         image_encoder: CLIPVisionModelWithProjection = None,
+        vcm: VisualConsistencyModule | None = None,
+        transparent_decoder: layerdiffuse.TransparentDecoderUNet | None = None,
+        transparent_encoder: layerdiffuse.TransparentOffsetEncoder | None = None,
+        profile: str | Profile = "default",
+        layerdiffuse_offsets_merged: bool = False,
     ):
         super().__init__(
             vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
             force_zeros_for_empty_prompt, add_watermarker, feature_extractor, image_encoder,
         )
-        # The method's state exists from construction, so that a pipeline made any way (constructor,
-        # from_pretrained, from_pipe) behaves as the parent until load_vcm/load_layerdiffuse.
-        self.vcm_layout = vcm.VCMLayout()
-        self.vcm_processors: dict[str, vcm.VCMAttnProcessor] = {}
-        self.image_projection: torch.nn.Module | None = None
-        self.face_projection: torch.nn.Module | None = None
-        self.transparent_decoder: layerdiffuse.TransparentDecoderUNet | None = None
-        self.transparent_encoder: layerdiffuse.TransparentOffsetEncoder | None = None
-        self.profile = "default"
-        self.layerdiffuse_offsets_merged = False
-        self._controlnet_text_tokens = vcm.TEXT_TOKENS
-        self._sources: dict[str, Path | None] = {}
+        self.register_modules(vcm=vcm, transparent_decoder=transparent_decoder, transparent_encoder=transparent_encoder)
+        self._profile = profile_named(profile) if isinstance(profile, str) else profile
+        self.register_to_config(profile=self._profile.name, layerdiffuse_offsets_merged=layerdiffuse_offsets_merged)
+        if vcm is not None:
+            self._install_vcm()
+
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
+    @property
+    def vcm_processors(self) -> dict[str, VCMAttnProcessor]:
+        """The UNet's VCM processors by name; empty without the VCM."""
+        return {name: p for name, p in self.unet.attn_processors.items() if isinstance(p, VCMAttnProcessor)}
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -116,60 +160,51 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         ip_adapter: str | os.PathLike | None,
         image_encoder: str | os.PathLike | None,
         face_adapter: str | os.PathLike | None,
-        profile: str = "default",
     ) -> None:
-        """Install the VCM processors and projections from the published checkpoints.
+        """Register the VCM from the published checkpoints and install it in the UNet, at the
+        published image-prompt scales.
 
         Either adapter may be None (that branch is then unavailable). ``image_encoder`` may be None
         when the pipeline already holds one (e.g. loaded by ``from_pretrained``).
-        ``profile="reference"`` keeps the published ControlNet text window (tokens 0..56) and the
-        face key quirk.
         """
-        self.profile = profile
-        image_state = vcm.load_adapter_checkpoint(ip_adapter) if ip_adapter else None
-        face_state = vcm.load_adapter_checkpoint(face_adapter) if face_adapter else None
-        dtype, device = self.unet.dtype, self.unet.device
-        if image_state is not None:
+        if ip_adapter is not None:
             if image_encoder is not None:
-                encoder = CLIPVisionModelWithProjection.from_pretrained(image_encoder, dtype=dtype, local_files_only=True)
+                encoder = CLIPVisionModelWithProjection.from_pretrained(image_encoder, dtype=self.unet.dtype, local_files_only=True)
                 # The published code used a default CLIPImageProcessor (224, OpenAI mean/std).
-                self.register_modules(image_encoder=encoder.to(device), feature_extractor=CLIPImageProcessor())
+                self.register_modules(image_encoder=encoder.to(self.unet.device), feature_extractor=CLIPImageProcessor())
             elif self.image_encoder is None:
-                raise BadInputError("the IP-Adapter needs its CLIP image encoder folder")
+                raise ValueError("the IP-Adapter needs its CLIP image encoder folder")
             elif self.feature_extractor is None:
                 self.register_modules(feature_extractor=CLIPImageProcessor())
-            self.image_projection = self.unet._convert_ip_adapter_image_proj_to_diffusers(
-                image_state["image_proj"], low_cpu_mem_usage=False
-            ).to(device, dtype)
-        if face_state is not None:
-            self.face_projection = self.unet._convert_ip_adapter_image_proj_to_diffusers(
-                face_state["image_proj"], low_cpu_mem_usage=False
-            ).to(device, dtype)
-        self._sources.update(ip_adapter=Path(ip_adapter) if ip_adapter else None, face_adapter=Path(face_adapter) if face_adapter else None)
-        self.vcm_layout.face_key_from_value = profile == "reference"
-        self.vcm_processors = vcm.install_vcm(
-            self.unet,
-            image_state["ip_adapter"] if image_state else None,
-            face_state["ip_adapter"] if face_state else None,
-            self.vcm_layout,
-        )
-        for processor in self.vcm_processors.values():
-            processor.to(device, dtype)
-        self._controlnet_text_tokens = vcm.REFERENCE_CONTROLNET_TEXT_TOKENS if profile == "reference" else vcm.TEXT_TOKENS
-        self._install_vcm_processors()
+        self.register_modules(vcm=VisualConsistencyModule.from_published(self.unet, ip_adapter, face_adapter))
+        self._install_vcm()
         self.set_ip_adapter_scale(published_ip_scales())
+
+    def _install_vcm(self) -> None:
+        """The VCM into the UNet, and the profile's text window on the ControlNet's cross-attention;
+        again after diffusers replaces every processor (attention slicing, QKV fusion), keeping
+        the slicing it set."""
+        install_vcm(self.unet, self.vcm, face_key_from_value=self.profile.face_key == "value")
+        window = self.profile.controlnet_text_tokens
+        for controlnet in self._controlnets():
+            controlnet.set_attn_processor(
+                {
+                    name: TextWindowAttnProcessor(window, unwrapped(processor))
+                    if name.endswith("attn2.processor") and window < TEXT_TOKENS
+                    else unwrapped(processor)
+                    for name, processor in controlnet.attn_processors.items()
+                }
+            )
 
     def unload_vcm(self) -> None:
         """Remove the VCM: diffusers' default attention everywhere, as before :meth:`load_vcm`."""
-        self.unet.set_attn_processor(AttnProcessor2_0())
+        uninstall_vcm(self.unet)
         for controlnet in self._controlnets():
             controlnet.set_attn_processor(AttnProcessor2_0())
-        self.vcm_processors, self.image_projection, self.face_projection = {}, None, None
-        self._sources.update(ip_adapter=None, face_adapter=None)
-        self.vcm_layout.changed()
+        self.register_modules(vcm=None)
 
     def unload_ip_adapter(self) -> None:
-        if self.vcm_processors:
+        if self.vcm is not None:
             self.unload_vcm()
         else:
             super().unload_ip_adapter()
@@ -177,161 +212,73 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
     def _controlnets(self) -> list:
         return list(getattr(self.controlnet, "nets", [self.controlnet]))
 
-    def _install_vcm_processors(self) -> None:
-        """(Re)place the VCM processors on the UNet's cross-attention and the text window on the
-        ControlNet's, keeping whatever diffusers set elsewhere: attention slicing and QKV fusion
-        replace every processor, and the VCM must survive them (sliced itself when slicing is on)."""
-        processors = dict(self.unet.attn_processors)
-        for name, processor in self.vcm_processors.items():
-            current = processors[name]
-            if current is not processor:
-                processor.slice_size = getattr(current, "slice_size", None)
-            processors[name] = processor
-        self.unet.set_attn_processor(processors)
-        for controlnet in self._controlnets():
-            controlnet.set_attn_processor(
-                {
-                    name: _text_only(processor, self._controlnet_text_tokens) if name.endswith("attn2.processor") else processor
-                    for name, processor in controlnet.attn_processors.items()
-                }
-            )
-
     def set_attention_slice(self, slice_size: int | str | None) -> None:
         super().set_attention_slice(slice_size)
-        if self.vcm_processors:
-            self._install_vcm_processors()
+        if self.vcm is not None:
+            self._install_vcm()
 
     def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
         """diffusers' QKV fusion; the VCM cross-attention keeps its own (unfused) projections,
         whose keys and values are computed once per identity anyway."""
         super().fuse_qkv_projections(unet=unet, vae=vae)
-        if unet and self.vcm_processors:
-            self._install_vcm_processors()
+        if unet and self.vcm is not None:
+            self._install_vcm()
 
     def set_ip_adapter_scale(self, block_scales: dict[str, float] | float, face_scale: float = 0.0) -> None:
         """Image-branch scale per block prefix (e.g. ``{"up_blocks.0.attentions.1": 1.0}``), or one
-        scale for every layer; the face attention branch (0 in the method) likewise. Without the
-        VCM loaded this is diffusers' own ``set_ip_adapter_scale``."""
-        if not self.vcm_processors:
+        scale for every layer; the face attention branch (0 in the method) likewise. The scales
+        are the VCM's config, so they are saved with it. Without the VCM loaded this is diffusers'
+        own ``set_ip_adapter_scale``."""
+        if self.vcm is None:
             super().set_ip_adapter_scale(block_scales)
             return
         if isinstance(block_scales, (int, float)):
             block_scales = {"down_blocks": block_scales, "mid_block": block_scales, "up_blocks": block_scales}
-        vcm.set_ip_scales(self.vcm_processors, block_scales, face_scale)
+        self.vcm.register_to_config(ip_scales=dict(block_scales), face_scale=face_scale)
+        set_ip_scales(self.vcm_processors, block_scales, face_scale)
 
     def load_layerdiffuse(self, folder: str | os.PathLike, encoder: bool = False) -> None:
-        """Merge the attention offsets into the UNet (before any LoRA) and load the transparent
+        """Merge the attention offsets into the UNet (before any LoRA) and register the transparent
         decoder (and the encoder, which only refining needs)."""
         folder = Path(folder)
-        if self.layerdiffuse_offsets_merged:
+        if self.config.layerdiffuse_offsets_merged:
             logger.info("the UNet already carries LayerDiffuse's attention offsets; not merged again")
         else:
-            layerdiffuse.merge_attention_offsets(self.unet, folder / "ld_diffusers_sdxl_attn.safetensors")
-            self.layerdiffuse_offsets_merged = True
-        self.transparent_decoder = layerdiffuse.TransparentDecoderUNet.from_single_file(
-            folder / LAYERDIFFUSE_DECODER, self.unet.dtype
-        ).to(self.unet.device)
-        self._sources["layerdiffuse_decoder"] = folder / LAYERDIFFUSE_DECODER
+            layerdiffuse.merge_attention_offsets(self.unet, folder / LAYERDIFFUSE_OFFSETS)
+            self.register_to_config(layerdiffuse_offsets_merged=True)
+        decoder = layerdiffuse.TransparentDecoderUNet.from_single_file(folder / LAYERDIFFUSE_DECODER, self.unet.dtype)
+        self.register_modules(transparent_decoder=decoder.to(self.unet.device))
         if encoder:
             self.load_transparent_encoder(folder)
 
     def load_transparent_encoder(self, folder: str | os.PathLike) -> None:
         """LayerDiffuse's transparent encoder (RGBA -> latent), which only refining needs."""
-        self.transparent_encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(
-            Path(folder) / LAYERDIFFUSE_ENCODER, self.unet.dtype
-        ).to(self.unet.device)
-        self._sources["layerdiffuse_encoder"] = Path(folder) / LAYERDIFFUSE_ENCODER
-
-    def _extra_modules(self) -> list[torch.nn.Module]:
-        """The method's modules that are not diffusers components (so ``to`` and offloading do
-        not know them)."""
-        modules = (self.image_projection, self.face_projection, self.transparent_decoder, self.transparent_encoder)
-        return [module for module in modules if module is not None]
-
-    def to(self, *args, **kwargs):
-        super().to(*args, **kwargs)
-        for module in self._extra_modules():
-            module.to(self.unet.device, self.unet.dtype)
-        return self
-
-    def _place_extra_modules(self, device: torch.device) -> None:
-        # Under model CPU offload the UNet waits on the CPU while the call runs on the accelerator;
-        # the extras (a few MB of projections, the transparent decoder) stay on the accelerator.
-        for module in self._extra_modules():
-            if next(module.parameters()).device != device:
-                module.to(device)
+        encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(Path(folder) / LAYERDIFFUSE_ENCODER, self.unet.dtype)
+        self.register_modules(transparent_encoder=encoder.to(self.unet.device))
 
     # -- saving -------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """diffusers' folder layout; with the VCM or LayerDiffuse loaded, their published files,
-        the profile and the current scales go to ``oneposetrans/``, and :meth:`from_pretrained`
-        restores them. The UNet is saved with LayerDiffuse's offsets merged (they are not merged
-        again on loading). A subject LoRA belongs to one identity and is refused: unload it first."""
+        """diffusers' folder layout, the VCM and LayerDiffuse as component folders of their own;
+        ``from_pretrained`` of that folder restores them (the UNet is saved with LayerDiffuse's
+        offsets merged, and they are not merged again). A subject LoRA belongs to one identity and
+        is refused: unload it first."""
         if next(self._subject_layers(), None) is not None:
-            raise BadInputError("save_pretrained: unload_subject_lora() first (the subject LoRA belongs to one identity)")
-        processors = dict(self.unet.attn_processors)
-        if self.vcm_processors:
-            # The VCM weights live in the processors; keep them out of the UNet's own weights file.
-            self.unet.set_attn_processor(AttnProcessor2_0())
+            raise ValueError("save_pretrained: unload_subject_lora() first (the subject LoRA belongs to one identity)")
+        if self.vcm is None:
+            super().save_pretrained(save_directory, **kwargs)
+            return
+        # The VCM's weights are its own component's; the UNet is saved as diffusers knows it.
+        processors, projection = self.unet.attn_processors, self.unet.encoder_hid_proj
+        uninstall_vcm(self.unet)
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:
-            if self.vcm_processors:
-                self.unet.set_attn_processor(processors)
-        loaded = {
-            "ip_adapter": self.image_projection,
-            "face_adapter": self.face_projection,
-            "layerdiffuse_decoder": self.transparent_decoder,
-            "layerdiffuse_encoder": self.transparent_encoder,
-        }
-        files = {role: self._sources.get(role) for role, module in loaded.items() if module is not None}
-        if not self.vcm_processors and not files:
-            return
-        folder = Path(save_directory) / EXTRAS_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        saved = {}
-        for role, source in files.items():
-            saved[role] = f"{role}{source.suffix}"
-            shutil.copyfile(source, folder / (saved[role] + ".partial"))
-            os.replace(folder / (saved[role] + ".partial"), folder / saved[role])
-        config = {
-            "profile": self.profile,
-            "files": saved,
-            "vcm": bool(self.vcm_processors),
-            "ip_scales": {name: p.ip_scale for name, p in self.vcm_processors.items()},
-            "face_scale": next(iter(self.vcm_processors.values())).face_scale if self.vcm_processors else 0.0,
-            "layerdiffuse_offsets_merged": self.layerdiffuse_offsets_merged,
-        }
-        partial = folder / "config.json.partial"
-        partial.write_text(json.dumps(config, indent=2))
-        os.replace(partial, folder / "config.json")
+            self.unet.encoder_hid_proj = projection
+            self.unet.config.encoder_hid_dim_type = "ip_image_proj"
+            self.unet.set_attn_processor(processors)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """diffusers' ``from_pretrained``, then the VCM and LayerDiffuse a :meth:`save_pretrained`
-        folder carries."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        extras = Path(pretrained_model_name_or_path) / EXTRAS_FOLDER / "config.json"
-        if extras.is_file():
-            pipe._load_saved_extras(extras.parent, json.loads(extras.read_text()))
-        return pipe
-
-    def _load_saved_extras(self, folder: Path, config: dict) -> None:
-        files = {role: folder / name for role, name in config["files"].items()}
-        self.layerdiffuse_offsets_merged = config["layerdiffuse_offsets_merged"]
-        if config["vcm"]:
-            self.load_vcm(files.get("ip_adapter"), None, files.get("face_adapter"), config["profile"])
-            for name, processor in self.vcm_processors.items():
-                processor.ip_scale = config["ip_scales"].get(name, 0.0)
-                processor.face_scale = config["face_scale"]
-        self.profile = config["profile"]
-        dtype, device = self.unet.dtype, self.unet.device
-        if "layerdiffuse_decoder" in files:
-            self.transparent_decoder = layerdiffuse.TransparentDecoderUNet.from_single_file(files["layerdiffuse_decoder"], dtype).to(device)
-        if "layerdiffuse_encoder" in files:
-            self.transparent_encoder = layerdiffuse.TransparentOffsetEncoder.from_single_file(files["layerdiffuse_encoder"], dtype).to(device)
-        self._sources.update({role: path for role, path in files.items() if role.startswith("layerdiffuse")})
+    # -- the subject LoRA ---------------------------------------------------------------------
 
     def load_subject_lora(self, path: str | os.PathLike, block_scales: dict | float, fuse: bool = False) -> None:
         """The identity's LoRA (diffusers format) with block-wise scales ("weight injection").
@@ -355,8 +302,6 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             self.delete_adapters(SUBJECT_ADAPTER)
 
     def _subject_layers(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         for name, module in self.unet.named_modules():
             if isinstance(module, BaseTunerLayer) and SUBJECT_ADAPTER in getattr(module, "lora_A", {}):
                 yield name, module
@@ -396,8 +341,9 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         clip_skip: int | None = None,
         lora_scale: float | None = None,
-    ) -> vcm.IdentityConditioning:
-        """Text, image-prompt and face tokens of one identity: ``[text 77 | image 4 | face 16]``.
+    ) -> IdentityConditioning:
+        """Text embeddings, CLIP image embeds of the image prompt and the face embedding of one
+        identity, each with its unconditional counterpart.
 
         The text part is diffusers' ``encode_prompt`` of the same arguments. The unconditional
         branch gets the negative prompt, zero image embeds and zero face embeds.
@@ -421,94 +367,128 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             clip_skip=clip_skip,
         )
         if prompt_embeds.shape[0] != 1:
-            raise BadInputError(f"one identity per call: got {prompt_embeds.shape[0]} prompt embeddings, give one")
-        identity_parts, negative_parts = [prompt_embeds], [negative_embeds]
-        image_tokens = face_tokens = 0
-        wants_image = any(p.ip_scale != 0 for p in self.vcm_processors.values())
-        image_embeds = None
-        if self.image_projection is not None and wants_image:
-            image_embeds = self._image_prompt_embeds(ip_adapter_image, ip_adapter_image_embeds, do_classifier_free_guidance)
-        if image_embeds is not None:
-            identity_parts.append(self.image_projection(image_embeds[0]))
-            negative_parts.append(self.image_projection(image_embeds[1]))
-            image_tokens = identity_parts[-1].shape[1]
-        face_position = negative_face_position = None
-        if face_embedding is not None and self.face_projection is not None:
-            face_position, negative_face_position = self._face_positions(prompt, negative_prompt, notes)
-            if face_position is not None:
-                face = torch.as_tensor(np.asarray(face_embedding), dtype=self.unet.dtype, device=device).reshape(1, 1, -1)
-                identity_parts.append(self.face_projection(face))
-                negative_parts.append(self.face_projection(torch.zeros_like(face)))
-                face_tokens = identity_parts[-1].shape[1]
+            raise ValueError(f"one identity per call: got {prompt_embeds.shape[0]} prompt embeddings, give one")
+        identity = IdentityConditioning(prompt_embeds, negative_embeds, pooled, negative_pooled, notes=notes)
+        roles = self.vcm.roles if self.vcm is not None else ()
+        if "image" in roles and any(p.ip_scale != 0 for p in self.vcm_processors.values()):
+            embeds = self._image_prompt_embeds(ip_adapter_image, ip_adapter_image_embeds, do_classifier_free_guidance)
+            if embeds is not None:
+                identity.image_embeds, identity.negative_image_embeds = embeds
+        if face_embedding is not None and "face" in roles:
+            identity.face_position, identity.negative_face_position = self._face_positions(prompt, negative_prompt, notes)
+            if identity.face_position is not None:
+                face = torch.as_tensor(np.asarray(face_embedding), dtype=self.unet.dtype, device=device).reshape(1, 1, 1, -1)
+                identity.face_embeds, identity.negative_face_embeds = face, torch.zeros_like(face)
         else:
             notes += self._face_notes(face_embedding)
-        return vcm.IdentityConditioning(
-            prompt_embeds=torch.cat(identity_parts, dim=1),
-            negative_prompt_embeds=torch.cat(negative_parts, dim=1) if negative_embeds is not None else None,
-            pooled_prompt_embeds=pooled,
-            negative_pooled_prompt_embeds=negative_pooled,
-            image_tokens=image_tokens,
-            face_tokens=face_tokens,
-            face_position=face_position,
-            negative_face_position=negative_face_position,
-            notes=notes,
-        )
+        return identity
 
     def _image_prompt_embeds(self, image, embeds: list[torch.Tensor] | None, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """CLIP image embeds of the image prompt: (conditional, unconditional), one row each."""
+        """CLIP image embeds of the image prompt: (conditional, unconditional), (1, 1, D) each."""
         device, dtype = self._execution_device, self.unet.dtype
         if embeds is not None:
             if len(embeds) != 1:
-                raise BadInputError(f"the VCM has one image prompt: ip_adapter_image_embeds has {len(embeds)} tensors, give one")
+                raise ValueError(f"the VCM has one image prompt: ip_adapter_image_embeds has {len(embeds)} tensors, give one")
             embeds = embeds[0].to(device, dtype)
             negative, positive = embeds.chunk(2) if do_cfg else (torch.zeros_like(embeds), embeds)
-            return positive[:1], negative[:1]
+            return positive[:1].reshape(1, 1, -1), negative[:1].reshape(1, 1, -1)
         if image is None:
             return None
         if isinstance(image, (list, tuple)):
             if len(image) != 1:
-                raise BadInputError(f"the VCM has one image prompt: ip_adapter_image lists {len(image)} images, give one")
+                raise ValueError(f"the VCM has one image prompt: ip_adapter_image lists {len(image)} images, give one")
             image = image[0]
         if isinstance(image, PIL.Image.Image):
             # convert("RGB") drops alpha without compositing, as transformers' processor did.
             image = image.convert("RGB")
         pixels = self.feature_extractor(image, return_tensors="pt").pixel_values
-        positive = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds
+        positive = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds[:, None]
         return positive, torch.zeros_like(positive)
 
     def _face_notes(self, face_embedding) -> list[str]:
-        if face_embedding is None and self.face_projection is not None:
+        has_face = self.vcm is not None and "face" in self.vcm.roles
+        if face_embedding is None and has_face:
             return ["no face embedding: generated without face tokens"]
-        if face_embedding is not None and self.face_projection is None:
+        if face_embedding is not None and not has_face:
             return ["face_embedding given, but no InstantID adapter is loaded: generated without it"]
         return []
 
     def _face_positions(self, prompt: str | None, negative_prompt: str | None, notes: list[str]) -> tuple[int | None, int | None]:
-        if self.profile == "reference":
+        if self.profile.face_position == "fixed":
             # Published: position 4 in both halves, whatever the words are.
-            return vcm.REFERENCE_FACE_POSITION, vcm.REFERENCE_FACE_POSITION
+            return REFERENCE_FACE_POSITION, REFERENCE_FACE_POSITION
         if prompt is None:
             notes.append('the face embedding replaces the value of the prompt\'s "face" token: with prompt_embeds '
                          "and no prompt text there is none to find; generated without the face embedding")
             return None, None
-        position = vcm.face_token_position(self.tokenizer, prompt)
+        position = face_token_position(self.tokenizer, prompt)
         if position is None:
             message = f'caption has no word "face" ({prompt[:60]!r}): generated without the face embedding'
             logger.warning(message)
             notes.append(message)
             return None, None
-        negative = vcm.face_token_position(self.tokenizer, negative_prompt) if negative_prompt is not None else None
+        negative = face_token_position(self.tokenizer, negative_prompt) if negative_prompt is not None else None
         return position, negative
 
     def _uses_vcm(self, ip_adapter_image, ip_adapter_image_embeds, face_embedding) -> bool:
+        roles = self.vcm.roles if self.vcm is not None else ()
         image = (
-            self.image_projection is not None
+            "image" in roles
             and (ip_adapter_image is not None or ip_adapter_image_embeds is not None)
             and any(p.ip_scale != 0 for p in self.vcm_processors.values())
         )
-        return image or (self.face_projection is not None and face_embedding is not None)
+        return image or ("face" in roles and face_embedding is not None)
 
     # -- generation ---------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        prompt,
+        prompt_2,
+        image,
+        callback_steps,
+        negative_prompt=None,
+        negative_prompt_2=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
+        negative_pooled_prompt_embeds=None,
+        controlnet_conditioning_scale=1.0,
+        control_guidance_start=0.0,
+        control_guidance_end=1.0,
+        callback_on_step_end_tensor_inputs=None,
+        *,
+        poses: list | None = None,
+        generator=None,
+        num_images_per_prompt: int = 1,
+        transparent: bool = False,
+        face_keypoints_image=None,
+    ):
+        """The parent's checks, and the method's: a pose at least, one prompt or one per pose, one
+        generator per image, LayerDiffuse loaded for transparent decoding. Raises ValueError."""
+        poses = _control_images(image) if poses is None else poses
+        if not poses:
+            raise ValueError("no target pose given")
+        if transparent and self.transparent_decoder is None:
+            raise ValueError("transparent decoding needs load_layerdiffuse() first")
+        prompts = _prompt_count(prompt, prompt_embeds)
+        if len(poses) > 1 and prompts not in (1, len(poses)):
+            raise ValueError(f"{prompts} prompts for {len(poses)} poses: give one prompt, one per pose, or one pose")
+        if len(poses) > 1 and isinstance(generator, list) and len(generator) != len(poses) * num_images_per_prompt:
+            raise ValueError(f"{len(generator)} generators for {len(poses)} poses x {num_images_per_prompt} images per prompt")
+        # One prompt for several poses is the method's form; the parent checks it as one pose.
+        shown = image if len(poses) == 1 or prompts == len(poses) else [poses[0]]
+        if face_keypoints_image is not None:
+            # IdentityNet: the parent's form for two ControlNets, one condition each.
+            shown = [_batch_of_one(poses[0]), face_keypoints_image]
+        super().check_inputs(
+            prompt, prompt_2, shown, callback_steps, negative_prompt, negative_prompt_2, prompt_embeds,
+            negative_prompt_embeds, pooled_prompt_embeds, ip_adapter_image, ip_adapter_image_embeds,
+            negative_pooled_prompt_embeds, controlnet_conditioning_scale, control_guidance_start,
+            control_guidance_end, callback_on_step_end_tensor_inputs,
+        )
 
     @torch.no_grad()
     def __call__(
@@ -549,10 +529,10 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         negative_crops_coords_top_left: tuple[int, int] = (0, 0),
         negative_target_size: tuple[int, int] | None = None,
         clip_skip: int | None = None,
-        callback_on_step_end: Callable | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         face_embedding: np.ndarray | torch.Tensor | None = None,
-        identity: vcm.IdentityConditioning | None = None,
+        identity: IdentityConditioning | None = None,
         face_keypoints_image: PIL.Image.Image | None = None,
         identitynet_conditioning_scale: float = 0.8,
         transparent: bool | None = None,
@@ -683,120 +663,355 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             [`OnePoseTransPipelineOutput`] or `tuple`: the images (per pose,
             `num_images_per_prompt` of them) and notes on what the call could not use.
         """
+        callback = kwargs.pop("callback", None)
+        callback_steps = kwargs.pop("callback_steps", None)
+        if callback is not None:
+            deprecate("callback", "1.0.0", "Passing `callback` as an input argument to `__call__` is deprecated, consider using `callback_on_step_end`")
+        if callback_steps is not None:
+            deprecate("callback_steps", "1.0.0", "Passing `callback_steps` as an input argument to `__call__` is deprecated, consider using `callback_on_step_end`")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         num_images_per_prompt = num_images_per_prompt or 1
         if negative_prompt is DEFAULT_NEGATIVE_PROMPT and negative_prompt_embeds is not None:
             negative_prompt = None  # the caller's embeddings replace the published default
         transparent = self.transparent_decoder is not None if transparent is None else transparent
-        if transparent and self.transparent_decoder is None:
-            raise BadInputError("transparent decoding needs load_layerdiffuse() first")
-        self._place_extra_modules(self._execution_device)
-        identitynet = len(self._controlnets()) > 1 and face_keypoints_image is not None
+        controlnet = self.controlnet._orig_mod if is_compiled_module(self.controlnet) else self.controlnet
+        nets = len(controlnet.nets) if isinstance(controlnet, MultiControlNetModel) else 1
+        identitynet = nets > 1 and face_keypoints_image is not None
         # Several ControlNets without the face keypoints: the parent's form, one condition per ControlNet.
-        poses = [image] if len(self._controlnets()) > 1 and not identitynet else _control_images(image)
-        if not poses:
-            raise BadInputError("no target pose given")
-        do_cfg = guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
+        poses = [image] if nets > 1 and not identitynet else _control_images(image)
+        if identitynet:
+            controlnet_conditioning_scale = [controlnet_conditioning_scale, identitynet_conditioning_scale]
+
+        # Align the format of the control guidance, as the parent does.
+        if not isinstance(control_guidance_start, list) and isinstance(control_guidance_end, list):
+            control_guidance_start = len(control_guidance_end) * [control_guidance_start]
+        elif not isinstance(control_guidance_end, list) and isinstance(control_guidance_start, list):
+            control_guidance_end = len(control_guidance_start) * [control_guidance_end]
+        elif not isinstance(control_guidance_start, list) and not isinstance(control_guidance_end, list):
+            control_guidance_start, control_guidance_end = nets * [control_guidance_start], nets * [control_guidance_end]
+
+        # 1. Check inputs. Raise error if not correct
         if identity is None and self._uses_vcm(ip_adapter_image, ip_adapter_image_embeds, face_embedding):
             identity = self.encode_identity(
-                prompt, negative_prompt, ip_adapter_image, face_embedding, do_cfg,
+                prompt, negative_prompt, ip_adapter_image, face_embedding, guidance_scale > 1.0,
                 prompt_2=prompt_2, negative_prompt_2=negative_prompt_2,
                 prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                 pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                 ip_adapter_image_embeds=ip_adapter_image_embeds,
                 clip_skip=clip_skip, lora_scale=(cross_attention_kwargs or {}).get("scale"),
             )
-        notes = list(identity.notes) if identity is not None else self._face_notes(face_embedding)
-        texts = {
-            "prompt": prompt, "prompt_2": prompt_2, "negative_prompt": negative_prompt, "negative_prompt_2": negative_prompt_2,
-            "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
-            "pooled_prompt_embeds": pooled_prompt_embeds, "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
-        }
         if identity is not None:
-            texts = {
-                "prompt_embeds": identity.prompt_embeds, "negative_prompt_embeds": identity.negative_prompt_embeds,
-                "pooled_prompt_embeds": identity.pooled_prompt_embeds,
-                "negative_pooled_prompt_embeds": identity.negative_pooled_prompt_embeds,
-            }
-        # Without the VCM's image branch, the image prompt is the parent's IP-Adapter input.
-        parents_image_prompt = identity is None and self.image_projection is None
-        prompts = _prompt_count(texts)
-        if len(poses) > 1 and prompts not in (1, len(poses)):
-            raise BadInputError(f"{prompts} prompts for {len(poses)} poses: give one prompt, one per pose, or one pose")
-        per_pose = num_images_per_prompt
-        if len(poses) > 1 and isinstance(generator, list) and len(generator) != len(poses) * per_pose:
-            raise BadInputError(f"{len(generator)} generators for {len(poses)} poses x {per_pose} images per prompt")
-        step = 1 if identitynet else batch_size or len(poses)
-        shared = dict(
-            height=height, width=width, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            denoising_end=denoising_end, guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
-            eta=eta, output_type="latent" if transparent else output_type, return_dict=True,
-            cross_attention_kwargs=cross_attention_kwargs, guess_mode=guess_mode,
-            control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
-            original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
-            negative_original_size=negative_original_size, negative_crops_coords_top_left=negative_crops_coords_top_left,
-            negative_target_size=negative_target_size, clip_skip=clip_skip,
-            ip_adapter_image=ip_adapter_image if parents_image_prompt else None,
-            ip_adapter_image_embeds=ip_adapter_image_embeds if parents_image_prompt else None,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs,
+            # The identity's text replaces the call's; its image prompt and face are the VCM's.
+            prompt = prompt_2 = negative_prompt = negative_prompt_2 = None
+            prompt_embeds, negative_prompt_embeds = identity.prompt_embeds, identity.negative_prompt_embeds
+            pooled_prompt_embeds, negative_pooled_prompt_embeds = identity.pooled_prompt_embeds, identity.negative_pooled_prompt_embeds
+        # The image prompt is the parent's IP-Adapter input only without the VCM.
+        parents_image_prompt = self.vcm is None and (ip_adapter_image is not None or ip_adapter_image_embeds is not None)
+        self.check_inputs(
+            prompt, prompt_2, image, callback_steps, negative_prompt, negative_prompt_2, prompt_embeds,
+            negative_prompt_embeds, pooled_prompt_embeds,
+            ip_adapter_image if parents_image_prompt else None, ip_adapter_image_embeds if parents_image_prompt else None,
+            negative_pooled_prompt_embeds, controlnet_conditioning_scale, control_guidance_start, control_guidance_end,
+            callback_on_step_end_tensor_inputs, poses=poses, generator=generator, num_images_per_prompt=num_images_per_prompt,
+            transparent=transparent, face_keypoints_image=face_keypoints_image if identitynet else None,
         )
-        decode_transparent = transparent and output_type != "latent"
-        results = []
-        for start in range(0, len(poses), step):
-            chunk = poses[start : start + step]
-            whole = len(chunk) == len(poses)  # one batch: the caller's arguments go through as given
-            rows = slice(start * per_pose, (start + len(chunk)) * per_pose)
-            control_image, control_scale = image if whole else chunk, controlnet_conditioning_scale
-            if identitynet:
-                keypoints = face_keypoints_image.resize(_image_size(chunk[0]))
-                control_image = [chunk[0], keypoints]
-                control_scale = [controlnet_conditioning_scale, identitynet_conditioning_scale]
-            self._set_layout(identity, len(chunk) * per_pose, do_cfg)
-            try:
-                output = super().__call__(
-                    image=control_image,
-                    controlnet_conditioning_scale=control_scale,
-                    generator=generator if whole or not isinstance(generator, list) else generator[rows],
-                    latents=latents if whole or latents is None else latents[rows],
-                    **_texts_for(texts, start, len(chunk), prompts, len(poses)),
-                    **shared,
-                )
-            finally:
-                self._set_layout(None, 0, do_cfg)
-            results.append(self._decode_transparent(output.images, output_type) if decode_transparent else output.images)
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._denoising_end = denoising_end
+        self._interrupt = False
+        notes = list(identity.notes) if identity is not None else self._face_notes(face_embedding)
 
+        # 2. Define call parameters
+        device = self._execution_device
+        if isinstance(controlnet, MultiControlNetModel) and isinstance(controlnet_conditioning_scale, float):
+            controlnet_conditioning_scale = [controlnet_conditioning_scale] * nets
+        global_pool_conditions = (
+            controlnet.config.global_pool_conditions
+            if isinstance(controlnet, ControlNetModel)
+            else controlnet.nets[0].config.global_pool_conditions
+        )
+        guess_mode = guess_mode or global_pool_conditions
+        per_pose = num_images_per_prompt
+
+        # 3. Encode input prompt, once for every pose (the parent repeats it per image)
+        all_prompt_embeds, all_negative_prompt_embeds, all_pooled_prompt_embeds, all_negative_pooled_prompt_embeds = self.encode_prompt(
+            prompt,
+            prompt_2,
+            device,
+            1,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            lora_scale=self.cross_attention_kwargs.get("scale", None) if self.cross_attention_kwargs is not None else None,
+            clip_skip=self.clip_skip,
+        )
+        prompts = all_prompt_embeds.shape[0]
+
+        # Batches of target poses: steps 4 to 9 run once per batch.
+        given_image, given_latents = image, latents
+        step = batch_size or len(poses)
+        results = []
+        for first in range(0, len(poses), step):
+            chunk = poses[first : first + step]
+            whole = len(chunk) == len(poses)  # one batch: the caller's arguments go through as given
+            # Its prompts: all of them with one pose (the parent's form), one per pose, or the shared one repeated.
+            rows_of = list(range(prompts)) if len(poses) == 1 else [first + n if prompts > 1 else 0 for n in range(len(chunk))]
+            rows = len(rows_of) * per_pose
+            images_of = slice(first * per_pose, first * per_pose + rows)
+
+            # 4. Prepare image
+            control_image = given_image if whole else chunk
+            if identitynet:
+                control_image = [control_image, face_keypoints_image.resize(_image_size(chunk[0]))]
+            if isinstance(controlnet, ControlNetModel):
+                image = self.prepare_image(
+                    image=control_image, width=width, height=height, batch_size=rows, num_images_per_prompt=per_pose,
+                    device=device, dtype=controlnet.dtype, do_classifier_free_guidance=self.do_classifier_free_guidance,
+                    guess_mode=guess_mode,
+                )
+                image_height, image_width = image.shape[-2:]
+            else:
+                image = [
+                    self.prepare_image(
+                        image=condition, width=width, height=height, batch_size=rows, num_images_per_prompt=per_pose,
+                        device=device, dtype=controlnet.dtype, do_classifier_free_guidance=self.do_classifier_free_guidance,
+                        guess_mode=guess_mode,
+                    )
+                    for condition in control_image
+                ]
+                image_height, image_width = image[0].shape[-2:]
+
+            # 5. Prepare timesteps
+            batch_timesteps, batch_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+            self._num_timesteps = len(batch_timesteps)
+
+            # 6. Prepare latent variables
+            latents = self.prepare_latents(
+                rows,
+                self.unet.config.in_channels,
+                image_height,
+                image_width,
+                all_prompt_embeds.dtype,
+                device,
+                generator if whole or not isinstance(generator, list) else generator[images_of],
+                given_latents if whole or given_latents is None else given_latents[images_of],
+            )
+
+            # 6.5 Optionally get Guidance Scale Embedding
+            timestep_cond = None
+            if self.unet.config.time_cond_proj_dim is not None:
+                guidance_scale_tensor = torch.tensor(self.guidance_scale - 1).repeat(rows)
+                timestep_cond = self.get_guidance_scale_embedding(
+                    guidance_scale_tensor, embedding_dim=self.unet.config.time_cond_proj_dim
+                ).to(device=device, dtype=latents.dtype)
+
+            # 7. Prepare extra step kwargs
+            extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+            # 7.1 Create tensor stating which controlnets to keep
+            controlnet_keep = []
+            for i in range(len(batch_timesteps)):
+                keeps = [
+                    1.0 - float(i / len(batch_timesteps) < s or (i + 1) / len(batch_timesteps) > e)
+                    for s, e in zip(control_guidance_start, control_guidance_end)
+                ]
+                controlnet_keep.append(keeps[0] if isinstance(controlnet, ControlNetModel) else keeps)
+
+            # 7.2 Prepare added time ids & embeddings
+            batch_original_size = original_size or (image[0] if isinstance(image, list) else image).shape[-2:]
+            batch_target_size = target_size or (image_height, image_width)
+            if self.text_encoder_2 is None:
+                text_encoder_projection_dim = int(all_pooled_prompt_embeds.shape[-1])
+            else:
+                text_encoder_projection_dim = self.text_encoder_2.config.projection_dim
+            add_time_ids = self._get_add_time_ids(
+                batch_original_size, crops_coords_top_left, batch_target_size,
+                dtype=all_prompt_embeds.dtype, text_encoder_projection_dim=text_encoder_projection_dim,
+            )
+            if negative_original_size is not None and negative_target_size is not None:
+                negative_add_time_ids = self._get_add_time_ids(
+                    negative_original_size, negative_crops_coords_top_left, negative_target_size,
+                    dtype=all_prompt_embeds.dtype, text_encoder_projection_dim=text_encoder_projection_dim,
+                )
+            else:
+                negative_add_time_ids = add_time_ids
+            prompt_embeds = all_prompt_embeds[rows_of].repeat_interleave(per_pose, dim=0)
+            add_text_embeds = all_pooled_prompt_embeds[rows_of].repeat_interleave(per_pose, dim=0)
+            if self.do_classifier_free_guidance:
+                negative_prompt_embeds = all_negative_prompt_embeds[rows_of].repeat_interleave(per_pose, dim=0)
+                negative_pooled_prompt_embeds = all_negative_pooled_prompt_embeds[rows_of].repeat_interleave(per_pose, dim=0)
+                prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
+                add_text_embeds = torch.cat([negative_pooled_prompt_embeds, add_text_embeds], dim=0)
+                add_time_ids = torch.cat([negative_add_time_ids, add_time_ids], dim=0)
+            prompt_embeds = prompt_embeds.to(device)
+            add_text_embeds = add_text_embeds.to(device)
+            add_time_ids = add_time_ids.to(device).repeat(rows, 1)
+
+            # 7.3 The image prompt and the face: the VCM's (image embeds per role, the face's text
+            # position), or the parent's IP-Adapter input without the VCM
+            attention_kwargs = self.cross_attention_kwargs
+            image_embeds = None
+            if self.vcm is not None:
+                roles = self.vcm.roles
+                cfg = self.do_classifier_free_guidance
+                image_embeds = identity.image_embeds_for(roles, rows, cfg) if identity is not None else [None] * len(roles)
+                if identity is not None and identity.has_face:
+                    attention_kwargs = {**(attention_kwargs or {}), "face_positions": identity.face_positions_for(rows, cfg, device)}
+            elif parents_image_prompt:
+                image_embeds = self.prepare_ip_adapter_image_embeds(
+                    ip_adapter_image, ip_adapter_image_embeds, device, rows, self.do_classifier_free_guidance
+                )
+
+            # 8. Denoising loop
+            num_warmup_steps = len(batch_timesteps) - batch_inference_steps * self.scheduler.order
+
+            # 8.1 Apply denoising_end
+            if self.denoising_end is not None and isinstance(self.denoising_end, float) and 0 < self.denoising_end < 1:
+                discrete_timestep_cutoff = int(
+                    round(
+                        self.scheduler.config.num_train_timesteps
+                        - (self.denoising_end * self.scheduler.config.num_train_timesteps)
+                    )
+                )
+                batch_inference_steps = len(list(filter(lambda ts: ts >= discrete_timestep_cutoff, batch_timesteps)))
+                batch_timesteps = batch_timesteps[:batch_inference_steps]
+
+            is_unet_compiled = is_compiled_module(self.unet)
+            is_controlnet_compiled = is_compiled_module(self.controlnet)
+            is_torch_higher_equal_2_1 = is_torch_version(">=", "2.1")
+            with self.progress_bar(total=batch_inference_steps) as progress_bar:
+                for i, t in enumerate(batch_timesteps):
+                    if self.interrupt:
+                        continue
+                    if torch.cuda.is_available() and (is_unet_compiled and is_controlnet_compiled) and is_torch_higher_equal_2_1:
+                        torch._inductor.cudagraph_mark_step_begin()
+                    # expand the latents if we are doing classifier free guidance
+                    latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                    added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+
+                    # controlnet(s) inference; the ControlNet reads the text alone
+                    if guess_mode and self.do_classifier_free_guidance:
+                        # Infer ControlNet only for the conditional batch.
+                        control_model_input = self.scheduler.scale_model_input(latents, t)
+                        controlnet_prompt_embeds = prompt_embeds.chunk(2)[1]
+                        controlnet_added_cond_kwargs = {
+                            "text_embeds": add_text_embeds.chunk(2)[1],
+                            "time_ids": add_time_ids.chunk(2)[1],
+                        }
+                    else:
+                        control_model_input = latent_model_input
+                        controlnet_prompt_embeds = prompt_embeds
+                        controlnet_added_cond_kwargs = added_cond_kwargs
+                    if isinstance(controlnet_keep[i], list):
+                        cond_scale = [c * s for c, s in zip(controlnet_conditioning_scale, controlnet_keep[i])]
+                    else:
+                        controlnet_cond_scale = controlnet_conditioning_scale
+                        if isinstance(controlnet_cond_scale, list):
+                            controlnet_cond_scale = controlnet_cond_scale[0]
+                        cond_scale = controlnet_cond_scale * controlnet_keep[i]
+                    down_block_res_samples, mid_block_res_sample = self.controlnet(
+                        control_model_input,
+                        t,
+                        encoder_hidden_states=controlnet_prompt_embeds,
+                        controlnet_cond=image,
+                        conditioning_scale=cond_scale,
+                        guess_mode=guess_mode,
+                        added_cond_kwargs=controlnet_added_cond_kwargs,
+                        return_dict=False,
+                    )
+                    if guess_mode and self.do_classifier_free_guidance:
+                        # Add 0 to the unconditional batch to keep it unchanged.
+                        down_block_res_samples = [torch.cat([torch.zeros_like(d), d]) for d in down_block_res_samples]
+                        mid_block_res_sample = torch.cat([torch.zeros_like(mid_block_res_sample), mid_block_res_sample])
+                    if image_embeds is not None:
+                        added_cond_kwargs["image_embeds"] = image_embeds
+
+                    # predict the noise residual
+                    noise_pred = self.unet(
+                        latent_model_input,
+                        t,
+                        encoder_hidden_states=prompt_embeds,
+                        timestep_cond=timestep_cond,
+                        cross_attention_kwargs=attention_kwargs,
+                        down_block_additional_residuals=down_block_res_samples,
+                        mid_block_additional_residual=mid_block_res_sample,
+                        added_cond_kwargs=added_cond_kwargs,
+                        return_dict=False,
+                    )[0]
+
+                    # perform guidance
+                    if self.do_classifier_free_guidance:
+                        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                        noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+
+                    # compute the previous noisy sample x_t -> x_t-1
+                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {}
+                        for k in callback_on_step_end_tensor_inputs:  # the parent's names (a comprehension has its own locals)
+                            callback_kwargs[k] = locals()[k]
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                        latents = callback_outputs.pop("latents", latents)
+                        prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                        add_text_embeds = callback_outputs.pop("add_text_embeds", add_text_embeds)
+                        negative_pooled_prompt_embeds = callback_outputs.pop("negative_pooled_prompt_embeds", negative_pooled_prompt_embeds)
+                        add_time_ids = callback_outputs.pop("add_time_ids", add_time_ids)
+                        negative_add_time_ids = callback_outputs.pop("negative_add_time_ids", negative_add_time_ids)
+                        image = callback_outputs.pop("image", image)
+
+                    if i == len(batch_timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                        progress_bar.update()
+                        if callback is not None and i % callback_steps == 0:
+                            callback(i // getattr(self.scheduler, "order", 1), t, latents)
+
+            # 9. Decode: RGBA through LayerDiffuse, or the parent's RGB
+            if output_type == "latent":
+                results.append(latents)
+            elif transparent:
+                results.append(self._decode_transparent(latents, output_type))
+            else:
+                results.append(self._decode(latents, output_type))
+
+        self.maybe_free_model_hooks()
         images = _concatenate(results)
         if not return_dict:
             return (images, notes)
         return OnePoseTransPipelineOutput(images=images, notes=notes)
 
-    @contextlib.contextmanager
-    def identity_layout(self, identity: vcm.IdentityConditioning, rows: int, do_cfg: bool):
-        """Tell the VCM processors how ``identity``'s tokens are laid out while another diffusers
-        loop (the refining img2img) runs the UNet with its embeddings."""
-        self._set_layout(identity, rows, do_cfg)
-        try:
-            yield
-        finally:
-            self._set_layout(None, 0, do_cfg)
+    def _decode(self, latents: torch.Tensor, output_type: str):
+        """The parent's decoding: the VAE in float32 when it asks for upcasting (SDXL's
+        overflows in fp16), its latents mean and std when the config has them, the watermark."""
+        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float32)
+            latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
+        has_latents_mean = getattr(self.vae.config, "latents_mean", None) is not None
+        has_latents_std = getattr(self.vae.config, "latents_std", None) is not None
+        if has_latents_mean and has_latents_std:
+            latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            latents_std = torch.tensor(self.vae.config.latents_std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * latents_std / self.vae.config.scaling_factor + latents_mean
+        else:
+            latents = latents / self.vae.config.scaling_factor
+        image = self.vae.decode(latents, return_dict=False)[0]
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float16)
+        if self.watermark is not None:
+            image = self.watermark.apply_watermark(image)
+        return self.image_processor.postprocess(image, output_type=output_type)
 
     def decode_transparent_latents(self, latents: torch.Tensor, main_stage: bool = True) -> list[PIL.Image.Image]:
         """RGBA images from sampled (scaled) latents; see :meth:`_decode_transparent`."""
         return self._decode_transparent(latents, "pil", main_stage)
-
-    def _set_layout(self, identity: vcm.IdentityConditioning | None, rows: int, do_cfg: bool) -> None:
-        layout = self.vcm_layout
-        layout.changed()
-        if identity is None:
-            layout.image_tokens = layout.face_tokens = 0
-            layout.face_positions = None
-            return
-        layout.image_tokens, layout.face_tokens = identity.image_tokens, identity.face_tokens
-        position = -1 if identity.face_position is None else identity.face_position
-        negative = -1 if identity.negative_face_position is None else identity.negative_face_position
-        # diffusers stacks the batch as [unconditional rows | conditional rows] under CFG.
-        positions = ([negative] * rows if do_cfg else []) + [position] * rows
-        layout.face_positions = torch.tensor(positions, device=self._execution_device) if identity.face_tokens else None
 
     def _decode_transparent(self, latents: torch.Tensor, output_type: str, main_stage: bool = True):
         """RGB through the SDXL VAE, then alpha and foreground through the transparent decoder.
@@ -809,23 +1024,24 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         """
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
-            self.upcast_vae()
+            self.vae.to(dtype=torch.float32)
         vae_dtype = next(iter(self.vae.post_quant_conv.parameters())).dtype
         unscaled = latents / self.vae.config.scaling_factor
         pixel = self.vae.decode(unscaled.to(vae_dtype), return_dict=False)[0]
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
         pixel = (pixel * 0.5 + 0.5).clip(0, 1)
-        reference = self.profile == "reference"
-        if reference and main_stage:
+        truncate = self.profile.transparent_rounding == "truncate"
+        if truncate and main_stage:
             pixel = (pixel.float() * 255.0).round() / 255.0
-        decoder_latent = latents if reference and main_stage else unscaled
-        # The published decoder ran its eight views one at a time.
-        rgba = layerdiffuse.decode_transparent(self.transparent_decoder, pixel, decoder_latent, batched=not reference).float()
+        decoder_latent = latents if self.profile.decoder_latent == "scaled" and main_stage else unscaled
+        rgba = layerdiffuse.decode_transparent(
+            self.transparent_decoder, pixel, decoder_latent, batched=self.profile.batch_transparent_views
+        ).float()
         if output_type == "pt":
             return rgba
         array = rgba.movedim(1, -1).cpu().numpy() * 255.0
-        array = (array if reference else array.round()).clip(0, 255).astype(np.uint8)
+        array = (array if truncate else array.round()).clip(0, 255).astype(np.uint8)
         if output_type == "np":
             return array
         return [PIL.Image.fromarray(item, "RGBA") for item in array]
@@ -843,7 +1059,7 @@ def _single(value, name: str):
     """One identity's text: a string, or a list holding one."""
     if isinstance(value, (list, tuple)):
         if len(value) != 1:
-            raise BadInputError(f"one identity per call: {name} lists {len(value)} texts, give one")
+            raise ValueError(f"one identity per call: {name} lists {len(value)} texts, give one")
         return value[0]
     return value
 
@@ -861,6 +1077,11 @@ def _control_images(image) -> list:
     return poses
 
 
+def _batch_of_one(image):
+    """One pose as a batch of one in its own form: a PIL image, an NHWC array or an NCHW tensor."""
+    return image if isinstance(image, PIL.Image.Image) else image[None]
+
+
 def _image_size(image) -> tuple[int, int]:
     """(width, height) of a PIL image, an HWC array or a CHW tensor."""
     if isinstance(image, PIL.Image.Image):
@@ -870,39 +1091,10 @@ def _image_size(image) -> tuple[int, int]:
     return image.shape[-1], image.shape[-2]
 
 
-def _prompt_count(texts: dict) -> int:
+def _prompt_count(prompt, prompt_embeds) -> int:
     """How many prompts the call's text arguments hold (the parent's batch size)."""
-    prompt, embeds = texts.get("prompt"), texts.get("prompt_embeds")
     if isinstance(prompt, (list, tuple)):
         return len(prompt)
-    if prompt is None and embeds is not None:
-        return embeds.shape[0]
+    if prompt is None and prompt_embeds is not None:
+        return prompt_embeds.shape[0]
     return 1
-
-
-def _texts_for(texts: dict, start: int, count: int, prompts: int, poses: int) -> dict:
-    """The text arguments for poses ``start .. start+count``: one shared prompt is repeated for
-    each pose of the batch (the parent pairs prompts and images one to one); one prompt per pose
-    is sliced."""
-    if count == poses and (prompts != 1 or count == 1):
-        return texts
-    chunk = {}
-    for name, value in texts.items():
-        if value is None:
-            chunk[name] = value
-        elif prompts == 1:
-            if isinstance(value, torch.Tensor):
-                chunk[name] = value.repeat(count, *([1] * (value.ndim - 1)))
-            else:
-                chunk[name] = [_single(value, name)] * count
-        elif isinstance(value, str):
-            chunk[name] = value  # the parent repeats a single negative prompt for every prompt
-        else:
-            chunk[name] = value[start : start + count]
-    return chunk
-
-
-def _text_only(processor, text_tokens: int) -> vcm.TextOnlyAttnProcessor:
-    """``processor`` restricted to the text tokens (unwrapped first when it already is)."""
-    inner = processor.inner if isinstance(processor, vcm.TextOnlyAttnProcessor) else processor
-    return vcm.TextOnlyAttnProcessor(text_tokens, inner)

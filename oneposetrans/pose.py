@@ -22,6 +22,7 @@ from typing import Callable
 
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import ResultsTree, is_done, pose_map_name, write_json_atomic
 
 NUM_JOINTS = 18
@@ -159,26 +160,26 @@ def render_keypoints_reference(points: np.ndarray, frame: tuple[int, int] = DEEP
 PUBLISHED_POSE_SIDE = 1024
 
 
-def fit_pose_map(pose_map: Image.Image, profile: str, side: int = PUBLISHED_POSE_SIDE) -> Image.Image:
-    """The map the generator is given. ``reference``: stretched to a ``side`` square (1024, the
+def fit_pose_map(pose_map: Image.Image, profile: Profile, side: int = PUBLISHED_POSE_SIDE) -> Image.Image:
+    """The map the generator is given. ``pose_canvas == "square"`` (reference): stretched to a ``side`` square (1024, the
     generation resolution) with PIL's default (bicubic), as the only runnable published path did
     (``Image.open(pose).resize((1024, 1024))``; the active WPose line passed a numpy map that
-    diffusers 0.28 rejects). ``default``: unchanged, the person keeps the target's aspect ratio."""
-    if profile == "reference" and pose_map.size != (side, side):
+    diffusers 0.28 rejects). ``"aspect"`` (default): unchanged, the person keeps the target's aspect ratio."""
+    if profile.pose_canvas == "square" and pose_map.size != (side, side):
         return pose_map.resize((side, side), Image.BICUBIC)
     return pose_map
 
 
 def render_deepfashion_pose(
-    points: np.ndarray, profile: str = "default", resolution: int = 1024, frame: tuple[int, int] = DEEPFASHION_FRAME
+    points: np.ndarray, profile: Profile = DEFAULT, resolution: int = 1024, frame: tuple[int, int] = DEEPFASHION_FRAME
 ) -> Image.Image:
-    """A DeepFashion target pose as a ControlNet map, by canvas policy.
+    """A DeepFashion target pose as a ControlNet map, by the profile's ``deepfashion_pose``.
 
-    ``reference`` reproduces the published square stretch; ``default`` keeps the frame's aspect
-    ratio at the generation size and draws the standard OpenPose skeleton there, skipping
-    joints outside the frame.
+    ``"cfld"`` (reference) reproduces the published square stretch; ``"openpose"`` (default) keeps
+    the frame's aspect ratio at the generation size and draws the standard OpenPose skeleton
+    there, skipping joints outside the frame.
     """
-    if profile == "reference":
+    if profile.deepfashion_pose == "cfld":
         return render_keypoints_reference(points, frame)
     return render_keypoints(Keypoints(points[None], *frame), generation_size(*frame, resolution))
 
@@ -260,7 +261,7 @@ def load_pose_map(
     path: str | os.PathLike,
     resolution: int,
     extractor: "Callable[[], PoseExtractor] | None" = None,
-    profile: str = "default",
+    profile: Profile = DEFAULT,
 ) -> tuple[Image.Image, dict | None]:
     """A target pose as a ControlNet map at its generation size (:func:`fit_pose_map` for the
     profile), and the keypoints found when the pose was extracted from a photo.
@@ -283,7 +284,7 @@ def load_pose_map(
 
 
 def pose_from_photo(
-    image: Image.Image, path: str | os.PathLike, resolution: int, extractor: "Callable[[], PoseExtractor]", profile: str = "default"
+    image: Image.Image, path: str | os.PathLike, resolution: int, extractor: "Callable[[], PoseExtractor]", profile: Profile = DEFAULT
 ) -> tuple[Image.Image, dict]:
     """The pose of the person in a photo (OpenPose), as a map fitted for the profile, and the keypoints."""
     found, pose_map = extractor().extract(image, resolution)
@@ -297,7 +298,7 @@ class PoseMaps:
     ``poses/`` (:func:`~oneposetrans.results.pose_map_name`), with the keypoints found in a photo
     beside it as ``<target>.json``. Every flow reads its target poses through this cache."""
 
-    def __init__(self, tree: ResultsTree, profile: str = "default"):
+    def __init__(self, tree: ResultsTree, profile: Profile = DEFAULT):
         self.tree = tree
         self.profile = profile
         self.rendered = 0

@@ -74,7 +74,7 @@ class Recipe:
         self.tree = tree
         self.session = session
         self.generation = generation or GenerationSettings()
-        self.finetune_settings = finetune or FinetuneSettings(profile=session.profile)
+        self.finetune_settings = finetune or FinetuneSettings()
         self.refine_settings = refine or RefineSettings(resolution=self.generation.resolution)
         self.echo = echo
         self.progress = progress
@@ -141,7 +141,7 @@ class Recipe:
             mask=self.tree.folder(f"{kind}_mask") if "mask" in writes else None,
         )
         results = [p for p in list_images(self.tree.folder(f"{kind}_result")) if names is None or p.name in names]
-        return self._run(SegmentStage(outputs, use_alpha=self.session.profile != "reference"), results)
+        return self._run(SegmentStage(outputs, use_alpha=not self.session.profile.resegment_results), results)
 
     def paste(self, kind: str, names: list[str] | None = None) -> dict[str, int]:
         """Steps 8 and 11: the ``reposed`` or ``refined`` results onto their sources' backgrounds
@@ -149,11 +149,11 @@ class Recipe:
         from oneposetrans.composite import PasteStage
         from oneposetrans.segment import list_images
 
-        folder = f"{kind}_rgb" if self.session.profile == "reference" else f"{kind}_result"
+        folder = f"{kind}_rgb" if self.session.profile.paste_matte == "mask" else f"{kind}_result"
         foregrounds = [p for p in list_images(self.tree.folder(folder)) if names is None or p.name in names]
         stage = PasteStage(
             self.tree.folder("images_inpainted"), self.tree.folder(f"{kind}_mask"),
-            self.tree.folder(f"{kind}_final_result"), self.session.profile,
+            self.tree.folder(f"{kind}_final_result"),
         )
         return self._run(stage, foregrounds)
 
@@ -192,7 +192,7 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
 
     tree = ResultsTree(request.results)
     generation = GenerationSettings(resolution=request.resolution)
-    finetune = FinetuneSettings(profile=session.profile, resolution=request.finetune_resolution)
+    finetune = FinetuneSettings(resolution=request.finetune_resolution)
     refine = RefineSettings(resolution=request.resolution)
     if request.denoise_steps:
         generation.steps = refine.steps = request.denoise_steps
@@ -223,7 +223,7 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
         inputs = load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints)
         pose_of = pose_source(inputs, tree, generation.resolution, session)
         # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
-        recipe.repose(group_by_source(inputs.pairs, inputs.captions), pose_of, require_mask=session.profile == "reference")
+        recipe.repose(group_by_source(inputs.pairs, inputs.captions), pose_of, require_mask=session.profile.require_person_mask)
 
     actions: dict[int, Callable[[], object]] = {
         # All of images/, as published: the targets' masks serve the masked metrics.

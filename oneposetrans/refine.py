@@ -23,6 +23,7 @@ from PIL import Image
 
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.profiles import Profile
 from oneposetrans.settings import STYLE_BLOCK, RefineSettings, style_block_lora_scales
 from oneposetrans.results import ResultsTree, is_done, split_pair_name
 from oneposetrans.stages import Stage
@@ -74,7 +75,7 @@ class Refiner:
     def frame(self, image: Image.Image, settings: RefineSettings) -> tuple[int, int]:
         from oneposetrans.pose import generation_size
 
-        if self.profile == "reference":
+        if self.profile.refine_input == "published":
             return (1024, 1024)
         return generation_size(image.width, image.height, settings.resolution)
 
@@ -85,32 +86,35 @@ class Refiner:
         from oneposetrans.layerdiffuse import encode_transparent
 
         size = self.frame(reposed, settings)
-        reference = source.convert("RGB").resize((1024, 1024)) if self.profile == "reference" else source.convert("RGB")
-        self.pipe.set_ip_adapter_scale(1.0 if self.profile == "reference" else {STYLE_BLOCK: 1.0})
+        published = self.profile.refine_input == "published"
+        reference = source.convert("RGB").resize((1024, 1024)) if published else source.convert("RGB")
+        self.pipe.set_ip_adapter_scale(1.0 if self.profile.refine_ip_scale == "everywhere" else {STYLE_BLOCK: 1.0})
         if lora is not None:
             # As published: the LoRA acts only at up_blocks.0.attentions.1 while refining.
-            self.pipe.load_subject_lora(Path(lora), style_block_lora_scales(0.0), fuse=self.profile != "reference")
+            self.pipe.load_subject_lora(Path(lora), style_block_lora_scales(0.0), fuse=self.profile.fuse_lora)
         try:
             identity = self.pipe.encode_identity(caption, settings.negative_prompt, reference, None, do_classifier_free_guidance=True)
-            if self.profile == "reference":
+            if published:
                 identity.pooled_prompt_embeds = self._unprojected_pooled(caption).to(identity.pooled_prompt_embeds)
                 identity.negative_pooled_prompt_embeds = self._unprojected_pooled(settings.negative_prompt).to(identity.pooled_prompt_embeds)
             rgba = np.asarray(reposed.convert("RGBA").resize(size, Image.BICUBIC))
             latents = encode_transparent(self.pipe.vae, self.pipe.transparent_encoder, [rgba])
             latents = latents * self.pipe.vae.config.scaling_factor
-            with self.pipe.identity_layout(identity, rows=1, do_cfg=True):
-                output = self.img2img(
-                    image=latents.to(self.pipe.unet.dtype),
-                    prompt_embeds=identity.prompt_embeds,
-                    negative_prompt_embeds=identity.negative_prompt_embeds,
-                    pooled_prompt_embeds=identity.pooled_prompt_embeds,
-                    negative_pooled_prompt_embeds=identity.negative_pooled_prompt_embeds,
-                    num_inference_steps=settings.schedule_length,
-                    strength=settings.steps / settings.schedule_length,
-                    guidance_scale=settings.guidance,
-                    generator=torch.Generator(self.pipe.device).manual_seed(settings.seed),
-                    output_type="latent",
-                )
+            # The image prompt in diffusers' form (the unconditional row first), as its img2img takes it.
+            image_prompt = [identity.image_embeds_for(("image",), 1, True)[0]] if identity.has_image else None
+            output = self.img2img(
+                image=latents.to(self.pipe.unet.dtype),
+                prompt_embeds=identity.prompt_embeds,
+                negative_prompt_embeds=identity.negative_prompt_embeds,
+                pooled_prompt_embeds=identity.pooled_prompt_embeds,
+                negative_pooled_prompt_embeds=identity.negative_pooled_prompt_embeds,
+                ip_adapter_image_embeds=image_prompt,
+                num_inference_steps=settings.schedule_length,
+                strength=settings.steps / settings.schedule_length,
+                guidance_scale=settings.guidance,
+                generator=torch.Generator(self.pipe.device).manual_seed(settings.seed),
+                output_type="latent",
+            )
             # The published refine stage divided by the scaling factor and gave the decoder the VAE's own RGB.
             return self.pipe.decode_transparent_latents(output.images, main_stage=False)[0]
         finally:
@@ -118,11 +122,11 @@ class Refiner:
                 self.pipe.unload_subject_lora()
 
 
-def refine_inputs(tree: ResultsTree, profile: str, names: list[str] | None = None) -> list[Path]:
+def refine_inputs(tree: ResultsTree, profile: Profile, names: list[str] | None = None) -> list[Path]:
     """The results to refine: ``reposed_result`` (or those of ``names``) in the default profile,
     which refines the LayerDiffuse RGBA itself; ``reposed_rgba`` (step 6: the generated colours
     with the SAM mask as alpha) in the reference profile, as published."""
-    folder = "reposed_rgba" if profile == "reference" else "reposed_result"
+    folder = "reposed_rgba" if profile.refine_input == "published" else "reposed_result"
     return sorted(p for p in tree.folder(folder).glob("*.png") if names is None or p.name in names)
 
 

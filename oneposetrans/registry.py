@@ -328,9 +328,12 @@ MODELS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="imagpose",
-        title="IMAGPose checkpoint folder (unet, vae, image_encoder, scheduler, imagpose.safetensors)",
+        title="IMAGPose checkpoint folder (a diffusers pipeline folder: model_index.json, unet, vae, image_encoder, scheduler, pose_encoder, feature_tokenizer, cross_view_attention)",
         folder="imagpose",
-        required=("imagpose.json", "imagpose.safetensors", "unet/config.json", "vae/config.json", "image_encoder/config.json", "scheduler/scheduler_config.json"),
+        required=(
+            "model_index.json", "unet/config.json", "vae/config.json", "image_encoder/config.json", "scheduler/scheduler_config.json",
+            "pose_encoder/config.json", "feature_tokenizer/config.json", "cross_view_attention/config.json",
+        ),
         stages=("imagpose",),
         licence="yours (the IMAGPose method: Apache-2.0 code)",
         manual="no IMAGPose weights were ever published: `imagpose init` builds an untrained folder from sd15, sd-vae-ft-mse, dinov2-base and animatediff-motion-v2, and `imagpose train` (three phases on DeepFashion) turns it into a model; any of its checkpoint-<step> folders is such a folder",

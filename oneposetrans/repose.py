@@ -211,9 +211,10 @@ def _run_repose(
 
     _step(report, "repose", repose, describe_repose)
     results = [pair_name(name, target) for target in ready]
-    if (request.composite and person_found) or (request.refine and session.profile == "reference"):
-        # The reference refining pass reads the results' RGBA of step 6 (the generated colours, SAM's alpha).
-        writes = ("rgba", "rgb", "mask") if session.profile == "reference" and request.refine else ("rgb", "mask")
+    refines_rgba = request.refine and session.profile.refine_input == "published"
+    if (request.composite and person_found) or refines_rgba:
+        # The published refining pass reads the results' RGBA of step 6 (the generated colours, SAM's alpha).
+        writes = ("rgba", "rgb", "mask") if refines_rgba else ("rgb", "mask")
         _segment_results(recipe, "reposed", writes, results)
     if not request.composite:
         report += [StageStatus("inpaint", "skipped", "--no-composite"), StageStatus("paste", "skipped", "--no-composite")]

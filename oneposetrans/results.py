@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from oneposetrans.errors import BadInputError
+from oneposetrans.profiles import DEFAULT, Profile
 
 # Folders of the original README, in recipe order, plus the ones this toolkit adds.
 FOLDERS: tuple[str, ...] = (
@@ -40,7 +41,6 @@ FOLDERS: tuple[str, ...] = (
 )
 
 PAIR_SEPARATOR = "_to_"
-PROFILES = ("default", "reference")
 _PARTIAL_SUFFIX = ".partial"
 _HOST = socket.gethostname()
 
@@ -70,10 +70,10 @@ def pair_name(source: str | os.PathLike, target: str | os.PathLike, suffix: str 
     return f"{stem(source)}{PAIR_SEPARATOR}{stem(target)}{suffix}"
 
 
-def pose_map_name(target: str | os.PathLike, profile: str = "default") -> str:
+def pose_map_name(target: str | os.PathLike, profile: Profile = DEFAULT) -> str:
     """The cached ControlNet map of a target under ``poses/``; the profiles draw different maps
     (``reference`` stretches them to 1024x1024), so the name carries any profile but the default."""
-    return f"{stem(target)}.png" if profile == "default" else f"{stem(target)}.{profile}.png"
+    return f"{stem(target)}.png" if profile.name == DEFAULT.name else f"{stem(target)}.{profile.name}.png"
 
 
 def split_pair_name(name: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from PIL import Image
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import IMAGE_SUFFIXES, load_image, save_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import StageLog, stem
 from oneposetrans.stages import Stage
 
@@ -51,13 +52,13 @@ class Segmentation:
     """How many detections survived NMS (only one is segmented)."""
 
 
-def pick_detection(boxes: np.ndarray, scores: np.ndarray, profile: str) -> int:
+def pick_detection(boxes: np.ndarray, scores: np.ndarray, profile: Profile) -> int:
     """Index of the person to segment: the most confident box (reference), or the largest (default).
 
     The published tool took detection 0 after NMS, which is the most confident one; on a photo
     with bystanders the subject is usually the largest person, which is what the default takes.
     """
-    if profile == "reference":
+    if profile.person_choice == "most confident":
         return int(np.argmax(scores))
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return int(np.argmax(areas))
@@ -104,7 +105,7 @@ def _full_size_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class PersonSegmenter:
     """GroundingDINO + SAM, loaded once; :meth:`segment` per image, :meth:`segment_points` for clicks."""
 
-    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", profile: str = "default"):
+    def __init__(self, models_dir: str | os.PathLike, device: str = "auto", profile: Profile = DEFAULT):
         import torch
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor, SamModel, SamProcessor
         from oneposetrans.runtime import quiet_libraries, resolve_device

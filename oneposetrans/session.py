@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
+from oneposetrans.profiles import Profile, profile_named
 from oneposetrans.settings import FinetuneSettings
 
 Case = TypeVar("Case")
@@ -27,7 +28,7 @@ class Session:
         models: str | Path | None,
         device: str = "auto",
         dtype: str = "auto",
-        profile: str = "default",
+        profile: str | Profile = "default",
         *,
         identitynet: bool = False,
         inpainter: str = "lama",
@@ -45,7 +46,7 @@ class Session:
         self.device = self.state.device if device == "auto" else resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype, self.device)
         self.dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[self.torch_dtype]
-        self.profile = profile
+        self.profile = profile_named(profile) if isinstance(profile, str) else profile
         self.identitynet = identitynet
         self.inpainter_kind = inpainter
         self.echo = echo
@@ -137,12 +138,12 @@ class Session:
 
     def imagpose(self, checkpoint: str | Path):
         """The IMAGPose pipeline of a checkpoint folder, loaded once per folder."""
-        from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
+        from oneposetrans.imagpose.checkpoint import load_pipeline
 
         key = str(checkpoint)
         if key not in self._imagpose:
             self._imagpose[key] = self._load(
-                f"IMAGPose checkpoint {checkpoint}", lambda: ImagPosePipeline.from_pretrained(checkpoint, self.device, self.torch_dtype)
+                f"IMAGPose checkpoint {checkpoint}", lambda: load_pipeline(checkpoint, self.torch_dtype).to(self.device)
             )
         return self._imagpose[key]
 
@@ -153,6 +154,6 @@ class Session:
         key = dataclasses.astuple(settings)
         if key not in self._trainers:
             self._trainers[key] = self._load(
-                "models", lambda: LoraTrainer.from_models_dir(self.models, settings, self.device)
+                "models", lambda: LoraTrainer.from_models_dir(self.models, settings, self.device, self.profile)
             )
         return self._trainers[key]

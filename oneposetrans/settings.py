@@ -83,11 +83,7 @@ class FinetuneSettings:
     resolution: int = 512
     seed: int = 0
     mixed_precision: str = "auto"
-    profile: str = "default"
     masked_loss: bool = False
-    fast_step: bool | None = None
-    """LoRA weights in the UNet's dtype with fp32 masters, fused AdamW, no per-step sync. None: on
-    in the default profile, off in the reference one (which keeps the published computation)."""
 
 
 @dataclass

@@ -6,6 +6,7 @@ from PIL import Image
 
 from oneposetrans.composite import carries_alpha, composite, cover, feathered
 from oneposetrans.errors import BadInputError
+from oneposetrans.profiles import REFERENCE
 
 
 def _person(size=(160, 240), alpha=True):
@@ -49,7 +50,7 @@ def test_reference_paste_is_the_published_hard_cut_on_a_stretched_background():
     mask = np.zeros((240, 160), np.uint8)
     mask[60:200, 40:120] = 255
     background = Image.new("RGB", (1024, 1024), (0, 255, 0))
-    result = np.asarray(composite(_person(alpha=False), background, mask, profile="reference"))
+    result = np.asarray(composite(_person(alpha=False), background, mask, profile=REFERENCE))
     assert result.shape == (240, 160, 3)
     assert set(map(tuple, result.reshape(-1, 3))) == {(200, 30, 30), (0, 255, 0)}
 

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
+from oneposetrans.profiles import DEFAULT, REFERENCE
 from oneposetrans.face import FaceEmbedder, pick_face
 
 
@@ -30,6 +31,6 @@ def test_face_analysis_loads_the_kit_and_embeds(tiny_models):
 def test_several_faces_largest_by_default_first_in_reference():
     small = SimpleNamespace(bbox=np.array([0, 0, 10, 10]), det_score=0.9)
     large = SimpleNamespace(bbox=np.array([0, 0, 50, 40]), det_score=0.6)
-    assert pick_face([small, large], "default") is large
-    assert pick_face([small, large], "reference") is small
-    assert pick_face([], "default") is None
+    assert pick_face([small, large], DEFAULT) is large
+    assert pick_face([small, large], REFERENCE) is small
+    assert pick_face([], DEFAULT) is None

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from oneposetrans.cli import main
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, FinetuneStage, LoraTrainer
+from oneposetrans.profiles import DEFAULT, REFERENCE
 from oneposetrans.results import ResultsTree
 from tests.conftest import REPO
 
@@ -135,7 +136,7 @@ def test_cases_are_independent_of_training_order(tiny_models, photo, trainer, tm
 
 
 def test_profiles_differ_in_pooled_embedding_and_time_ids(tiny_models):
-    reference = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(profile="reference", **FAST), "cpu")
+    reference = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu", REFERENCE)
     default = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu")
     caption = "A woman with face, red coat"
     ref_embeds, ref_pooled = reference.encode_caption(caption)
@@ -153,8 +154,8 @@ def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
     RandomCrop draws from torch's generator: the same seed gives the published crop, bit for bit."""
     from torchvision import transforms
 
-    settings = FinetuneSettings(profile="reference", resolution=512, **{k: v for k, v in FAST.items() if k != "resolution"})
-    trainer = LoraTrainer.from_models_dir(tiny_models, settings, "cpu")
+    settings = FinetuneSettings(resolution=512, **{k: v for k, v in FAST.items() if k != "resolution"})
+    trainer = LoraTrainer.from_models_dir(tiny_models, settings, "cpu", REFERENCE)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1101, 750, 3), np.uint8))
     published = transforms.Compose([
         transforms.Resize(512, interpolation=transforms.InterpolationMode.BILINEAR),
@@ -173,12 +174,13 @@ def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
 
 def test_reference_vae_encodes_in_the_training_precision(tiny_models):
     half = dict(FAST, mixed_precision="fp16")
-    assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(profile="reference", **half), "cpu").vae.dtype == torch.float16
+    assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**half), "cpu", REFERENCE).vae.dtype == torch.float16
     assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**half), "cpu").vae.dtype == torch.float32
 
 
-def _train(tiny_models, photo, **settings):
-    trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(resolution=64, steps=12, **settings), "cpu")
+def _train(tiny_models, photo, fast_step: bool, **settings):
+    # The default profile with the published step or the fast one: only the step differs.
+    trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(resolution=64, steps=12, **settings), "cpu", DEFAULT.replace(fast_step=fast_step))
     trained = trainer.train(_case(photo))
     return np.array(trained.losses), trainer.lora_state_dict()
 
@@ -215,8 +217,8 @@ def test_profiles_choose_the_step(tiny_models, photo, monkeypatch):
     chosen = []
     original = torch.optim.AdamW.__init__
     monkeypatch.setattr(torch.optim.AdamW, "__init__", lambda self, params, **kw: chosen.append(kw["fused"]) or original(self, params, **kw))
-    for profile in ("reference", "default"):
-        LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(profile=profile, **FAST), "cpu").train(_case(photo))
+    for profile in (REFERENCE, DEFAULT):
+        LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu", profile).train(_case(photo))
     assert chosen == [None, True]
 
 

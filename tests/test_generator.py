@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from oneposetrans.profiles import DEFAULT, REFERENCE
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
 from oneposetrans.pose import BUNDLED_POSES, load_pose_map
 from oneposetrans.generator import Reposer
@@ -143,7 +144,7 @@ def test_reference_identity_image_is_the_published_premultiplied_stretch(tmp_pat
     from oneposetrans.generator import load_identity_image
 
     tree = _segmented_source(tmp_path)
-    identity, note = load_identity_image(tree, "src", "reference", required=True)
+    identity, note = load_identity_image(tree, "src", REFERENCE, required=True)
     published = Image.open(tree.file("images_rgba", "src.png")).resize((1024, 1024)).convert("RGB")
     assert note is None and identity.size == (1024, 1024)
     assert np.array_equal(np.asarray(identity), np.asarray(published))
@@ -156,7 +157,7 @@ def test_default_identity_image_keeps_the_aspect_and_pads_with_black(tmp_path):
     from oneposetrans.generator import load_identity_image
 
     tree = _segmented_source(tmp_path)
-    identity, _ = load_identity_image(tree, "src", "default")
+    identity, _ = load_identity_image(tree, "src", DEFAULT)
     pixels = np.asarray(identity)
     assert identity.size == (400, 400)  # the 300x400 photo, padded left and right
     assert (pixels[:, :50] == 0).all() and (pixels[:, 350:] == 0).all()
@@ -170,16 +171,16 @@ def test_without_a_mask_the_whole_photo_with_a_note_or_a_clear_error(tmp_path):
 
     tree = _segmented_source(tmp_path)
     tree.file("images_rgba", "src.png").unlink()
-    identity, note = load_identity_image(tree, "src", "default")
+    identity, note = load_identity_image(tree, "src", DEFAULT)
     assert "whole photo" in note and (np.asarray(identity)[0, 100] == 128).all()
     with pytest.raises(BadInputError, match="no person mask .*run segment --mode dataset first"):
-        load_identity_image(tree, "src", "reference", required=True)
+        load_identity_image(tree, "src", REFERENCE, required=True)
 
 
 def test_clip_and_face_detector_read_the_identity_image(reposer, poses, tmp_path, monkeypatch):
     from oneposetrans.generator import load_identity_image
 
-    identity, _ = load_identity_image(_segmented_source(tmp_path), "src", "reference")
+    identity, _ = load_identity_image(_segmented_source(tmp_path), "src", REFERENCE)
     seen = {}
     extractor, detector = reposer.pipe.feature_extractor, reposer.faces.app.get
     monkeypatch.setattr(reposer.pipe, "feature_extractor", lambda image, **kw: seen.setdefault("clip", image) and extractor(image, **kw))
@@ -190,7 +191,7 @@ def test_clip_and_face_detector_read_the_identity_image(reposer, poses, tmp_path
 
 
 def test_reference_renders_one_target_per_pipeline_call(tiny_models, poses, source, monkeypatch):
-    reference = Reposer(tiny_models, "cpu", profile="reference")
+    reference = Reposer(tiny_models, "cpu", profile=REFERENCE)
     calls = []
     pipeline_call = type(reference.pipe).__call__
     monkeypatch.setattr(type(reference.pipe), "__call__", lambda self, **kw: calls.append(len(kw["image"])) or pipeline_call(self, **kw))
@@ -204,11 +205,11 @@ def test_report_names_only_the_conditioning_that_was_used():
     from oneposetrans.generator import _describe_conditioning
 
     settings = GenerationSettings()
-    everything = SimpleNamespace(image_tokens=4, face_tokens=16)
+    everything = SimpleNamespace(has_image=True, has_face=True)
     assert _describe_conditioning(everything, settings, lora=True, identitynet=False) == (
         "VCM (text, IP-Adapter image, InstantID face) + OpenPose ControlNet + LoRA + LayerDiffuse alpha"
     )
-    no_face = SimpleNamespace(image_tokens=4, face_tokens=0)  # e.g. a caption without the word "face"
+    no_face = SimpleNamespace(has_image=True, has_face=False)  # e.g. a caption without the word "face"
     settings.transparent = False
     assert _describe_conditioning(no_face, settings, lora=False, identitynet=True) == (
         "VCM (text, IP-Adapter image) + OpenPose ControlNet + IdentityNet + SDXL VAE (opaque)"

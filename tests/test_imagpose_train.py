@@ -45,7 +45,9 @@ def _weights(trainer) -> dict[str, torch.Tensor]:
 
 
 def _group(name: str) -> str:
-    return "cva" if name.startswith("denoiser.cva.") else name.split(".")[1] if name.startswith("denoiser.") else "tokenizer"
+    if name.startswith("denoiser.cva."):
+        return "cross_view_attention"
+    return name.split(".")[1] if name.startswith("denoiser.") else "feature_tokenizer"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,14 @@ def test_each_phase_lowers_the_loss_on_a_fixed_batch(phase_runs, phase):
     assert run["loss_after"] < run["loss_before"]
 
 
-@pytest.mark.parametrize("phase, trained", [(1, {"unet", "pose_encoder", "tokenizer"}), (2, {"cva"}), (3, {"unet", "pose_encoder", "tokenizer", "cva"})])
+@pytest.mark.parametrize(
+    "phase, trained",
+    [
+        (1, {"unet", "pose_encoder", "feature_tokenizer"}),
+        (2, {"cross_view_attention"}),
+        (3, {"unet", "pose_encoder", "feature_tokenizer", "cross_view_attention"}),
+    ],
+)
 def test_each_phase_updates_exactly_its_modules(phase_runs, phase, trained):
     run = phase_runs[phase]
     changed: dict[str, list[bool]] = {}
@@ -88,11 +97,13 @@ def test_each_phase_updates_exactly_its_modules(phase_runs, phase, trained):
 
 def test_frozen_parts_are_written_bit_for_bit_from_the_starting_checkpoint(phase_runs):
     run = phase_runs[2]
-    start, end = load_file(run["init"] / "imagpose.safetensors"), load_file(run["checkpoint"] / "imagpose.safetensors")
-    assert start.keys() == end.keys()
-    assert all(torch.equal(start[key], end[key]) for key in start if not key.startswith("cva."))
-    assert not all(torch.equal(start[key], end[key]) for key in start if key.startswith("cva."))
-    for part in ("unet", "vae", "image_encoder"):
+    weights = "cross_view_attention/diffusion_pytorch_model.safetensors"
+    start, end = load_file(run["init"] / weights), load_file(run["checkpoint"] / weights)
+    assert start.keys() == end.keys() and not all(torch.equal(start[key], end[key]) for key in start)
+    for part in ("unet", "vae", "image_encoder", "pose_encoder", "feature_tokenizer", "scheduler", "model_index.json"):
+        if part == "model_index.json":
+            assert (run["checkpoint"] / part).read_bytes() == (run["init"] / part).read_bytes()
+            continue
         files = sorted(p.relative_to(run["init"] / part) for p in (run["init"] / part).rglob("*") if p.is_file())
         for name in files:
             assert (run["checkpoint"] / part / name).read_bytes() == (run["init"] / part / name).read_bytes()
@@ -105,7 +116,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tiny_models, data
     resumed = _trainer(tiny_models, data, tmp_path / "stopped", max_steps=20, checkpoint_every=10, resume=first)
     assert resumed.step == 10
     last = resumed.train()
-    for part in ("imagpose.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+    for part in (
+        "pose_encoder/diffusion_pytorch_model.safetensors", "feature_tokenizer/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ):
         assert (last / part).read_bytes() == (whole / part).read_bytes(), part
     a = torch.load(last / TRAINING_STATE, weights_only=True)
     b = torch.load(whole / TRAINING_STATE, weights_only=True)
@@ -198,11 +212,11 @@ def test_the_velocity_schedule_is_the_schedulers(tiny_models):
 
 
 def test_padded_views_under_the_mask_change_nothing_and_the_null_condition_is_zero_tokens(tiny_models):
-    from oneposetrans.imagpose.checkpoint import load_components
+    from oneposetrans.imagpose.checkpoint import load_pipeline
     from oneposetrans.imagpose.pipeline_imagpose import flc_context
 
-    parts = load_components(tiny_models / "imagpose")
-    tokenizer, denoiser = parts["tokenizer"], parts["denoiser"]
+    pipeline = load_pipeline(tiny_models / "imagpose")
+    tokenizer, denoiser = pipeline.feature_tokenizer, pipeline.denoiser
     width = tokenizer.projection.in_features
     torch.manual_seed(0)
     image_tokens, latents = torch.randn(1, 3, 5, width), torch.randn(1, 3, 4, 8, 8)
@@ -270,8 +284,8 @@ def test_config_errors_are_one_line(tmp_path):
 
 def test_the_bundled_configs_are_the_papers_phases():
     one, two, three = (load_config(f"phase{p}") for p in (1, 2, 3))
-    assert (one.learning_rate, one.max_steps, one.trained, one.runs_cva) == (5e-5, 50_000, ("unet", "pose_encoder", "tokenizer"), False)
-    assert (two.learning_rate, two.max_steps, two.trained, two.runs_cva) == (5e-5, 200_000, ("cva",), True)
+    assert (one.learning_rate, one.max_steps, one.trained, one.runs_cva) == (5e-5, 50_000, ("unet", "pose_encoder", "feature_tokenizer"), False)
+    assert (two.learning_rate, two.max_steps, two.trained, two.runs_cva) == (5e-5, 200_000, ("cross_view_attention",), True)
     assert (three.learning_rate, three.max_steps, three.runs_cva) == (1e-6, 50_000, True)
     assert (one.weight_decay, one.max_grad_norm, one.min_snr_gamma, one.noise_offset) == (0.01, 1.0, 5.0, 0.05)
 

@@ -6,6 +6,7 @@ from PIL import Image
 from skimage import data
 
 from oneposetrans.errors import BadInputError
+from oneposetrans.profiles import REFERENCE, profile_named
 from oneposetrans.inpaint import (
     DIFFUSION_STRENGTH,
     PUBLISHED_LAMA,
@@ -49,12 +50,12 @@ def _models_without_published_lama(tiny_models, tmp_path):
 
 def test_lama_reference_profile_refuses_an_export_of_another_size(tiny_models, tmp_path):
     with pytest.raises(BadInputError, match=f"{TINY_LAMA_SIDE}x{TINY_LAMA_SIDE} LaMa export; --profile reference needs"):
-        LamaInpainter(_models_without_published_lama(tiny_models, tmp_path), "cpu", profile="reference")
+        LamaInpainter(_models_without_published_lama(tiny_models, tmp_path), "cpu", profile=REFERENCE)
 
 
 def test_lama_reference_profile_uses_the_1024_export_and_keeps_its_size(tiny_models):
     photo, hole = _photo_and_hole()
-    lama = LamaInpainter(tiny_models, "cpu", profile="reference")
+    lama = LamaInpainter(tiny_models, "cpu", profile=REFERENCE)
     assert lama.path.name == PUBLISHED_LAMA
     filled = lama(photo, hole)
     assert filled.size == (PUBLISHED_LAMA_SIDE, PUBLISHED_LAMA_SIDE)
@@ -64,7 +65,7 @@ def test_lama_reference_profile_uses_the_1024_export_and_keeps_its_size(tiny_mod
 def test_lama_inputs_are_the_published_bicubic_resizes(tiny_models, profile):
     """Image: PIL bicubic to the model size, in 0..1. Mask: the 0/255 mask resized bicubic, hole where > 0."""
     photo, hole = _photo_and_hole()
-    lama = LamaInpainter(tiny_models, "cpu", profile=profile)
+    lama = LamaInpainter(tiny_models, "cpu", profile=profile_named(profile))
     seen = {}
     run = lama.session.run
     lama.session = type("Spy", (), {"run": lambda self, names, feed: seen.update(feed) or run(names, feed)})()
@@ -91,12 +92,12 @@ def test_diffusion_inpainting_size_and_strength_by_profile(tiny_models, profile,
     """Default: native size, strength 1.0. Reference: the published call gave no size, so diffusers'
     default frame comes back (1024x1024 with SDXL's config), strength 0.6, seed 0."""
     photo, hole = _photo_and_hole((300, 203))
-    inpainter = DiffusionInpainter(tiny_models, "cpu", profile=profile)
+    inpainter = DiffusionInpainter(tiny_models, "cpu", profile=profile_named(profile))
     calls = []
     pipeline_call = type(inpainter.pipeline).__call__
     monkeypatch.setattr(type(inpainter.pipeline), "__call__", lambda self, **kw: calls.append(kw) or pipeline_call(self, **kw))
     filled = inpainter(photo, hole)
-    assert calls[0]["strength"] == DIFFUSION_STRENGTH[profile] == (1.0 if profile == "default" else 0.6)
+    assert calls[0]["strength"] == DIFFUSION_STRENGTH[profile_named(profile).diffusion_inpaint] == (1.0 if profile == "default" else 0.6)
     assert calls[0]["generator"].initial_seed() == 0
     if profile == "default":
         assert filled.size == photo.size

@@ -7,6 +7,7 @@ import pytest
 
 from oneposetrans.errors import BadInputError
 from oneposetrans.pose import BUNDLED_POSES, Keypoints, generation_size, load_keypoints, load_pose_map, render_keypoints
+from oneposetrans.profiles import DEFAULT, REFERENCE
 
 
 def _write(path, flat, width=100, height=200):
@@ -128,7 +129,7 @@ def test_reference_rendering_matches_hand_computed_pixels():
 def test_default_rendering_keeps_aspect_and_skips_out_of_frame_joints():
     from oneposetrans.pose import render_deepfashion_pose
 
-    image = np.asarray(render_deepfashion_pose(_deepfashion_points(), "default", 256))
+    image = np.asarray(render_deepfashion_pose(_deepfashion_points(), DEFAULT, 256))
     assert image.shape == (384, 256, 3)  # 176x256 frame -> shorter side 256, multiples of 64
     assert not image[:, :20].any()  # nothing drawn for the joint at x = -31
     # Neck at (88/176*256, 100/256*384) = (128, 150) in its OpenPose colour.
@@ -144,7 +145,7 @@ class _FakeDetector:
         return found, Image.new("RGB", size, (0, 0, 255))
 
 
-@pytest.mark.parametrize("profile, size, name", [("reference", (1024, 1024), "t.reference.png"), ("default", (1024, 1344), "t.png")])
+@pytest.mark.parametrize("profile, size, name", [(REFERENCE, (1024, 1024), "t.reference.png"), (DEFAULT, (1024, 1344), "t.png")], ids=["reference", "default"])
 def test_wpose_pose_maps_by_profile(tmp_path, profile, size, name):
     """A 3:4 target photo: the reference map is stretched to 1024x1024 (the only runnable published
     path), the default one keeps the aspect ratio; each profile caches its own file."""
@@ -165,7 +166,7 @@ def test_wpose_pose_maps_by_profile(tmp_path, profile, size, name):
 def test_reference_stretches_every_kind_of_target_to_1024(tmp_path):
     for path in (BUNDLED_POSES[0], _astronaut(tmp_path)):
         default, _ = load_pose_map(path, 1024, _FakeDetector)
-        reference, _ = load_pose_map(path, 1024, _FakeDetector, profile="reference")
+        reference, _ = load_pose_map(path, 1024, _FakeDetector, profile=REFERENCE)
         assert reference.size == (1024, 1024)
         assert np.array_equal(np.asarray(reference), np.asarray(default.resize((1024, 1024), Image.BICUBIC)))
     assert load_pose_map(BUNDLED_POSES[0], 1024)[0].size == (1024, 1536)
@@ -173,7 +174,7 @@ def test_reference_stretches_every_kind_of_target_to_1024(tmp_path):
 
 def test_reference_square_follows_the_generation_resolution():
     """1024 is the published resolution; a smaller --resolution (e.g. --smoke) shrinks the square."""
-    pose_map, _ = load_pose_map(BUNDLED_POSES[0], 128, profile="reference")
+    pose_map, _ = load_pose_map(BUNDLED_POSES[0], 128, profile=REFERENCE)
     assert pose_map.size == (128, 128)
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from skimage import data
 
 from tests.conftest import REPO
+from oneposetrans.profiles import DEFAULT, REFERENCE
 from oneposetrans.segment import (
     DILATION_ITERATIONS,
     NoPersonError,
@@ -67,8 +68,8 @@ def test_point_prompts_give_a_mask(segmenter):
 def test_several_people_largest_by_default_most_confident_in_reference():
     boxes = np.array([[0, 0, 10, 10], [0, 0, 100, 50]], np.float32)
     scores = np.array([0.9, 0.4], np.float32)
-    assert pick_detection(boxes, scores, "default") == 1
-    assert pick_detection(boxes, scores, "reference") == 0
+    assert pick_detection(boxes, scores, DEFAULT) == 1
+    assert pick_detection(boxes, scores, REFERENCE) == 0
 
 
 def test_inpainting_mask_is_dilated_with_5x5_for_8_iterations():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from oneposetrans.errors import BadInputError, CaseFailures, MissingModelError
+from oneposetrans.profiles import DEFAULT
 from oneposetrans.results import ResultsTree
 from oneposetrans.session import Session
 from oneposetrans.stages import Stage, run_stage
@@ -110,7 +111,7 @@ def test_every_loader_receives_a_resolved_device_and_loads_once(monkeypatch, tmp
         def build(*arguments, **keywords):
             devices = [a for a in (*arguments, *keywords.values()) if isinstance(a, (str, torch.device)) and str(a) in ("auto", "cpu", "cuda")]
             seen.append((kind, [str(d) for d in devices]))
-            return SimpleNamespace(pipe=None, profile="default")
+            return SimpleNamespace(pipe=None, profile=DEFAULT)
 
         return build
 

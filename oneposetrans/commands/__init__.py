@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from oneposetrans import registry
-from oneposetrans.results import PROFILES
+from oneposetrans.profiles import PROFILES
 from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
 GENERATION = GenerationSettings()
@@ -37,7 +37,7 @@ def add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
     )
     parser.add_argument(
         "--profile",
-        choices=PROFILES,
+        choices=tuple(PROFILES),
         default="default",
         help="'reference' reproduces the published code's behaviour, quirks included; 'default' fixes them",
     )

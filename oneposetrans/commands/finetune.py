@@ -108,7 +108,6 @@ def handle(arguments: argparse.Namespace) -> int:
         resolution=arguments.resolution,
         seed=arguments.seed,
         mixed_precision=arguments.mixed_precision,
-        profile=arguments.profile,
         masked_loss=arguments.masked_loss,
     )
     cases = _finetune_cases(arguments, tree)

@@ -9,12 +9,12 @@ pose maps in ``poses/``, each result as ``reposed_result/<source>_to_<target>.pn
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from oneposetrans.commands import SMOKE_BANNER, add_common, echo, models_dir, open_session
-from oneposetrans.errors import BadInputError
+from oneposetrans.errors import BadInputError, NotBuiltError
 from oneposetrans.imagpose.canvas import MODES, layout
+from oneposetrans.profiles import DEFAULT, profile_named
 
 MODE_CHOICES = ("auto", *MODES)
 
@@ -124,6 +124,7 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
     from oneposetrans import registry
     from oneposetrans.imagpose.checkpoint import initialise
 
+    _reference_not_built(arguments)
     models = models_dir(arguments)
     registry.require_all(registry.TASKS["imagpose-init"], models)
     folder = initialise(models, arguments.out)
@@ -133,12 +134,15 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 
 def _cmd_generate(arguments: argparse.Namespace) -> int:
     from oneposetrans import registry
-    from oneposetrans.image_io import load_image, save_image
-    from oneposetrans.settings import ImagPoseSettings
-    from oneposetrans.pose import PoseMaps, load_pose_map, needs_detector, pose_from_photo
+    from oneposetrans.image_io import load_image
+    from oneposetrans.imagpose.generate import GenerateCase, GenerateStage
+    from oneposetrans.pose import PoseMaps, needs_detector
     from oneposetrans.report import contact_sheet
-    from oneposetrans.results import ResultsTree, check_writable_folder, pair_name, stem
+    from oneposetrans.results import ResultsTree, check_writable_folder, stem
+    from oneposetrans.settings import ImagPoseSettings
+    from oneposetrans.stages import run_stage
 
+    _reference_not_built(arguments)
     mode = pick_mode(arguments.mode, len(arguments.source), len(arguments.pose))
     layout(mode, len(arguments.source), len(arguments.pose))  # counts checked before anything loads
     if arguments.source_pose and len(arguments.source_pose) != len(arguments.source):
@@ -156,43 +160,32 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     tree = ResultsTree(arguments.out)
     side = 128 if arguments.smoke and arguments.tile == ImagPoseSettings.tile_long_side else arguments.tile
     settings = ImagPoseSettings(steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, tile_long_side=side)
-    maps = PoseMaps(tree, "default")
-    extractor = lambda: session.pose_extractor  # noqa: E731
-
-    source_poses = []
-    for index, (path, picture) in enumerate(zip(arguments.source, sources)):
-        save_image(picture, tree.file("images", f"{stem(path)}.png"))
-        if arguments.source_pose:
-            pose_file = arguments.source_pose[index]
-            pose_map = maps.get(f"{stem(path)}.source", lambda: load_pose_map(pose_file, side, extractor))
-            _same_frame(pose_file, pose_map, path, picture)
-        else:
-            pose_map = maps.get(f"{stem(path)}.source", lambda: pose_from_photo(picture, path, side, extractor))
-        source_poses.append(_with_person(pose_map, path))
-    targets = [_with_person(maps.get(stem(path), lambda: load_pose_map(path, side, extractor)), path) for path in arguments.pose]
-
-    pipeline = session.imagpose(checkpoint)
-    started = time.perf_counter()
-    output = pipeline(sources, source_poses, targets, mode, settings)
-    log = tree.log("imagpose")
-    rows = []
-    for path, pose_map, image in zip(arguments.pose, targets, output.images):
-        result = tree.file("reposed_result", pair_name(stem(arguments.source[0]), stem(path)))
-        save_image(image, result)
-        log.ok(result.stem, mode=mode, steps=settings.steps, seconds=round(time.perf_counter() - started, 3), size=list(image.size))
-        echo(f"  {result.name}")
-        rows.append((sources[0], pose_map, image))
-    save_image(output.canvas, tree.root / f"canvas_{stem(arguments.source[0])}.png")
+    case = GenerateCase(tuple(arguments.source), tuple(arguments.pose), tuple(arguments.source_pose) if arguments.source_pose else None, mode)
+    stage = GenerateStage(tree, checkpoint, settings)
+    run_stage(stage, [case], session, tree.log(stage.name), echo, progress=not arguments.quiet)
+    maps = PoseMaps(tree, session.profile)
+    results = stage.outputs(case)
+    rows = [(sources[0], load_image(maps.path(stem(pose)), "RGB"), load_image(result)) for pose, result in zip(arguments.pose, results)]
     contact_sheet(rows, tree.root / "contact_sheet.png")
     reminder = " (smoke run: the pictures are noise)" if arguments.smoke else ""
-    print(f"{len(output.images)} result(s) of mode {mode} in {tree.root / 'reposed_result'}{reminder}")
+    print(f"{len(results)} result(s) of mode {mode} in {tree.root / 'reposed_result'}{reminder}")
     return 0
+
+
+def _reference_not_built(arguments: argparse.Namespace) -> None:
+    """IMAGPose runs its own fixes of the published code; the published computation is issue 27's."""
+    if profile_named(arguments.profile) is not DEFAULT:
+        raise NotBuiltError(
+            f"imagpose has no '{arguments.profile}' profile yet: IMAGPose as published (its loss weighting, data "
+            "and sampler) is not built; run without --profile"
+        )
 
 
 def _cmd_train(arguments: argparse.Namespace) -> int:
     from oneposetrans import registry
     from oneposetrans.imagpose.train import ImagPoseTrainer, checkpoints, load_config
 
+    _reference_not_built(arguments)
     models = models_dir(arguments)
     smoke_tile = 128 if arguments.smoke and arguments.tile is None else arguments.tile
     config = load_config(
@@ -230,6 +223,7 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
     from oneposetrans.imagpose.evaluate import SCENARIOS, ProtocolRequest, default_paths, protocol_table, run_protocol
     from oneposetrans.settings import ImagPoseSettings
 
+    _reference_not_built(arguments)
     paths = default_paths(arguments.data)
     scenarios = tuple(s.strip() for s in arguments.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -259,20 +253,3 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
         print(protocol_table(table, request.metrics), end="")
         print(f"tables: {arguments.results / 'evaluation' / 'imagpose.md'}")
     return 0
-
-
-def _with_person(pose_map, path):
-    """A pose map with nothing drawn has no person to pose."""
-    if max(high for _, high in pose_map.getextrema()) < 16:
-        raise BadInputError(f"{path}: the pose has no person (nothing is drawn)")
-    return pose_map
-
-
-def _same_frame(pose_file, pose_map, photo_file, photo) -> None:
-    """A source's pose must be drawn in its photo's frame, or the tiles would not line up."""
-    pose_ratio, photo_ratio = pose_map.width / pose_map.height, photo.width / photo.height
-    if abs(pose_ratio / photo_ratio - 1) > 0.02:
-        raise BadInputError(
-            f"{pose_file}: its frame {pose_map.width}x{pose_map.height} does not match the source {photo_file} "
-            f"({photo.width}x{photo.height})"
-        )

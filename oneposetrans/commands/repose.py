@@ -77,7 +77,6 @@ def handle(arguments: argparse.Namespace) -> int:
             identitynet_scale=arguments.identitynet_scale,
         ),
         finetune=FinetuneSettings(
-            profile=arguments.profile,
             resolution=SMOKE_FINETUNE_RESOLUTION if arguments.smoke else FinetuneSettings.resolution,
             steps=arguments.finetune_steps,
         ),

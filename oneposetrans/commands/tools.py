@@ -7,6 +7,7 @@ from pathlib import Path
 
 from oneposetrans.commands import add_common, echo, models_dir, open_session
 from oneposetrans.errors import BadInputError
+from oneposetrans.profiles import profile_named
 
 
 def add(commands) -> None:
@@ -95,7 +96,7 @@ def _tool_paths(arguments: argparse.Namespace, task: str) -> dict[str, Path]:
     from oneposetrans.results import ResultsTree
 
     defaults = dict(TOOL_DEFAULTS[task])
-    if task == "paste" and arguments.profile == "reference":
+    if task == "paste" and profile_named(arguments.profile).paste_matte == "mask":
         defaults["rgb_path"] = "reposed_rgb"
     paths = {flag: getattr(arguments, flag, None) for flag in TOOL_PATHS}
     if any(paths[flag] is None for flag in defaults):
@@ -125,7 +126,7 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
         from oneposetrans.segment import SegmentOutputs, SegmentStage
 
         outputs = SegmentOutputs.for_mode(task, paths.get("mask_path"), paths.get("rgba_path"), paths.get("rgb_path"))
-        stage = SegmentStage(outputs, use_alpha=task != "dataset" and arguments.profile != "reference")
+        stage = SegmentStage(outputs, use_alpha=task != "dataset" and not profile_named(arguments.profile).resegment_results)
         images = list_images(paths["source_path"])
     elif task == "inpaint":
         from oneposetrans.inpaint import InpaintStage
@@ -135,7 +136,7 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
     else:
         from oneposetrans.composite import PasteStage
 
-        stage = PasteStage(paths["background_path"], paths.get("mask_path"), paths["result_path"], arguments.profile)
+        stage = PasteStage(paths["background_path"], paths.get("mask_path"), paths["result_path"])
         images = list_images(paths["rgb_path"])
     stage.overwrite = arguments.overwrite
     session = open_session(arguments, models, inpainter=getattr(arguments, "inpainter", "lama"))

@@ -8,3 +8,14 @@ resolution. The scenarios (1 -> 1, 1 -> N, K -> 1) are ways of filling the canva
 (:mod:`oneposetrans.imagpose.canvas`). The subpackage shares the results tree, pose rendering,
 datasets and evaluation with OnePoseTrans.
 """
+
+__all__ = ["ImagPosePipeline"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: the CLI imports this package for its flags, and --help stays free of torch.
+    if name == "ImagPosePipeline":
+        from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
+
+        return ImagPosePipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

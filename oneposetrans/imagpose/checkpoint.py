@@ -1,36 +1,41 @@
 """The IMAGPose checkpoint folder: what training writes and generation reads.
 
-No IMAGPose weights were ever published, so the folder is this project's format, in the
-libraries' own layouts::
+No IMAGPose weights were ever published, so the folder is this project's format: the
+``save_pretrained`` folder of :class:`~oneposetrans.imagpose.pipeline_imagpose.ImagPosePipeline`,
+one folder per component in its library's own layout::
 
-    unet/                 diffusers UNet2DConditionModel, 9 input channels
-    vae/                  diffusers AutoencoderKL (sd-vae-ft-mse for SD1.5)
-    image_encoder/        transformers Dinov2Model (dinov2-base: 257 tokens of 768 at 224x224)
-    scheduler/            diffusers DDIMScheduler: the training noise schedule, used for sampling too
-    imagpose.json         the added modules' shapes
-    imagpose.safetensors  their weights: pose_encoder.*, tokenizer.*, cva.* (AnimateDiff key names)
+    model_index.json       the components and their classes (diffusers' pipeline index)
+    unet/                  diffusers UNet2DConditionModel, 9 input channels
+    vae/                   diffusers AutoencoderKL (sd-vae-ft-mse for SD1.5)
+    image_encoder/         transformers Dinov2Model (dinov2-base: 257 tokens of 768 at 224x224)
+    scheduler/             diffusers DDIMScheduler: the training noise schedule, used for sampling too
+    pose_encoder/          PoseEncoder
+    feature_tokenizer/     FeatureTokenizer (the FLC tokens)
+    cross_view_attention/  CrossViewAttention (AnimateDiff motion-module key names)
 
-:func:`initialise` builds an untrained folder from the stock parts (SD1.5, the VAE, DINOv2, an
-AnimateDiff-v2 motion module); training (:mod:`oneposetrans.imagpose.train`) starts from it and
-writes its checkpoints in the same format.
+``ImagPosePipeline.from_pretrained(folder)`` loads it. :func:`initialise` builds an untrained
+folder from the stock parts (SD1.5, the VAE, DINOv2, an AnimateDiff-v2 motion module); training
+(:mod:`oneposetrans.imagpose.train`) starts from it and writes its checkpoints in the same format.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from oneposetrans import registry
 from oneposetrans.errors import BadInputError, MissingModelError
 from oneposetrans.imagpose.modules import CrossViewAttention, FeatureTokenizer, PoseEncoder, load_motion_modules
-from oneposetrans.imagpose.unet import ImagPoseDenoiser, widen_conv_in
+from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
+from oneposetrans.imagpose.unet import widen_conv_in
+from oneposetrans.runtime import quiet_libraries
 
-MODULES_CONFIG = "imagpose.json"
-MODULES_WEIGHTS = "imagpose.safetensors"
-PARTS = ("unet", "vae", "image_encoder", "scheduler", MODULES_CONFIG, MODULES_WEIGHTS)
-ADDED_MODULES = ("pose_encoder", "tokenizer", "cva")
+COMPONENTS = ("vae", "unet", "pose_encoder", "feature_tokenizer", "cross_view_attention", "image_encoder", "scheduler")
+ADDED_MODULES = ("pose_encoder", "feature_tokenizer", "cross_view_attention")
+"""The modules IMAGPose adds to SD1.5; the others come from the stock parts."""
+INDEX = "model_index.json"
 
 
 def training_scheduler():
@@ -47,17 +52,18 @@ def training_scheduler():
 def modules_config(
     unet, image_encoder, views: int = 3, pose_channels: tuple[int, ...] = (16, 32, 96, 256), heads: int = 8, groups: int = 32, patch: int = 16
 ) -> dict:
+    """The added modules' settings for ``unet`` and ``image_encoder``, by component name."""
     return {
-        "pose_encoder": {"out_channels": unet.config.block_out_channels[0], "channels": list(pose_channels)},
-        "tokenizer": {
+        "pose_encoder": {"out_channels": unet.config.block_out_channels[0], "channels": tuple(pose_channels)},
+        "feature_tokenizer": {
             "width": unet.config.cross_attention_dim,
             "encoder_width": image_encoder.config.hidden_size,
             "latent_channels": 4,
             "patch": patch,
             "views": views,
         },
-        "cva": {
-            "block_out_channels": list(unet.config.block_out_channels),
+        "cross_view_attention": {
+            "block_out_channels": tuple(unet.config.block_out_channels),
             "layers_per_block": unet.config.layers_per_block,
             "heads": heads,
             "groups": groups,
@@ -65,58 +71,41 @@ def modules_config(
     }
 
 
-def build_modules(config: dict) -> tuple[PoseEncoder, FeatureTokenizer, CrossViewAttention]:
-    pose = config["pose_encoder"]
-    cva = config["cva"]
-    return (
-        PoseEncoder(pose["out_channels"], tuple(pose["channels"])),
-        FeatureTokenizer(**config["tokenizer"]),
-        CrossViewAttention(tuple(cva["block_out_channels"]), cva["layers_per_block"], cva["heads"], cva["groups"]),
-    )
+def build_modules(config: dict) -> dict:
+    """The added modules, untrained, from :func:`modules_config`'s settings."""
+    return {
+        "pose_encoder": PoseEncoder(**config["pose_encoder"]),
+        "feature_tokenizer": FeatureTokenizer(**config["feature_tokenizer"]),
+        "cross_view_attention": CrossViewAttention(**config["cross_view_attention"]),
+    }
 
 
-def save_components(
+def save_checkpoint(
     folder: str | os.PathLike,
-    vae,
-    denoiser: ImagPoseDenoiser,
-    tokenizer: FeatureTokenizer,
-    image_encoder,
-    scheduler,
-    config: dict,
+    components: dict,
     *,
     copy_from: str | os.PathLike | None = None,
     copied: tuple[str, ...] = (),
     extra: Callable[[Path], object] | None = None,
 ) -> Path:
-    """Write a checkpoint folder. It is written beside ``folder`` under a temporary name and then
-    renamed into place, so a killed save never leaves a folder that looks complete.
+    """Write a checkpoint folder of ``components`` (the pipeline's, by name). It is written beside
+    ``folder`` under a temporary name and then renamed into place, so a killed save never leaves
+    a folder that looks complete.
 
-    The parts named in ``copied`` (``unet``, ``vae``, ``image_encoder``, ``pose_encoder``,
-    ``tokenizer``, ``cva``) are taken from the checkpoint folder ``copy_from`` bit for bit
-    (hard links where the file system allows) instead of from the modules: training holds its
-    frozen parts in a lower precision. ``extra(partial_folder)`` writes further files first.
+    The components named in ``copied`` are taken from the checkpoint folder ``copy_from`` bit for
+    bit (hard links where the file system allows) instead of from the modules: training holds
+    its frozen parts in a lower precision. ``extra(partial_folder)`` writes further files first.
     """
-    from safetensors.torch import load_file, save_file
-
     final = Path(folder)
     partial = final.with_name(f".{final.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for name, model in (("unet", denoiser.unet), ("vae", vae), ("image_encoder", image_encoder)):
+    ImagPosePipeline(**components).save_config(partial)
+    for name in COMPONENTS:
         if name in copied:
             shutil.copytree(Path(copy_from) / name, partial / name, copy_function=_link_or_copy)
         else:
-            model.save_pretrained(partial / name)
-    scheduler.save_pretrained(partial / "scheduler")
-    kept = load_file(Path(copy_from) / MODULES_WEIGHTS) if set(copied) & set(ADDED_MODULES) else {}
-    state = {}
-    for name, module in zip(ADDED_MODULES, (denoiser.pose_encoder, tokenizer, denoiser.cva)):
-        if name in copied:
-            state |= {k: v for k, v in kept.items() if k.startswith(f"{name}.")}
-        else:
-            state |= {f"{name}.{k}": v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(partial / MODULES_WEIGHTS))
-    (partial / MODULES_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            components[name].save_pretrained(partial / name)
     if extra is not None:
         extra(partial)
     if final.exists():
@@ -136,36 +125,24 @@ def _link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
-def load_components(folder: str | os.PathLike) -> dict:
-    """The pipeline's components from a checkpoint folder, on the CPU in float32."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from safetensors.torch import load_file
-    from transformers import Dinov2Model
-
-    from oneposetrans.runtime import quiet_libraries
-
+def check_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if it holds an IMAGPose checkpoint; one line naming what it lacks otherwise."""
     folder = Path(folder)
-    missing = [part for part in PARTS if not (folder / part).exists()]
+    missing = [part for part in (INDEX, *COMPONENTS) if not (folder / part).exists()]
     if missing:
         raise MissingModelError(f"{folder}: not an IMAGPose checkpoint folder (missing {', '.join(missing)})")
+    return folder
+
+
+def load_pipeline(folder: str | os.PathLike, dtype=None) -> ImagPosePipeline:
+    """The pipeline of a checkpoint folder, on the CPU (float32 unless ``dtype``)."""
     quiet_libraries()
-    config = json.loads((folder / MODULES_CONFIG).read_text())
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    if unet.config.in_channels != 9:
-        raise BadInputError(f"{folder / 'unet'}: {unet.config.in_channels} input channels; IMAGPose's UNet has 9")
-    pose_encoder, tokenizer, cva = build_modules(config)
-    state = load_file(folder / MODULES_WEIGHTS)
-    for name, module in zip(ADDED_MODULES, (pose_encoder, tokenizer, cva)):
-        prefix = f"{name}."
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(part, strict=True)
-    return {
-        "vae": AutoencoderKL.from_pretrained(folder / "vae"),
-        "denoiser": ImagPoseDenoiser(unet, pose_encoder, cva),
-        "tokenizer": tokenizer,
-        "image_encoder": Dinov2Model.from_pretrained(folder / "image_encoder"),
-        "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
-    }
+    try:
+        pipeline = ImagPosePipeline.from_pretrained(check_folder(folder), torch_dtype=dtype, local_files_only=True)
+    except ValueError as error:  # e.g. a UNet without the 9-channel input
+        raise BadInputError(f"{folder}: {error}") from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def initialise(models: str | os.PathLike, out: str | os.PathLike, echo=print) -> Path:
@@ -175,8 +152,6 @@ def initialise(models: str | os.PathLike, out: str | os.PathLike, echo=print) ->
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import Dinov2Model
 
-    from oneposetrans import registry
-
     base = registry.require("sd15", models)
     vae_dir = registry.require("sd-vae-ft-mse", models)
     encoder_dir = registry.require("dinov2-base", models)
@@ -184,10 +159,12 @@ def initialise(models: str | os.PathLike, out: str | os.PathLike, echo=print) ->
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     widen_conv_in(unet)
     image_encoder = Dinov2Model.from_pretrained(encoder_dir)
-    config = modules_config(unet, image_encoder)
-    pose_encoder, tokenizer, cva = build_modules(config)
+    added = build_modules(modules_config(unet, image_encoder))
     motion_file = sorted(p for p in Path(motion_dir).iterdir() if p.suffix in (".safetensors", ".ckpt", ".pth"))[0]
-    matched, unmatched = load_motion_modules(cva, motion_file)
+    matched, unmatched = load_motion_modules(added["cross_view_attention"], motion_file)
     echo(f"{motion_file.name}: {len(matched)} keys loaded into the CVA modules, {len(unmatched)} not used")
-    denoiser = ImagPoseDenoiser(unet, pose_encoder, cva)
-    return save_components(out, AutoencoderKL.from_pretrained(vae_dir), denoiser, tokenizer, image_encoder, training_scheduler(), config)
+    components = {
+        "vae": AutoencoderKL.from_pretrained(vae_dir), "unet": unet, "image_encoder": image_encoder,
+        "scheduler": training_scheduler(), **added,
+    }
+    return save_checkpoint(out, components)

@@ -30,6 +30,7 @@ import numpy as np
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.imagpose import canvas as joint
 from oneposetrans.imagpose.data import draw_pose, identity_of
+from oneposetrans.imagpose.generate import sample
 from oneposetrans.pose import DEEPFASHION_FRAME
 from oneposetrans.results import ResultsTree, pair_name, stem, write_json_atomic, write_text_atomic
 from oneposetrans.settings import ImagPoseSettings
@@ -116,7 +117,7 @@ class ProtocolStage(Stage[ProtocolPass]):
         source_poses = [draw_pose(self._points(name), joint.fitted_size(photo.size, self.tile)) for name, photo in zip(case.sources, sources)]
         target_size = joint.fitted_size(DEEPFASHION_FRAME, self.tile)
         targets = [draw_pose(self._points(name), target_size) for name in case.targets]
-        output = session.imagpose(self.checkpoint)(sources, source_poses, targets, SCENARIOS[case.scenario], self.settings)
+        output = sample(session, self.checkpoint, sources, source_poses, targets, SCENARIOS[case.scenario], self.settings)
         for path, image in zip(self.outputs(case), output.images):
             save_image(image, path)
         log.ok(self.case_name(case), scenario=case.scenario, sources=len(case.sources), targets=len(case.targets))

@@ -2,7 +2,9 @@
 cross-view attention (CVA) modules, with a loader for AnimateDiff-v2 motion-module files.
 
 Parameter names of the CVA modules are those of AnimateDiff's motion modules (Guo et al., 2024),
-from which IMAGPose initialises them, so a published file loads by key name.
+from which IMAGPose initialises them, so a published file loads by key name. The three are
+diffusers models (``ModelMixin`` + ``ConfigMixin``): components of the IMAGPose pipeline, saved
+and loaded as its other components are.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from oneposetrans.errors import BadInputError
 
 
-class PoseEncoder(nn.Module):
+class PoseEncoder(ModelMixin, ConfigMixin):
     """ControlNet's condition encoder (Zhang et al., 2023) as IMAGPose uses it: the pose canvas
     (RGB in [0, 1]) to ``out_channels`` features at 1/8 resolution, added after ``conv_in``.
     The output convolution starts at zero, so an untrained encoder changes nothing."""
 
+    @register_to_config
     def __init__(self, out_channels: int = 320, channels: tuple[int, ...] = (16, 32, 96, 256)):
         super().__init__()
         self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
@@ -41,7 +46,7 @@ class PoseEncoder(nn.Module):
         return self.conv_out(hidden)
 
 
-class FeatureTokenizer(nn.Module):
+class FeatureTokenizer(ModelMixin, ConfigMixin):
     """The feature-level conditioning (FLC) context: an image encoder's tokens (DINOv2
     ``last_hidden_state``) followed by tokens of the source's VAE latent, one per 16x16 latent patch.
 
@@ -50,6 +55,7 @@ class FeatureTokenizer(nn.Module):
     embedding, so the UNet can tell the views apart (the published code tokenised one source).
     """
 
+    @register_to_config
     def __init__(self, width: int = 768, encoder_width: int = 768, latent_channels: int = 4, patch: int = 16, views: int = 3):
         super().__init__()
         self.patch = patch
@@ -193,11 +199,12 @@ def from_tiles(tiles: torch.Tensor) -> torch.Tensor:
     return canvas.reshape(batch, width, 2 * height, 2 * breadth)
 
 
-class CrossViewAttention(nn.Module):
+class CrossViewAttention(ModelMixin, ConfigMixin):
     """The 21 CVA modules of an SD1.5 UNet, named as in a motion-module file:
     ``down_blocks.i.motion_modules.j`` (two per down block), ``mid_block.motion_modules.0``,
     ``up_blocks.i.motion_modules.j`` (three per up block)."""
 
+    @register_to_config
     def __init__(self, block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280), layers_per_block: int = 2, heads: int = 8, groups: int = 32):
         super().__init__()
 

@@ -34,15 +34,15 @@ import torch
 from torch import nn
 
 from oneposetrans.errors import BadInputError
-from oneposetrans.imagpose.checkpoint import MODULES_CONFIG, load_components, save_components
+from oneposetrans.imagpose.checkpoint import load_pipeline, save_checkpoint
 from oneposetrans.imagpose.data import MAX_VIEWS, DataSettings, IdentityCanvases
 from oneposetrans.imagpose.modules import from_tiles, to_tiles
 from oneposetrans.imagpose.pipeline_imagpose import flc_context
 
 PHASES = {
-    1: {"learning_rate": 5e-5, "max_steps": 50_000, "train": ("unet", "pose_encoder", "tokenizer"), "cva": False},
-    2: {"learning_rate": 5e-5, "max_steps": 200_000, "train": ("cva",), "cva": True},
-    3: {"learning_rate": 1e-6, "max_steps": 50_000, "train": ("unet", "pose_encoder", "tokenizer", "cva"), "cva": True},
+    1: {"learning_rate": 5e-5, "max_steps": 50_000, "train": ("unet", "pose_encoder", "feature_tokenizer"), "cva": False},
+    2: {"learning_rate": 5e-5, "max_steps": 200_000, "train": ("cross_view_attention",), "cva": True},
+    3: {"learning_rate": 1e-6, "max_steps": 50_000, "train": ("unet", "pose_encoder", "feature_tokenizer", "cross_view_attention"), "cva": True},
 }
 BUNDLED_CONFIGS = {f"phase{phase}": Path(__file__).parent.parent / "data" / f"imagpose_phase{phase}.yaml" for phase in PHASES}
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -189,7 +189,11 @@ class CanvasModel(nn.Module):
 
 
 def _modules(model: CanvasModel) -> dict[str, nn.Module]:
-    return {"unet": model.denoiser.unet, "pose_encoder": model.denoiser.pose_encoder, "cva": model.denoiser.cva, "tokenizer": model.tokenizer}
+    """The trainable modules by component name."""
+    return {
+        "unet": model.denoiser.unet, "pose_encoder": model.denoiser.pose_encoder,
+        "cross_view_attention": model.denoiser.cva, "feature_tokenizer": model.tokenizer,
+    }
 
 
 def micro_batch_indices(step: int, micro: int, accumulation: int, processes: int, process: int, batch_size: int) -> list[int]:
@@ -256,13 +260,12 @@ class ImagPoseTrainer:
         keypoints_file = data / config.keypoints
         self.canvases = IdentityCanvases(data / config.images, read_keypoints_csv(keypoints_file), config.data_settings(), config.seed)
 
-        components = load_components(self.source)
-        self.vae = components["vae"].to(self.device, self.compute_dtype).eval().requires_grad_(False)
-        self.image_encoder = components["image_encoder"].to(self.device, self.compute_dtype).eval().requires_grad_(False)
-        self.scheduler = components["scheduler"]
-        self.modules_config = json.loads((self.source / MODULES_CONFIG).read_text())
+        pipeline = load_pipeline(self.source)
+        self.vae = pipeline.vae.to(self.device, self.compute_dtype).eval().requires_grad_(False)
+        self.image_encoder = pipeline.image_encoder.to(self.device, self.compute_dtype).eval().requires_grad_(False)
+        self.scheduler = pipeline.scheduler
         self.schedule = VelocitySchedule(self.scheduler, self.device)
-        model = CanvasModel(components["denoiser"], components["tokenizer"])
+        model = CanvasModel(pipeline.denoiser, pipeline.feature_tokenizer)
         for name, module in _modules(model).items():
             trained = name in config.trained
             module.requires_grad_(trained)
@@ -417,9 +420,9 @@ class ImagPoseTrainer:
             frozen = [name for name in _modules(model) if name not in self.config.trained]
             state = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(), "step": self.step}
             record = {"step": self.step, "phase": self.config.phase, "started_from": str(self.source), "config": self.config.as_dict()}
-            save_components(
-                folder, self.vae, model.denoiser, model.tokenizer, self.image_encoder, self.scheduler, self.modules_config,
-                copy_from=self.source, copied=("vae", "image_encoder", *frozen),
+            components = {**_modules(model), "vae": self.vae, "image_encoder": self.image_encoder, "scheduler": self.scheduler}
+            save_checkpoint(
+                folder, components, copy_from=self.source, copied=("vae", "image_encoder", *frozen),
                 extra=lambda partial: _write_training_state(partial, state, record),
             )
             for old in checkpoints(self.output)[: -self.config.checkpoints_kept]:

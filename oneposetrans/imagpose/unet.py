@@ -45,29 +45,27 @@ def cva_sites(unet) -> list[tuple[nn.Module, str]]:
     return sites
 
 
-class ImagPoseDenoiser(nn.Module):
-    """UNet + pose encoder + CVA; :meth:`forward` takes the 9-channel canvas input."""
+class _Additions:
+    """What IMAGPose adds to one UNet's forward, read by hooks registered once on it: the pose
+    features added after ``conv_in``, and the CVA modules run after their hosts when ``tiled``.
+    Each denoiser call sets them, so several denoisers (pipelines) may share one UNet."""
 
-    def __init__(self, unet, pose_encoder: PoseEncoder, cva: CrossViewAttention | None):
-        super().__init__()
-        self.unet = unet
-        self.pose_encoder = pose_encoder
-        self.cva = cva
-        self._pose_features: torch.Tensor | None = None
-        self._tiled = True
+    def __init__(self, unet):
+        self.pose_features: torch.Tensor | None = None
+        self.tiled = False
+        self.motion_modules: dict[str, nn.Module] = {}
         unet.conv_in.register_forward_hook(self._add_pose)
-        if cva is not None:
-            modules = dict(cva.named_modules())
-            for host, name in cva_sites(unet):
-                host.register_forward_hook(self._cross_view(modules[name]))
+        for host, name in cva_sites(unet):
+            host.register_forward_hook(self._cross_view(name))
 
     def _add_pose(self, module, inputs, output):
-        return output if self._pose_features is None else output + self._pose_features
+        return output if self.pose_features is None else output + self.pose_features
 
-    def _cross_view(self, motion_module):
+    def _cross_view(self, name: str):
         def hook(module, inputs, output):
-            if not self._tiled:
+            if not self.tiled:
                 return output
+            motion_module = self.motion_modules[name]
             if isinstance(output, tuple):
                 return (motion_module(output[0]), *output[1:])
             if hasattr(output, "sample"):
@@ -76,6 +74,26 @@ class ImagPoseDenoiser(nn.Module):
             return motion_module(output)
 
         return hook
+
+
+def _additions(unet) -> _Additions:
+    if getattr(unet, "_imagpose_additions", None) is None:
+        unet._imagpose_additions = _Additions(unet)
+    return unet._imagpose_additions
+
+
+class ImagPoseDenoiser(nn.Module):
+    """UNet + pose encoder + CVA; :meth:`forward` takes the 9-channel canvas input."""
+
+    def __init__(self, unet, pose_encoder: PoseEncoder, cva: CrossViewAttention | None):
+        super().__init__()
+        if unet.config.in_channels != ILC_CHANNELS:
+            raise ValueError(f"the UNet has {unet.config.in_channels} input channels; IMAGPose's has {ILC_CHANNELS} (see imagpose init)")
+        self.unet = unet
+        self.pose_encoder = pose_encoder
+        self.cva = cva
+        self._additions = _additions(unet)
+        self._motion_modules = dict(cva.named_modules()) if cva is not None else {}
 
     def encode_pose(self, pose: torch.Tensor) -> torch.Tensor:
         """The pose canvas (B, 3, H, W) in [0, 1] as the features added after ``conv_in``. A
@@ -96,9 +114,11 @@ class ImagPoseDenoiser(nn.Module):
         canvas (B, 3, H, W) in [0, 1] or None, or its :meth:`encode_pose` as ``pose_features``;
         ``tiled`` False runs no CVA (a single picture, or training phase 1); ``context_mask``
         (B, tokens) True on the tokens to attend to, when some are padding."""
-        self._pose_features = pose_features if pose is None else self.encode_pose(pose)
-        self._tiled = tiled and self.cva is not None
+        additions = self._additions
+        additions.pose_features = pose_features if pose is None else self.encode_pose(pose)
+        additions.tiled = tiled and self.cva is not None
+        additions.motion_modules = self._motion_modules
         try:
             return self.unet(sample, timestep, encoder_hidden_states=context, encoder_attention_mask=context_mask, return_dict=False)[0]
         finally:
-            self._pose_features = None
+            additions.pose_features = None

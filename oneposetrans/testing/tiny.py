@@ -836,21 +836,22 @@ def _build_imagpose(folder: Path) -> None:
     """A trained-looking checkpoint folder: every added module has non-zero output weights."""
     import torch
 
-    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_components, training_scheduler
-    from oneposetrans.imagpose.unet import ImagPoseDenoiser, widen_conv_in
+    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
+    from oneposetrans.imagpose.unet import widen_conv_in
 
     with _seeded(25):
         unet = _tiny_sd15_unet()
         widen_conv_in(unet)
         image_encoder = _tiny_dinov2()
         # Latent patches of 8 (16 at full size) let a canvas of 64-pixel tiles train in tests.
-        config = modules_config(unet, image_encoder, pose_channels=(4, 8, 8, 16), heads=4, groups=8, patch=8)
-        pose_encoder, tokenizer, _ = build_modules(config)
+        added = build_modules(modules_config(unet, image_encoder, pose_channels=(4, 8, 8, 16), heads=4, groups=8, patch=8))
         with torch.no_grad():
-            torch.nn.init.normal_(pose_encoder.conv_out.weight, std=0.05)
+            torch.nn.init.normal_(added["pose_encoder"].conv_out.weight, std=0.05)
             torch.nn.init.normal_(unet.conv_in.weight[:, 4:], std=0.05)
-        denoiser = ImagPoseDenoiser(unet, pose_encoder, _tiny_cross_view_attention())
-        save_components(folder, _tiny_sd_vae(), denoiser, tokenizer, image_encoder, training_scheduler(), config)
+        added["cross_view_attention"] = _tiny_cross_view_attention()
+        vae = _tiny_sd_vae()
+        components = {"vae": vae, "unet": unet, "image_encoder": image_encoder, "scheduler": training_scheduler(), **added}
+        save_checkpoint(folder, components)
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {

@@ -1,0 +1,121 @@
+"""``imagpose generate``: one IMAGPose pass for one person, a stage over the shared results tree.
+
+The sources go to ``images/``, the pose maps to ``poses/``, each result to
+``reposed_result/<source>_to_<target>.png`` (so ``evaluate`` scores it as it scores OnePoseTrans)
+and the whole decoded canvas to ``canvas_<source>.png``. A pass whose results exist is skipped,
+so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from oneposetrans.errors import BadInputError
+from oneposetrans.image_io import load_image, save_image
+from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipelineOutput
+from oneposetrans.pose import PoseMaps, load_pose_map, pose_from_photo
+from oneposetrans.progress import Progress
+from oneposetrans.results import ResultsTree, StageLog, pair_name, stem
+from oneposetrans.settings import ImagPoseSettings
+from oneposetrans.stages import Stage
+
+
+def sample(session, checkpoint: Path, sources: list[Image.Image], source_poses: list[Image.Image], targets: list[Image.Image],
+           mode: str, settings: ImagPoseSettings) -> ImagPosePipelineOutput:
+    """One pass of the checkpoint's pipeline (loaded once per session) with the sampling settings,
+    its steps shown the project's way; a pass the pipeline refuses is one line."""
+    pipeline = session.imagpose(checkpoint)
+    bar = Progress(settings.steps, f"imagpose {mode}")
+
+    def step_done(pipe, step, timestep, tensors):
+        bar.update()
+        return {}
+
+    with bar:
+        try:
+            return pipeline(
+                sources, source_poses, targets, mode,
+                num_inference_steps=settings.steps, guidance_scale=settings.guidance, tile_long_side=settings.tile_long_side,
+                generator=torch.Generator("cpu").manual_seed(settings.seed), callback_on_step_end=step_done if bar.active else None,
+            )
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class GenerateCase:
+    """One pass: photos of one person, their poses (None: detected) and the target poses, as files."""
+
+    sources: tuple[Path, ...]
+    targets: tuple[Path, ...]
+    source_poses: tuple[Path, ...] | None
+    mode: str
+
+
+class GenerateStage(Stage[GenerateCase]):
+    """Generate each pass's targets into ``reposed_result``."""
+
+    name = "imagpose"
+    unit = "pass"
+
+    def __init__(self, tree: ResultsTree, checkpoint: Path, settings: ImagPoseSettings):
+        self.tree = tree
+        self.checkpoint = checkpoint
+        self.settings = settings
+
+    def case_name(self, case: GenerateCase) -> str:
+        return stem(case.sources[0])
+
+    def outputs(self, case: GenerateCase) -> list[Path]:
+        return [self.tree.file("reposed_result", pair_name(stem(case.sources[0]), stem(target))) for target in case.targets]
+
+    def pose_maps(self, session) -> PoseMaps:
+        return PoseMaps(self.tree, session.profile)
+
+    def run(self, case: GenerateCase, session, log: StageLog) -> str:
+        side = self.settings.tile_long_side
+        maps = self.pose_maps(session)
+        extractor = lambda: session.pose_extractor  # noqa: E731
+        sources, source_poses = [], []
+        for index, path in enumerate(case.sources):
+            picture = load_image(path, "RGB")
+            save_image(picture, self.tree.file("images", f"{stem(path)}.png"))
+            if case.source_poses:
+                pose_file = case.source_poses[index]
+                pose_map = maps.get(f"{stem(path)}.source", lambda: load_pose_map(pose_file, side, extractor))
+                same_frame(pose_file, pose_map, path, picture)
+            else:
+                pose_map = maps.get(f"{stem(path)}.source", lambda: pose_from_photo(picture, path, side, extractor))
+            sources.append(picture)
+            source_poses.append(with_person(pose_map, path))
+        targets = [with_person(maps.get(stem(path), lambda: load_pose_map(path, side, extractor)), path) for path in case.targets]
+        started = time.perf_counter()
+        output = sample(session, self.checkpoint, sources, source_poses, targets, case.mode, self.settings)
+        seconds = round(time.perf_counter() - started, 3)
+        for result, image in zip(self.outputs(case), output.images):
+            save_image(image, result)
+            log.ok(result.stem, mode=case.mode, steps=self.settings.steps, seconds=seconds, size=list(image.size))
+        save_image(output.canvas, self.tree.root / f"canvas_{stem(case.sources[0])}.png")
+        return f"{self.case_name(case)}: {len(output.images)} result(s) of mode {case.mode} in {seconds:.1f} s"
+
+
+def with_person(pose_map: Image.Image, path: Path) -> Image.Image:
+    """A pose map with nothing drawn has no person to pose."""
+    if max(high for _, high in pose_map.getextrema()) < 16:
+        raise BadInputError(f"{path}: the pose has no person (nothing is drawn)")
+    return pose_map
+
+
+def same_frame(pose_file: Path, pose_map: Image.Image, photo_file: Path, photo: Image.Image) -> None:
+    """A source's pose must be drawn in its photo's frame, or the tiles would not line up."""
+    pose_ratio, photo_ratio = pose_map.width / pose_map.height, photo.width / photo.height
+    if abs(pose_ratio / photo_ratio - 1) > 0.02:
+        raise BadInputError(
+            f"{pose_file}: its frame {pose_map.width}x{pose_map.height} does not match the source {photo_file} "
+            f"({photo.width}x{photo.height})"
+        )
