@@ -16,7 +16,7 @@ Timed, each beside its stock counterpart where one exists:
   per step for the published step and the fast one (default profile), peak memory, and the
   model FLOP utilisation (FLOPs of one step counted by torch's FlopCounterMode);
 * generation of one target at 1024x1024, 25 Euler steps, CFG 5: stock diffusers SDXL + ControlNet,
-  then ``Reposer`` with VCM + LoRA, RGB and RGBA, in the default profile (identity K/V kept, LoRA
+  then ``Generator`` with VCM + LoRA, RGB and RGBA, in the default profile (identity K/V kept, LoRA
   merged) and the reference profile (as published); four targets of one identity batched;
 * the transparent decoder alone (8 views) for one 1024x1024 image.
 
@@ -211,7 +211,7 @@ def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: i
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
     from PIL import Image
 
-    from oneposetrans.generator import GenerationSettings, Reposer, identity_image
+    from oneposetrans.generate import GenerationSettings, Generator, identity_image
     from oneposetrans.profiles import DEFAULT, REFERENCE
 
     pose = Image.new("RGB", (side, side))
@@ -233,19 +233,19 @@ def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: i
     }
     del stock, controlnet
     for profile in (DEFAULT, REFERENCE):
-        reposer = Reposer(models, str(timer.device), dtype, profile)
+        generator = Generator(models, str(timer.device), dtype, profile)
         source = identity_image(Image.open(photo).convert("RGBA"), profile)
         for label, transparent, poses in (("RGB", False, 1), ("RGBA", True, 1), ("RGBA, 4 poses batched", True, 4)):
             settings = GenerationSettings(steps=steps, resolution=side, transparent=transparent, batch_size=4)
             timer.reset_peak()
-            seconds = timer.seconds(lambda: reposer.generate(CAPTION, [pose] * poses, settings, lora=lora, source=source), repeats)
+            seconds = timer.seconds(lambda: generator.generate(CAPTION, [pose] * poses, settings, lora=lora, source=source), repeats)
             timer.figures[f"generation, {profile.name} profile, VCM + LoRA, {label}"] = {"s_per_target": seconds / poses, "peak_gb": timer.peak_gb()}
         if profile is DEFAULT:
-            latents = torch.randn(1, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(0)).to(timer.device, reposer.pipe.unet.dtype)
+            latents = torch.randn(1, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(0)).to(timer.device, generator.pipe.unet.dtype)
             timer.figures["transparent decoder, 8 views, one image"] = {
-                "s_per_image": timer.seconds(lambda: reposer.pipe.decode_transparent_latents(latents), repeats)
+                "s_per_image": timer.seconds(lambda: generator.pipe.decode_transparent_latents(latents), repeats)
             }
-        del reposer
+        del generator
 
 
 def print_table(figures: dict, device_name: str, peak_tflops: float | None) -> None:

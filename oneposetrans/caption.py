@@ -27,7 +27,7 @@ from PIL import Image
 from oneposetrans.errors import BadInputError, CaseError, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
 from oneposetrans.results import ResultsTree, stem, write_text_atomic
-from oneposetrans.stages import Stage
+from oneposetrans.stages import Done, Stage
 
 CAPTIONS_FILE = "captions.jsonl"
 API_KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -243,7 +243,7 @@ class CaptionStage(Stage[Path]):
         # The store is one file for every image: a case is done when its record is in it.
         return stem(case) in self._captioned
 
-    def run(self, case: Path, session, log) -> str:
+    def run(self, case: Path, session, log) -> Done:
         name = stem(case)
         shown = self.shown_as.get(name, case.name)
         captioner = self.captioner or session.captioner
@@ -261,7 +261,7 @@ class CaptionStage(Stage[Path]):
             )
         self.store.put(name, caption, origin=getattr(captioner, "model", "model"), file=Path(shown).name)
         log.ok(name, caption=caption)
-        return f"{shown}: {caption}"
+        return Done(f"{shown}: {caption}")
 
 
 def import_captions(path: str | os.PathLike, tree: ResultsTree, echo: Callable[[str], None] = print) -> dict[str, int]:

@@ -19,6 +19,9 @@ from pathlib import Path
 from oneposetrans.errors import BadInputError, OnePoseTransError
 from oneposetrans.results import safe_component
 
+DATASETS = ("deepfashion", "wpose")
+"""The datasets a run adapts to: they differ only in where a target pose comes from (step 5)."""
+
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     try:

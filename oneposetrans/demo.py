@@ -159,7 +159,7 @@ class DemoSteps:
         from oneposetrans.caption import CaptionStore
 
         self._source(visitor)
-        self._run(visitor, "caption", [SOURCE_NAME])
+        self._run(visitor, "caption", [visitor.tree.file("images", f"{SOURCE_NAME}.png")])
         return CaptionStore(visitor.tree).get(SOURCE_NAME)
 
     def finetune(self, visitor: Visitor, caption: str) -> str:
@@ -181,23 +181,19 @@ class DemoSteps:
 
     def poses(self, visitor: Visitor, files: list[str] | None) -> list[Image.Image]:
         """Target poses from keypoints JSON, rendered maps or photos (OpenPose), several at once."""
-        from oneposetrans.pose import load_pose_map
+        from oneposetrans.image_io import load_image
 
         if not files:
             raise BadInputError("upload one or more target poses (OpenPose JSON, pose maps or photos)")
-        cache, maps, names = self._pose_maps(visitor), [], []
-        for path in files:
-            name = stem(Path(path).name)
-            render = lambda: load_pose_map(path, self.config.resolution, lambda: self.session.pose_extractor, self.session.profile)  # noqa: E731
-            with self._lock:
-                maps.append(cache.get(name, render, overwrite=True))
-            names.append(name)
-        visitor.targets = names
-        return maps
+        targets = {stem(Path(path).name): Path(path) for path in files}
+        self._run(visitor, "poses", targets)
+        visitor.targets = list(targets)
+        cache = self._pose_maps(visitor)
+        return [load_image(cache.path(name), "RGB") for name in targets]
 
     def repose(self, visitor: Visitor) -> tuple[list[Image.Image], str]:
         """The RGBA results (step 5), and what the identity lacked (e.g. no face found in the photo)."""
-        from oneposetrans.generator import ReposeCase
+        from oneposetrans.generate import GenerateCase
         from oneposetrans.image_io import load_image
 
         if not visitor.tree.file("lora", f"{SOURCE_NAME}.safetensors").exists():
@@ -207,9 +203,9 @@ class DemoSteps:
         self._source(visitor)
         cache = self._pose_maps(visitor)
         pose_of = lambda target: load_image(cache.path(target), "RGB")  # noqa: E731
-        counts, stage = self._run(visitor, "repose", [ReposeCase(SOURCE_NAME, visitor.targets, visitor.caption)], pose_of)
+        done = self._run(visitor, "generate", [GenerateCase(SOURCE_NAME, visitor.targets, visitor.caption)], pose_of)
         images = [Image.open(visitor.tree.file("reposed_result", pair_name(SOURCE_NAME, t))) for t in visitor.targets]
-        return images, "; ".join(stage.notes) or f"{len(images)} poses rendered"
+        return images, "; ".join(done.notes) or f"{len(images)} poses rendered"
 
     def _results(self, visitor: Visitor, kind: str, missing: str) -> list[str]:
         names = [pair_name(SOURCE_NAME, t) for t in visitor.targets]
@@ -236,7 +232,7 @@ class DemoSteps:
             self._source(visitor)
             if not visitor.tree.file("images_mask", f"{SOURCE_NAME}.png").exists():
                 raise BadInputError("segment the person first (the inpainting needs the mask)")
-            self._run(visitor, "inpaint", [SOURCE_NAME])
+            self._run(visitor, "inpaint", [visitor.tree.file("images", f"{SOURCE_NAME}.png")])
         return load_image(target, "RGB")
 
     def composite(self, visitor: Visitor, use_refined: bool) -> list[Image.Image]:

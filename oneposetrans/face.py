@@ -70,7 +70,7 @@ class FaceEmbedder:
         self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=DETECTION_SIZE)
 
     def embed(self, photo: Image.Image) -> FaceResult:
-        """The face of ``photo`` as given (the reposer passes :func:`~oneposetrans.generator.identity_image`)."""
+        """The face of ``photo`` as given (the generator passes :func:`~oneposetrans.generate.identity_image`)."""
         rgb = photo.convert("RGB")
         faces = self.app.get(np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1]))
         face = pick_face(faces, self.profile)

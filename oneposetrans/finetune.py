@@ -41,7 +41,7 @@ from oneposetrans.progress import Progress
 from oneposetrans.results import ResultsTree, atomic_path, safe_component
 from oneposetrans.settings import FinetuneSettings
 from oneposetrans.runtime import quiet_libraries, resolve_device
-from oneposetrans.stages import Stage
+from oneposetrans.stages import Done, Stage
 
 ADAPTER = "oneposetrans_case"
 
@@ -418,7 +418,7 @@ class FinetuneStage(Stage[FinetuneCase]):
     def outputs(self, case: FinetuneCase) -> list[Path]:
         return [self.tree.file("lora", f"{safe_component(case.name, 'case name')}.safetensors")]
 
-    def run(self, case: FinetuneCase, session, log) -> str:
+    def run(self, case: FinetuneCase, session, log) -> Done:
         target = self.outputs(case)[0]
         trainer = session.trainer(self.settings)
         try:
@@ -445,4 +445,4 @@ class FinetuneStage(Stage[FinetuneCase]):
             device=str(trainer.device),
             views=len(case.images),
         )
-        return f"{target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}"
+        return Done(f"{target.name}: {trained.seconds:.1f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}")

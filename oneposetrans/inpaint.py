@@ -175,6 +175,9 @@ class InpaintStage(Stage[Path]):
         self.output_folder = output_folder
         self.overwrite = overwrite
 
+    def models(self, session) -> list[str]:
+        return ["lama"] if session.inpainter_kind == "lama" else ["sdxl-inpainting"]
+
     def outputs(self, case: Path) -> list[Path]:
         return [self.output_folder / f"{stem(case)}.png"]
 

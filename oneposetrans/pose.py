@@ -23,7 +23,8 @@ from typing import Callable
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.profiles import DEFAULT, Profile
-from oneposetrans.results import ResultsTree, is_done, pose_map_name, write_json_atomic
+from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, pose_map_name, write_json_atomic
+from oneposetrans.stages import Stage
 
 NUM_JOINTS = 18
 # OpenPose BODY_25 -> COCO-18: drop MidHip (8) and the six foot points (19-24).
@@ -317,3 +318,37 @@ class PoseMaps:
         save_image(pose_map, cached)
         self.rendered += 1
         return pose_map
+
+
+class PoseStage(Stage[str]):
+    """The ControlNet map of each target pose file (OpenPose JSON, a pose map, or a photo the
+    detector reads) into the pose cache, once per profile; a pose that cannot be had fails
+    alone. ``files`` maps each target's name to its file; with ``source``, a target is logged
+    as the pair it serves."""
+
+    name = "pose"
+    unit = "pose"
+
+    def __init__(self, maps: PoseMaps, files: dict[str, Path], resolution: int, source: str | None = None, overwrite: bool = False):
+        self.maps = maps
+        self.files = files
+        self.resolution = resolution
+        self.source = source
+        self.overwrite = overwrite
+
+    def models(self, session) -> list[str]:
+        try:
+            return ["openpose"] if any(needs_detector(path) for path in self.files.values()) else []
+        except BadInputError:  # the file fails when its case runs, with its own line
+            return ["openpose"]
+
+    def case_name(self, target: str) -> str:
+        return pair_name(self.source, target) if self.source else target
+
+    def outputs(self, target: str) -> list[Path]:
+        return [self.maps.path(target)]
+
+    def run(self, target: str, session, log: StageLog) -> None:
+        render = lambda: load_pose_map(self.files[target], self.resolution, lambda: session.pose_extractor, session.profile)  # noqa: E731
+        pose_map = self.maps.get(target, render, overwrite=self.overwrite)
+        log.ok(self.case_name(target), size=list(pose_map.size))

@@ -2,26 +2,38 @@
 
 :class:`Recipe` builds each step's stage and runs it with :func:`~oneposetrans.stages.run_stage`;
 every flow is a list of these steps: the ``run`` command (a dataset's pairs, steps 1-11), the
-``repose`` command (one photo and its target poses, :mod:`oneposetrans.repose`) and the demo
-(a visitor's photo, one step per button). So a step does the same work whichever flow runs
-it, each step resumes (a finished case is never computed twice), and the models are loaded once
-per process by the :class:`~oneposetrans.session.Session` and shared between the steps that use
-them (GroundingDINO + SAM in steps 1, 6, 7 and 10; the generator in steps 5 and 9). A step
-whose cases partly failed is reported, and the following steps go on with the cases that exist.
+``repose`` command (one photo and its target poses, :mod:`oneposetrans.repose`), the demo (a
+visitor's photo, one step per button) and the stage commands (``segment``, ``caption``,
+``finetune``, ``inpaint``, ``generate``, ``paste``, ``refine``). So a step does the same work
+whichever flow runs it, each step resumes (a finished case is never computed twice), and the
+models are loaded once per process by the :class:`~oneposetrans.session.Session` and shared
+between the steps that use them (GroundingDINO + SAM in steps 1, 6, 7 and 10; the generator in
+steps 5 and 9). Each stage says which models it needs, and a flow checks all of them before its
+first step (:meth:`Recipe.require`). A step whose cases partly failed is reported, and the
+following steps go on with the cases that exist.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from oneposetrans import registry
+from oneposetrans.caption import CaptionStage, CaptionStore, import_captions
+from oneposetrans.composite import PasteStage
+from oneposetrans.datasets import read_pairs, unique_sources
 from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.finetune import FinetuneCase, FinetuneStage
+from oneposetrans.generate import GenerateInputs, GenerateStage, group_by_source, load_inputs, pose_source, source_captions
+from oneposetrans.inpaint import InpaintStage
+from oneposetrans.pose import PoseMaps, PoseStage
+from oneposetrans.refine import RefineStage, refine_inputs
 from oneposetrans.results import ResultsTree, stem
+from oneposetrans.segment import SegmentOutputs, SegmentStage, list_images
 from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
-from oneposetrans.stages import run_stage
+from oneposetrans.stages import Stage, StageReport, run_stage
 
 STEPS = {
     1: "segment the sources (images_rgba, images_mask)",
@@ -54,7 +66,8 @@ def parse_steps(text: str) -> list[int]:
 
 
 class Recipe:
-    """The steps over ``tree`` with ``session``'s models; each method runs one step's stage.
+    """The steps over ``tree`` with ``session``'s models; each step method builds that step's
+    stage (loading nothing) and runs it, returning its :class:`~oneposetrans.stages.StageReport`.
 
     ``shown_as`` maps an image stem to the file the user gave, for messages.
     """
@@ -69,6 +82,7 @@ class Recipe:
         echo: Callable[[str], None] = print,
         progress: bool = True,
         overwrite: bool = False,
+        fail_fast: bool = False,
         shown_as: dict[str, str] | None = None,
     ):
         self.tree = tree
@@ -79,90 +93,172 @@ class Recipe:
         self.echo = echo
         self.progress = progress
         self.overwrite = overwrite
+        self.fail_fast = fail_fast
         self.shown_as = shown_as or {}
 
-    def _run(self, stage, cases: list, log: str | None = None) -> dict[str, int]:
+    # -- the driver -----------------------------------------------------------------------------
+
+    def run(self, stage: Stage, cases: list, log: str | None = None) -> StageReport:
+        """``stage`` over ``cases`` by the one driver, logged to ``logs/<log or stage name>.jsonl``."""
         stage.overwrite = self.overwrite
-        return run_stage(stage, cases, self.session, self.tree.log(log or stage.name), self.echo, self.progress)
+        return run_stage(stage, cases, self.session, self.tree.log(log or stage.name), self.echo, self.progress, self.fail_fast)
+
+    def require(self, stages: list[Stage]) -> None:
+        """Every model the stages need, checked at once: one line names all the missing ones."""
+        registry.require_all([name for stage in stages for name in stage.models(self.session)], self.session.models)
 
     def images(self, names: list[str] | None = None) -> list[Path]:
         """``images/<name>.png`` of ``names``, or all of ``images/``."""
-        from oneposetrans.segment import list_images
-
         if names is None:
             return list_images(self.tree.folder("images"))
         return [self.tree.file("images", f"{name}.png") for name in names]
 
-    # -- the steps ----------------------------------------------------------------------------
+    # -- the stages of the steps, built without loading a model ----------------------------------
 
-    def segment_sources(self, names: list[str] | None = None) -> dict[str, int]:
-        """Step 1: each photo as RGBA with the person as alpha, and the dilated person mask."""
-        from oneposetrans.segment import SegmentOutputs, SegmentStage
+    def segment_stage(self, outputs: SegmentOutputs | None = None, use_alpha: bool = False) -> SegmentStage:
+        """Step 1 by default: each photo as RGBA with the person as alpha, and the dilated mask."""
+        tree = self.tree
+        outputs = outputs or SegmentOutputs.for_mode("dataset", tree.folder("images_mask"), tree.folder("images_rgba"), None)
+        return SegmentStage(outputs, use_alpha=use_alpha, shown_as=self.shown_as)
 
-        outputs = SegmentOutputs.for_mode("dataset", self.tree.folder("images_mask"), self.tree.folder("images_rgba"), None)
-        return self._run(SegmentStage(outputs, shown_as=self.shown_as), self.images(names))
-
-    def caption(self, names: list[str], captioner=None) -> dict[str, int]:
-        """Step 2: captions of the photos that have none in the store."""
-        from oneposetrans.caption import CaptionStage
-
-        return self._run(CaptionStage(self.tree, captioner, shown_as=self.shown_as), self.images(names))
-
-    def finetune(self, cases: list) -> dict[str, int]:
-        """Step 3: one LoRA per case (:class:`~oneposetrans.finetune.FinetuneCase`)."""
-        from oneposetrans.finetune import FinetuneStage
-
-        return self._run(FinetuneStage(self.tree, self.finetune_settings), cases)
-
-    def inpaint(self, names: list[str]) -> dict[str, int]:
-        """Step 4: each source's background with the person removed."""
-        from oneposetrans.inpaint import InpaintStage
-
-        stage = InpaintStage(self.tree.folder("images_mask"), self.tree.folder("images_inpainted"))
-        return self._run(stage, self.images(names))
-
-    def repose(self, cases: list, pose_of: Callable, require_mask: bool = False, log: str = "generate"):
-        """Step 5: every target pose of each source (:class:`~oneposetrans.generator.ReposeCase`);
-        returns the counts and the stage (its notes and conditioning describe the last source)."""
-        from oneposetrans.generator import ReposeStage
-
-        stage = ReposeStage(self.tree, self.generation, pose_of, require_mask=require_mask, echo=self.echo)
-        return self._run(stage, cases, log), stage
-
-    def segment_results(self, kind: str, writes: tuple[str, ...], names: list[str] | None = None) -> dict[str, int]:
+    def results_stage(self, kind: str, writes: tuple[str, ...]) -> SegmentStage:
         """Steps 6, 7 and 10: the ``reposed`` or ``refined`` results as RGBA, person on black and
         mask (``writes`` names which). In the default profile a result's LayerDiffuse alpha is its
         mask and no model runs; the reference profile segments every result again, as published."""
-        from oneposetrans.segment import SegmentOutputs, SegmentStage, list_images
-
+        folder = self.tree.folder
         outputs = SegmentOutputs(
-            rgba=self.tree.folder(f"{kind}_rgba") if "rgba" in writes else None,
-            rgb=self.tree.folder(f"{kind}_rgb") if "rgb" in writes else None,
-            mask=self.tree.folder(f"{kind}_mask") if "mask" in writes else None,
+            rgba=folder(f"{kind}_rgba") if "rgba" in writes else None,
+            rgb=folder(f"{kind}_rgb") if "rgb" in writes else None,
+            mask=folder(f"{kind}_mask") if "mask" in writes else None,
         )
+        return self.segment_stage(outputs, use_alpha=not self.session.profile.resegment_results)
+
+    def caption_stage(self, captioner=None) -> CaptionStage:
+        return CaptionStage(self.tree, captioner, shown_as=self.shown_as)
+
+    def finetune_stage(self) -> FinetuneStage:
+        return FinetuneStage(self.tree, self.finetune_settings)
+
+    def inpaint_stage(self, masks: Path | None = None, backgrounds: Path | None = None) -> InpaintStage:
+        return InpaintStage(masks or self.tree.folder("images_mask"), backgrounds or self.tree.folder("images_inpainted"))
+
+    def pose_stage(self, files: dict[str, Path], source: str | None = None) -> PoseStage:
+        return PoseStage(PoseMaps(self.tree, self.session.profile), files, self.generation.resolution, source)
+
+    def generate_stage(self, pose_of: Callable, require_mask: bool = False, detects_poses: bool = False) -> GenerateStage:
+        return GenerateStage(self.tree, self.generation, pose_of, require_mask=require_mask, echo=self.echo, detects_poses=detects_poses)
+
+    def dataset_stage(self, inputs: GenerateInputs) -> GenerateStage:
+        """Step 5 over a dataset: its adapter gives the target poses (WPose detects them in the
+        target photos); reproducing the paper needs the published input, elsewhere the whole
+        photo serves a source without its person mask, with a note."""
+        pose_of = pose_source(inputs, self.tree, self.generation.resolution, self.session)
+        profile = self.session.profile
+        return self.generate_stage(pose_of, require_mask=profile.require_person_mask, detects_poses=inputs.dataset == "wpose")
+
+    def dataset_stages(self, inputs: GenerateInputs | None) -> dict[int, Stage]:
+        """The stage of each numbered step over a dataset (``inputs``: its pairs, for step 5)."""
+        return {
+            1: self.segment_stage(),
+            2: self.caption_stage(),
+            3: self.finetune_stage(),
+            4: self.inpaint_stage(),
+            5: self.dataset_stage(inputs) if inputs is not None else None,
+            6: self.results_stage("reposed", ("rgba",)),
+            7: self.results_stage("reposed", ("rgb", "mask")),
+            8: self.paste_stage("reposed"),
+            9: self.refine_stage({}),
+            10: self.results_stage("refined", ("rgb", "mask")),
+            11: self.paste_stage("refined"),
+        }
+
+    def paste_stage(self, kind: str) -> PasteStage:
+        folder = self.tree.folder
+        return PasteStage(folder("images_inpainted"), folder(f"{kind}_mask"), folder(f"{kind}_final_result"))
+
+    def refine_stage(self, captions: dict[str, str]) -> RefineStage:
+        return RefineStage(self.tree, captions, self.refine_settings)
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def segment_sources(self, names: list[str] | None = None) -> StageReport:
+        """Step 1: each photo as RGBA with the person as alpha, and the dilated person mask."""
+        return self.run(self.segment_stage(), self.images(names))
+
+    def segment(self, images: list[Path], outputs: SegmentOutputs, use_alpha: bool = False) -> StageReport:
+        """Any folder's images, written where ``outputs`` says (the ``segment`` command's modes)."""
+        return self.run(self.segment_stage(outputs, use_alpha), images)
+
+    def caption(self, images: list[Path], captioner=None) -> StageReport:
+        """Step 2: captions of the photos that have none in the store."""
+        return self.run(self.caption_stage(captioner), images)
+
+    def caption_of(self, name: str, given: str | None = None, bundled: str | None = None, shown: str | None = None) -> tuple[str, str, bool]:
+        """One photo's caption, where it came from, and whether it was in the store already:
+        ``given`` (stored as the user's), the store's, ``bundled`` (the bundled photo's), or
+        written by the session's captioner (step 2)."""
+        store = CaptionStore(self.tree)
+        if given:
+            store.put(name, given, origin="user")
+            return given, "given with --caption", False
+        stored = store.get(name)
+        if stored:
+            return stored, str(store.path), True
+        if bundled:
+            store.put(name, bundled, origin="bundled")
+            return bundled, "bundled caption of the bundled photo", False
+        try:
+            self.caption(self.images([name]))
+        except CaseFailures:
+            raise BadInputError(f"{shown or name}: no usable caption (the reason is above); pass --caption") from None
+        record = store.records()[name]
+        return record["caption"], f"by {record['origin']}", False
+
+    def import_captions(self, path: Path) -> None:
+        """Step 2 from a captions file: the main process brings it into the store."""
+        if self.session.is_main_process:
+            import_captions(path, self.tree)
+        self.session.wait_for_everyone()
+
+    def finetune(self, cases: list[FinetuneCase]) -> StageReport:
+        """Step 3: one LoRA per case."""
+        return self.run(self.finetune_stage(), cases)
+
+    def inpaint(self, images: list[Path], masks: Path | None = None, backgrounds: Path | None = None) -> StageReport:
+        """Step 4: each photo's background with the person removed (the mask of the same stem)."""
+        return self.run(self.inpaint_stage(masks, backgrounds), images)
+
+    def poses(self, files: dict[str, Path], source: str | None = None) -> StageReport:
+        """The target poses' ControlNet maps into the pose cache (the ``repose`` flow and the demo)."""
+        return self.run(self.pose_stage(files, source), list(files))
+
+    def generate(self, cases: list, pose_of: Callable, log: str | None = None) -> StageReport:
+        """Step 5: every target pose of each source (:class:`~oneposetrans.generate.GenerateCase`)."""
+        return self.run(self.generate_stage(pose_of), cases, log)
+
+    def generate_pairs(self, inputs: GenerateInputs) -> StageReport:
+        """Step 5 over a dataset's pairs, each source's targets together."""
+        return self.run(self.dataset_stage(inputs), group_by_source(inputs.pairs, inputs.captions))
+
+    def segment_results(self, kind: str, writes: tuple[str, ...], names: list[str] | None = None) -> StageReport:
+        """Steps 6, 7 and 10 (see :meth:`results_stage`)."""
         results = [p for p in list_images(self.tree.folder(f"{kind}_result")) if names is None or p.name in names]
-        return self._run(SegmentStage(outputs, use_alpha=not self.session.profile.resegment_results), results)
+        return self.run(self.results_stage(kind, writes), results)
 
-    def paste(self, kind: str, names: list[str] | None = None) -> dict[str, int]:
+    def paste(self, kind: str, names: list[str] | None = None) -> StageReport:
         """Steps 8 and 11: the ``reposed`` or ``refined`` results onto their sources' backgrounds
-        (in the reference profile, the person on black of step 7 or 10 with its mask, as published)."""
-        from oneposetrans.composite import PasteStage
-        from oneposetrans.segment import list_images
-
+        (where the profile pastes by the mask, the person on black of step 7 or 10, as published)."""
         folder = f"{kind}_rgb" if self.session.profile.paste_matte == "mask" else f"{kind}_result"
         foregrounds = [p for p in list_images(self.tree.folder(folder)) if names is None or p.name in names]
-        stage = PasteStage(
-            self.tree.folder("images_inpainted"), self.tree.folder(f"{kind}_mask"),
-            self.tree.folder(f"{kind}_final_result"),
-        )
-        return self._run(stage, foregrounds)
+        return self.run(self.paste_stage(kind), foregrounds)
 
-    def refine(self, captions: dict[str, str], names: list[str] | None = None) -> dict[str, int]:
+    def paste_images(self, foregrounds: list[Path], backgrounds: Path, masks: Path | None, out: Path) -> StageReport:
+        """Any folder's results onto their backgrounds (the ``paste`` command)."""
+        return self.run(PasteStage(backgrounds, masks, out), foregrounds)
+
+    def refine(self, captions: dict[str, str], names: list[str] | None = None) -> StageReport:
         """Step 9: the img2img refining pass of the reposed results."""
-        from oneposetrans.refine import RefineStage, refine_inputs
-
-        stage = RefineStage(self.tree, captions, self.refine_settings)
-        return self._run(stage, refine_inputs(self.tree, self.session.profile, names))
+        return self.run(self.refine_stage(captions), refine_inputs(self.tree, self.session.profile, names))
 
 
 @dataclass
@@ -183,14 +279,7 @@ class RecipeRequest:
 def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = print, progress: bool = True) -> list[tuple[int, str]]:
     """Run the requested steps in order over a dataset's pairs; returns (step, outcome) and raises
     :class:`CaseFailures` at the end if any step had failed cases (each reason is in
-    RESULTS/logs/<stage>.jsonl)."""
-    from oneposetrans.caption import import_captions
-    from oneposetrans.datasets import read_pairs, unique_sources
-    from oneposetrans.finetune import FinetuneCase
-    from oneposetrans.generate import load_inputs, pose_source, source_captions
-    from oneposetrans.generator import group_by_source
-
-    tree = ResultsTree(request.results)
+    RESULTS/logs/<stage>.jsonl). Every model the steps need is checked before step 1."""
     generation = GenerationSettings(resolution=request.resolution)
     finetune = FinetuneSettings(resolution=request.finetune_resolution)
     refine = RefineSettings(resolution=request.resolution)
@@ -198,16 +287,24 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
         generation.steps = refine.steps = request.denoise_steps
     if request.finetune_steps:
         finetune.steps = request.finetune_steps
-    recipe = Recipe(tree, session, generation, finetune, refine, echo=lambda line: echo(f"  {line}"), progress=progress)
     sources = [stem(name) for name in unique_sources(read_pairs(request.pairs))]
+
+    def inputs(tree: ResultsTree) -> GenerateInputs:
+        # Read when step 5 starts: step 2 may have written the captions.
+        return load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints)
+
+    # Every model the steps need, from their stages, before anything is written.
+    planned = Recipe(ResultsTree(request.results, create=False), session, generation, finetune, refine)
+    stages = planned.dataset_stages(inputs(planned.tree) if 5 in request.steps else None)
+    planned.require([stages[step] for step in request.steps])
+    tree = ResultsTree(request.results)
+    recipe = Recipe(tree, session, generation, finetune, refine, echo=lambda line: echo(f"  {line}"), progress=progress)
 
     def captions() -> None:
         if request.captions is None:
-            recipe.caption(sources)
-            return
-        if session.is_main_process:
-            import_captions(request.captions, tree)
-        session.wait_for_everyone()
+            recipe.caption(recipe.images(sources))
+        else:
+            recipe.import_captions(request.captions)
 
     def finetune_cases() -> list[FinetuneCase]:
         known = source_captions(tree, request.captions)
@@ -219,19 +316,13 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
             for name in sources
         ]
 
-    def repose() -> None:
-        inputs = load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints)
-        pose_of = pose_source(inputs, tree, generation.resolution, session)
-        # Reproducing the paper needs the published input; elsewhere the whole photo will do, with a note.
-        recipe.repose(group_by_source(inputs.pairs, inputs.captions), pose_of, require_mask=session.profile.require_person_mask)
-
     actions: dict[int, Callable[[], object]] = {
         # All of images/, as published: the targets' masks serve the masked metrics.
         1: recipe.segment_sources,
         2: captions,
         3: lambda: recipe.finetune(finetune_cases()),
-        4: lambda: recipe.inpaint(sources),
-        5: repose,
+        4: lambda: recipe.inpaint(recipe.images(sources)),
+        5: lambda: recipe.generate_pairs(inputs(tree)),
         6: lambda: recipe.segment_results("reposed", ("rgba",)),
         7: lambda: recipe.segment_results("reposed", ("rgb", "mask")),
         8: lambda: recipe.paste("reposed"),
@@ -254,25 +345,3 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
     if failed:
         raise CaseFailures("; ".join(failed))
     return outcomes
-
-
-def recipe_models(steps: list[int], inpainter: str = "lama") -> list[str]:
-    """Registry names the given steps need, to check before any work starts."""
-    from oneposetrans import registry
-
-    names: list[str] = []
-    if {1, 6, 7, 10} & set(steps):
-        names += ["grounding-dino", "sam"]
-    if 3 in steps:
-        names.append("sdxl-base")
-    if 4 in steps:
-        names.append("lama" if inpainter == "lama" else "sdxl-inpainting")
-    if {5, 9} & set(steps):
-        names += list(registry.GENERATOR_MODELS)
-    return list(dict.fromkeys(names))
-
-
-def check_models(steps: list[int], models: str | os.PathLike, inpainter: str = "lama") -> None:
-    from oneposetrans import registry
-
-    registry.require_all(recipe_models(steps, inpainter), models)

@@ -19,28 +19,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
+from oneposetrans import registry
 from oneposetrans.errors import BadInputError
+from oneposetrans.generate import Generator, generator_models
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.layerdiffuse import encode_transparent
+from oneposetrans.pose import generation_size
 from oneposetrans.profiles import Profile
-from oneposetrans.settings import STYLE_BLOCK, RefineSettings, style_block_lora_scales
 from oneposetrans.results import ResultsTree, is_done, split_pair_name
+from oneposetrans.settings import STYLE_BLOCK, RefineSettings, style_block_lora_scales
 from oneposetrans.stages import Stage
 
 
 class Refiner:
-    """Shares the reposer's UNet, VAE, text and image encoders; adds the transparent encoder and
+    """Shares the generator's UNet, VAE, text and image encoders; adds the transparent encoder and
     a DPM++ 2M Karras img2img pipeline around them."""
 
-    def __init__(self, reposer, models_dir):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline
-
-        from oneposetrans import registry
-
-        self.reposer = reposer
-        self.pipe = reposer.pipe
-        self.profile = reposer.profile
+    def __init__(self, generator: Generator, models_dir):
+        self.generator = generator
+        self.pipe = generator.pipe
+        self.profile = generator.profile
         if self.pipe.transparent_encoder is None:
             self.pipe.load_transparent_encoder(registry.require("layerdiffuse", models_dir))
         scheduler = DPMSolverMultistepScheduler.from_config(
@@ -73,8 +74,6 @@ class Refiner:
         return self.pipe.text_encoder_2.text_model(ids.to(self.pipe.device)).pooler_output
 
     def frame(self, image: Image.Image, settings: RefineSettings) -> tuple[int, int]:
-        from oneposetrans.pose import generation_size
-
         if self.profile.refine_input == "published":
             return (1024, 1024)
         return generation_size(image.width, image.height, settings.resolution)
@@ -83,8 +82,6 @@ class Refiner:
     def refine(
         self, reposed: Image.Image, caption: str, source: Image.Image, lora: str | Path | None, settings: RefineSettings
     ) -> Image.Image:
-        from oneposetrans.layerdiffuse import encode_transparent
-
         size = self.frame(reposed, settings)
         published = self.profile.refine_input == "published"
         reference = source.convert("RGB").resize((1024, 1024)) if published else source.convert("RGB")
@@ -141,6 +138,9 @@ class RefineStage(Stage[Path]):
         self.settings = settings
         self.overwrite = overwrite
 
+    def models(self, session) -> list[str]:
+        return generator_models(session)  # refining runs on the generator's components
+
     def outputs(self, case: Path) -> list[Path]:
         return [self.tree.file("refined_result", case.name)]
 
@@ -153,6 +153,9 @@ class RefineStage(Stage[Path]):
         lora = self.tree.file("lora", f"{source}.safetensors")
         if not is_done(lora):
             raise BadInputError(f"{case}: no LoRA {lora} (run finetune first)")
-        refined = session.refiner.refine(load_image(case, "RGBA"), caption, source_image, lora, self.settings)
+        try:
+            refined = session.refiner.refine(load_image(case, "RGBA"), caption, source_image, lora, self.settings)
+        except ValueError as error:  # the pipeline's check of its inputs
+            raise BadInputError(f"{case}: {error}") from None
         save_image(refined, self.outputs(case)[0])
         log.ok(case.stem, size=list(refined.size))

@@ -346,17 +346,16 @@ MODELS: tuple[ModelSpec, ...] = (
 
 _BY_NAME = {spec.name: spec for spec in MODELS}
 
-# What each command needs with its default flags: `models download --for TASK` fetches these.
-GENERATOR_MODELS = ("sdxl-base", "controlnet-openpose", "ip-adapter", "instantid", "layerdiffuse", "antelopev2")
-_COMPOSITE_MODELS = ("grounding-dino", "sam", "lama")
-TASKS: dict[str, tuple[str, ...]] = {
-    "repose": GENERATOR_MODELS + _COMPOSITE_MODELS,
+TASK_STAGES: dict[str, tuple[str, ...]] = {
+    "repose": ("segment", "finetune", "repose", "inpaint"),
     # A visitor's target pose may be a photo; WPose's targets are photos.
-    "demo": GENERATOR_MODELS + _COMPOSITE_MODELS + ("openpose",),
-    "run": GENERATOR_MODELS + _COMPOSITE_MODELS + ("openpose",),
-    "evaluate": ("lpips-alex", "fid-inception", "fid-inception-tf", "antelopev2"),
-    "imagpose-init": ("sd15", "sd-vae-ft-mse", "dinov2-base", "animatediff-motion-v2"),
+    "demo": ("segment", "finetune", "pose", "repose", "inpaint"),
+    "run": ("segment", "finetune", "inpaint", "pose", "repose", "refine"),
+    "evaluate": ("evaluate",),
+    "imagpose-init": ("imagpose",),
 }
+"""The stages each command runs with its default flags: `models download --for TASK` fetches
+their models (:func:`task_models`); the stages themselves say which models they need."""
 
 
 def spec(name: str) -> ModelSpec:
@@ -396,7 +395,9 @@ def require(name: str, models_dir: str | os.PathLike) -> Path:
 def require_all(names: list[str], models_dir: str | os.PathLike) -> None:
     """Check every model a run will need before any work, and name all the missing ones in one
     line with their total size and one download command, so that one fix is enough."""
-    missing = [name for name in dict.fromkeys(names) if missing_files(name, models_dir)]
+    wanted = set(names)
+    # In the registry's order, whichever stage asked first.
+    missing = [model.name for model in MODELS if model.name in wanted and missing_files(model.name, models_dir)]
     if len(missing) == 1:
         require(missing[0], models_dir)
     if missing:
@@ -415,6 +416,17 @@ def weights_variant(pipeline_folder: str | os.PathLike) -> str | None:
         unet.glob("diffusion_pytorch_model-*.safetensors")
     )
     return "fp16" if not has_full and any(unet.glob("*.fp16.safetensors")) else None
+
+
+def stage_models(stage: str) -> list[str]:
+    """The required models of ``stage`` (the registry's ``stages`` column), in the registry's order;
+    optional ones are a stage's to add where an option asks for them."""
+    return [model.name for model in models_for([stage])]
+
+
+def task_models(task: str) -> list[str]:
+    """The models ``task`` needs with its default flags: those of its stages."""
+    return [model.name for model in models_for(list(TASK_STAGES[task]))]
 
 
 def models_for(stages: list[str] | None = None, include_optional: bool = False) -> list[ModelSpec]:
@@ -565,13 +577,13 @@ def selected(names: list[str], task: str | None) -> list[str]:
     unknown = [name for name in names if name not in _BY_NAME]
     if unknown:
         raise BadInputError(f"unknown model {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
-    return list(names) or list(TASKS[task or "repose"])
+    return list(names) or task_models(task or "repose")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="download models (run by `oneposetrans models download`)")
     parser.add_argument("names", nargs="*")
     parser.add_argument("--models", default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--for", dest="task", choices=tuple(TASKS))
+    parser.add_argument("--for", dest="task", choices=tuple(TASK_STAGES))
     arguments = parser.parse_args()
     sys.exit(download(selected(arguments.names, arguments.task), arguments.models))

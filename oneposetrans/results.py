@@ -152,17 +152,22 @@ def check_writable_folder(root: str | os.PathLike) -> None:
 class ResultsTree:
     """One results directory: the stage folders and the files in them."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, create: bool = True):
+        """``create`` False names the tree's paths without touching the disk (a run planning its
+        stages before its checks have passed)."""
         self.root = Path(root).expanduser().resolve()
-        for name in FOLDERS:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        self.sweep_partials()
+        self.create = create
+        if create:
+            for name in FOLDERS:
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+            self.sweep_partials()
 
     def folder(self, name: str) -> Path:
         if name not in FOLDERS:
             raise ValueError(f"unknown results folder {name!r}; known: {', '.join(FOLDERS)}")
         path = self.root / name
-        path.mkdir(exist_ok=True)
+        if self.create:
+            path.mkdir(exist_ok=True)
         return path
 
     def file(self, folder: str, name: str) -> Path:

@@ -98,12 +98,12 @@ class Session:
         return self._load("segmentation models", lambda: PersonSegmenter(self.models, str(self.device), self.profile))
 
     @functools.cached_property
-    def reposer(self):
+    def generator(self):
         """The generator: SDXL, ControlNet, the Visual Consistency Module and LayerDiffuse."""
-        from oneposetrans.generator import Reposer
+        from oneposetrans.generate import Generator
 
         return self._load(
-            "models", lambda: Reposer(self.models, str(self.device), self.dtype, self.profile, self.identitynet)
+            "models", lambda: Generator(self.models, str(self.device), self.dtype, self.profile, self.identitynet)
         )
 
     @functools.cached_property
@@ -111,7 +111,7 @@ class Session:
         """The refining pass, on the generator's own components."""
         from oneposetrans.refine import Refiner
 
-        return Refiner(self.reposer, self.models)
+        return Refiner(self.generator, self.models)
 
     @functools.cached_property
     def inpainter(self):

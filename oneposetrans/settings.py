@@ -61,7 +61,7 @@ class GenerationSettings:
     use_face: bool = True
     transparent: bool = True
     identitynet_scale: float = 0.8
-    """Used only when the Reposer is built with ``identitynet=True`` (not part of the method)."""
+    """Used only when the Generator is built with ``identitynet=True`` (not part of the method)."""
     batch_size: int = 4
     """Target poses sampled together in one UNet batch (same pose size only)."""
 

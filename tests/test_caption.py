@@ -78,7 +78,8 @@ def test_resume_retry_and_flagging(tmp_path, images):
     assert store.get("b") is None  # flagged, never used
 
     again = FakeCaptioner(["A woman with face, green dress"])
-    assert run_captions(images, tree, again, sleep=delays.append) == {"done": 1, "skipped": 2, "failed": 0}
+    report = run_captions(images, tree, again, sleep=delays.append)
+    assert (report.done, report.skipped, report.failed) == (1, 2, 0)
     assert again.calls == 1 and store.get("b") == "A woman with face, green dress"
 
 
@@ -168,7 +169,6 @@ def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, images, capsys):
 
 def test_without_a_key_the_repose_command_captions_with_the_local_vlm(tmp_path, tiny_models, no_api_key):
     from oneposetrans.recipe import Recipe
-    from oneposetrans.repose import ReposeRequest, _caption
     from oneposetrans.testing.tiny import TINY_VLM_ANSWER
 
     photo = tmp_path / "me.jpg"
@@ -176,6 +176,6 @@ def test_without_a_key_the_repose_command_captions_with_the_local_vlm(tmp_path, 
     tree = ResultsTree(tmp_path / "out")
     Image.open(photo).save(tree.file("images", "me.png"))  # the source as the flow ingests it
     recipe = Recipe(tree, Session(tiny_models, "cpu"), echo=lambda _: None)
-    caption, status = _caption(ReposeRequest(out=tree.root, source=photo), recipe, "me")
-    assert caption == TINY_VLM_ANSWER and status.detail == "by local:SmolVLM-256M-Instruct"
+    caption, origin, resumed = recipe.caption_of("me", shown=str(photo))
+    assert caption == TINY_VLM_ANSWER and origin == "by local:SmolVLM-256M-Instruct" and not resumed
     assert CaptionStore(tree).get("me") == TINY_VLM_ANSWER

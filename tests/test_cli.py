@@ -128,14 +128,14 @@ def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch
 
 def _no_model_may_load(monkeypatch):
     """Input checks come before any model: loading one fails the test."""
-    from oneposetrans import finetune, generator, segment
+    from oneposetrans import finetune, generate, segment
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
     monkeypatch.setattr(segment.PersonSegmenter, "__init__", refuse)
     monkeypatch.setattr(finetune.LoraTrainer, "from_models_dir", refuse)
-    monkeypatch.setattr(generator.Reposer, "__init__", refuse)
+    monkeypatch.setattr(generate.Generator, "__init__", refuse)
 
 
 @pytest.mark.parametrize("problem", ["missing_source", "source_not_an_image", "every_pose_broken", "pose_photo_without_openpose"])

@@ -227,7 +227,8 @@ def test_multi_view_trains_one_lora(tiny_models, photo, tmp_path):
     Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)
     tree = ResultsTree(tmp_path / "results")
     case = FinetuneCase("person", [photo, mirrored], "A woman with face, orange spacesuit")
-    assert run_finetune([case], tree, tiny_models, FinetuneSettings(**FAST)) == {"done": 1, "skipped": 0, "failed": 0}
+    report = run_finetune([case], tree, tiny_models, FinetuneSettings(**FAST))
+    assert (report.done, report.skipped, report.failed) == (1, 0, 0)
     record = json.loads((tree.root / "logs" / "finetune.jsonl").read_text())
     assert record["views"] == 2 and record["steps"] == 4 and record["seconds"] > 0 and record["peak_memory_mb"] > 0
     assert (tree.root / "lora" / "person.safetensors").is_file()

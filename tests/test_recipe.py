@@ -139,3 +139,44 @@ def test_two_processes_produce_the_same_files_each_pair_once(tmp_path, cli_env):
     records = [json.loads(line) for line in (results / "logs" / "generate.jsonl").read_text().splitlines()]
     done = [r for r in records if r["status"] == "done"]
     assert sorted(r["case"] for r in done) == expected and {r["process"] for r in done} == {0, 1}
+
+
+def test_a_wpose_run_without_openpose_says_so_before_step_1(tmp_path, tiny_models, capsys):
+    """The stages say what they need: WPose's step 5 detects the targets' poses, so the run names
+    the missing pose detector before it starts, not at step 5."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for folder in tiny_models.iterdir():
+        if folder.name != "Annotators":  # the openpose model's folder
+            (models / folder.name).symlink_to(folder)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a.png b.png\n")
+    command = ["run", "--dataset", "wpose", "--pairs", str(pairs), "--results", str(tmp_path / "results"), "--models", str(models),
+               "--device", "cpu", "--quiet"]
+    assert main(command) == 3
+    captured = capsys.readouterr()
+    assert "missing model 'openpose'" in captured.err and "step 1" not in captured.out
+    assert not (tmp_path / "results").exists()
+    assert main([*command, "--steps", "1-4"]) != 3  # no step that needs the detector: no such demand
+
+
+def test_the_download_presets_are_what_the_flows_need(tmp_path):
+    """``models download --for run|repose`` fetches what the flows' stages say they need."""
+    from types import SimpleNamespace
+
+    from oneposetrans import registry
+    from oneposetrans.generate import GenerateInputs
+    from oneposetrans.profiles import DEFAULT
+    from oneposetrans.recipe import Recipe
+    from oneposetrans.repose import CheckedInputs, ReposeRequest, _stages
+    from oneposetrans.results import ResultsTree
+
+    session = SimpleNamespace(profile=DEFAULT, identitynet=False, inpainter_kind="lama", models=tmp_path)
+    recipe = Recipe(ResultsTree(tmp_path / "r", create=False), session)
+    union = lambda stages: {name for stage in stages for name in stage.models(session)}  # noqa: E731
+    wpose = recipe.dataset_stages(GenerateInputs("wpose", [], {})).values()
+    assert union(wpose) == set(registry.task_models("run"))
+    from oneposetrans.pose import BUNDLED_POSES
+
+    repose = _stages(ReposeRequest(out=tmp_path / "out"), recipe, CheckedInputs(list(BUNDLED_POSES), []))
+    assert union(repose) == set(registry.task_models("repose"))

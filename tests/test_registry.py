@@ -58,9 +58,9 @@ def test_download_dry_run_prints_sizes_and_total_offline(tmp_path, capsys):
     assert main(["models", "download", "--dry-run", "--models", str(models)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     # Default: what `repose` needs, no evaluation-only backbone.
-    assert [line.split()[0] for line in lines[:-1]] == list(registry.TASKS["repose"])
+    assert [line.split()[0] for line in lines[:-1]] == list(registry.task_models("repose"))
     assert all(" GB  to download " in line for line in lines[:-1])
-    total = sum(registry.spec(name).size_gb for name in registry.TASKS["repose"])
+    total = sum(registry.spec(name).size_gb for name in registry.task_models("repose"))
     assert lines[-1] == f"9 of 9 to download, about {total:.1f} GB (sizes approximate)"
     assert not models.exists()
 
@@ -68,7 +68,7 @@ def test_download_dry_run_prints_sizes_and_total_offline(tmp_path, capsys):
 def test_download_for_evaluate_and_present_models_are_not_fetched(tiny_models, capsys):
     assert main(["models", "download", "--for", "evaluate", "--dry-run", "--models", str(tiny_models)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines[:-1]] == ["lpips-alex", "fid-inception", "fid-inception-tf", "antelopev2"]
+    assert [line.split()[0] for line in lines[:-1]] == ["antelopev2", "lpips-alex", "fid-inception", "fid-inception-tf"]
     assert all("present" in line for line in lines[:-1]) and lines[-1].startswith("0 of 4 to download")
 
 

@@ -10,7 +10,7 @@ from oneposetrans.errors import BadInputError, CaseFailures, MissingModelError
 from oneposetrans.profiles import DEFAULT
 from oneposetrans.results import ResultsTree
 from oneposetrans.session import Session
-from oneposetrans.stages import Stage, run_stage
+from oneposetrans.stages import Done, Stage, run_stage
 
 
 class Numbers(Stage[int]):
@@ -27,7 +27,7 @@ class Numbers(Stage[int]):
     def outputs(self, case: int) -> list[Path]:
         return [self.folder / f"{case}.txt"]
 
-    def run(self, case: int, session, log) -> str:
+    def run(self, case: int, session, log) -> Done:
         self.ran.append(case)
         if self.missing_model:
             raise MissingModelError("missing model 'x'")
@@ -35,7 +35,7 @@ class Numbers(Stage[int]):
             raise BadInputError(f"{case}: bad")
         (self.folder / f"{case}.txt").write_text(str(case))
         log.ok(str(case))
-        return f"{case} written"
+        return Done(f"{case} written", notes=["odd"] * (case % 2), conditioning=f"number {case}")
 
 
 def _session(index=0, count=1):
@@ -61,6 +61,34 @@ def test_skips_finished_cases_logs_failures_and_goes_on(tmp_path):
     assert stage.ran == [1, 3] and (tmp_path / "1.txt").exists()
     assert [(r["case"], r["status"]) for r in _records(tree)] == [("2", "skipped"), ("1", "done"), ("3", "failed")]
     assert "failed: 3: bad" in lines and any(line.startswith("[1/2] 1 written") for line in lines)
+
+
+def test_the_report_collects_what_each_case_did(tmp_path):
+    tree = ResultsTree(tmp_path / "r")
+    (tmp_path / "4.txt").write_text("4")
+    report = run_stage(Numbers(tmp_path), [1, 2, 3, 4], _session(), tree.log("numbers"), lambda _: None, progress=False)
+    assert (report.done, report.skipped, report.failed) == (3, 1, 0)
+    assert [case.line for case in report.cases] == ["1 written", "2 written", "3 written"]
+    assert report.notes == ["odd"] and report.conditioning == "number 3"
+
+
+def test_a_stage_needs_the_registry_models_of_its_name_and_says_so_before_a_flow_starts(tmp_path):
+    """Stages declare their models; a flow checks the union before its first step."""
+    from oneposetrans import registry
+    from oneposetrans.recipe import Recipe
+
+    session = SimpleNamespace(profile=DEFAULT, identitynet=False, inpainter_kind="lama", models=tmp_path / "models")
+    recipe = Recipe(ResultsTree(tmp_path / "r", create=False), session)
+    assert recipe.segment_stage().models(session) == ["grounding-dino", "sam"] == registry.stage_models("segment")
+    assert recipe.finetune_stage().models(session) == ["sdxl-base"]
+    assert recipe.inpaint_stage().models(session) == ["lama"]
+    assert recipe.paste_stage("reposed").models(session) == [] and recipe.caption_stage().models(session) == []
+    generate = recipe.generate_stage(None, detects_poses=True)
+    assert generate.models(session) == [*registry.stage_models("repose"), "openpose"]
+    assert recipe.refine_stage({}).models(session) == registry.stage_models("repose")
+    with pytest.raises(MissingModelError, match="models missing .*: grounding-dino, sam, lama"):
+        recipe.require([recipe.segment_stage(), recipe.inpaint_stage(), recipe.paste_stage("reposed")])
+    assert not (tmp_path / "r").exists()  # planned without touching the disk
 
 
 def test_overwrite_redoes_finished_cases_and_fail_fast_stops(tmp_path):
@@ -91,7 +119,7 @@ def test_processes_take_disjoint_shares_and_an_unshardable_stage_runs_on_the_mai
     single.folder.mkdir()
     single.shardable = False
     other = _session(1, 2)
-    assert run_stage(single, [1, 2], other, tree.log("numbers"), lambda _: None, progress=False)["done"] == 0
+    assert run_stage(single, [1, 2], other, tree.log("numbers"), lambda _: None, progress=False).done == 0
     assert single.ran == [] and other.waits == [1]
     main = _session(0, 2)
     run_stage(single, [1, 2], main, tree.log("numbers"), lambda _: None, progress=False)
@@ -102,7 +130,7 @@ def test_every_loader_receives_a_resolved_device_and_loads_once(monkeypatch, tmp
     """``--device auto`` reaches no loader: the session resolves it once (here: no GPU, so cpu)."""
     import torch
 
-    from oneposetrans import caption, finetune, generator, inpaint, pose, segment
+    from oneposetrans import caption, finetune, generate, inpaint, pose, segment
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     seen = []
@@ -116,7 +144,7 @@ def test_every_loader_receives_a_resolved_device_and_loads_once(monkeypatch, tmp
         return build
 
     monkeypatch.setattr(segment, "PersonSegmenter", recorder("segmenter"))
-    monkeypatch.setattr(generator, "Reposer", recorder("reposer"))
+    monkeypatch.setattr(generate, "Generator", recorder("generator"))
     monkeypatch.setattr(inpaint, "make_inpainter", recorder("inpainter"))
     monkeypatch.setattr(pose, "PoseExtractor", recorder("pose"))
     monkeypatch.setattr(caption, "automatic_captioner", recorder("captioner"))
@@ -124,7 +152,7 @@ def test_every_loader_receives_a_resolved_device_and_loads_once(monkeypatch, tmp
     session = Session(tmp_path, "auto", "auto", echo=lambda _: None)
     assert str(session.device) == "cpu" and session.dtype == "fp32"
     for _ in range(2):
-        session.segmenter, session.reposer, session.inpainter, session.pose_extractor, session.captioner
+        session.segmenter, session.generator, session.inpainter, session.pose_extractor, session.captioner
         session.trainer(finetune.FinetuneSettings())
-    assert [kind for kind, _ in seen] == ["segmenter", "reposer", "inpainter", "pose", "captioner", "trainer"]
+    assert [kind for kind, _ in seen] == ["segmenter", "generator", "inpainter", "pose", "captioner", "trainer"]
     assert all(devices == ["cpu"] for _, devices in seen), seen

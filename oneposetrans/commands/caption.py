@@ -38,9 +38,9 @@ def add(commands) -> None:
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.caption import CaptionStage, CaptionStore, GeminiCaptioner, LocalVLMCaptioner, import_captions
-    from oneposetrans.stages import run_stage
+    from oneposetrans.caption import CaptionStore, GeminiCaptioner, LocalVLMCaptioner, import_captions
     from oneposetrans.image_io import IMAGE_SUFFIXES
+    from oneposetrans.recipe import Recipe
     from oneposetrans.results import ResultsTree
 
     tree = ResultsTree(arguments.results)
@@ -56,8 +56,8 @@ def handle(arguments: argparse.Namespace) -> int:
                 captioner = LocalVLMCaptioner(arguments.local_vlm, arguments.device, arguments.dtype)
             else:
                 captioner = GeminiCaptioner(arguments.model)
-            session = open_session(arguments, None)
-            run_stage(CaptionStage(tree, captioner, arguments.overwrite), images, session, tree.log("caption"), echo, not arguments.quiet)
+            recipe = Recipe(tree, open_session(arguments, None), echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite)
+            recipe.caption(images, captioner)
     finally:
         if arguments.export:
             count = CaptionStore(tree).export_txt(arguments.export)

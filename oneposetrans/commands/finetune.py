@@ -87,9 +87,8 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.finetune import FinetuneStage
+    from oneposetrans.recipe import Recipe
     from oneposetrans.results import ResultsTree
-    from oneposetrans.stages import run_stage
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
@@ -112,6 +111,9 @@ def handle(arguments: argparse.Namespace) -> int:
     )
     cases = _finetune_cases(arguments, tree)
     session = open_session(arguments, models_dir(arguments))
-    stage = FinetuneStage(tree, settings, overwrite=arguments.overwrite)
-    run_stage(stage, cases, session, tree.log("finetune"), echo, progress=not arguments.quiet, fail_fast=arguments.fail_fast)
+    recipe = Recipe(
+        tree, session, finetune=settings, echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite, fail_fast=arguments.fail_fast
+    )
+    recipe.require([recipe.finetune_stage()])
+    recipe.finetune(cases)
     return 0

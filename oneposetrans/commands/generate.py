@@ -10,7 +10,7 @@ from oneposetrans.settings import GenerationSettings
 
 
 def add(commands) -> None:
-    from oneposetrans.generate import DATASETS
+    from oneposetrans.datasets import DATASETS
 
     generate = commands.add_parser(
         "generate",
@@ -37,7 +37,8 @@ def add(commands) -> None:
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.generate import load_inputs, run_generate
+    from oneposetrans.generate import load_inputs
+    from oneposetrans.recipe import Recipe
     from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
@@ -52,5 +53,7 @@ def handle(arguments: argparse.Namespace) -> int:
         resolution=smoke_resolution(arguments),
         batch_size=arguments.batch_size,
     )
-    run_generate(inputs, tree, session, settings, echo=echo, progress=not arguments.quiet)
+    recipe = Recipe(tree, session, generation=settings, echo=echo, progress=not arguments.quiet)
+    recipe.require([recipe.dataset_stage(inputs)])
+    recipe.generate_pairs(inputs)
     return 0

@@ -126,7 +126,7 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 
     _reference_not_built(arguments)
     models = models_dir(arguments)
-    registry.require_all(registry.TASKS["imagpose-init"], models)
+    registry.require_all(registry.task_models("imagpose-init"), models)
     folder = initialise(models, arguments.out)
     print(f"untrained IMAGPose checkpoint written to {folder}")
     return 0
@@ -137,10 +137,10 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     from oneposetrans.image_io import load_image
     from oneposetrans.imagpose.generate import GenerateCase, GenerateStage
     from oneposetrans.pose import PoseMaps, needs_detector
+    from oneposetrans.recipe import Recipe
     from oneposetrans.report import contact_sheet
     from oneposetrans.results import ResultsTree, check_writable_folder, stem
     from oneposetrans.settings import ImagPoseSettings
-    from oneposetrans.stages import run_stage
 
     _reference_not_built(arguments)
     mode = pick_mode(arguments.mode, len(arguments.source), len(arguments.pose))
@@ -152,17 +152,18 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     detect = not arguments.source_pose or any(needs_detector(p) for p in [*arguments.pose, *(arguments.source_pose or [])])
     models = models_dir(arguments)
     checkpoint = arguments.checkpoint or Path(models) / registry.spec("imagpose").folder
-    # Every missing model in one line, before anything loads.
-    registry.require_all(["openpose"] * detect + ["imagpose"] * (arguments.checkpoint is None), models)
-    if arguments.smoke:
-        print(SMOKE_BANNER, flush=True)
-    session = open_session(arguments, models)
-    tree = ResultsTree(arguments.out)
     side = 128 if arguments.smoke and arguments.tile == ImagPoseSettings.tile_long_side else arguments.tile
     settings = ImagPoseSettings(steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, tile_long_side=side)
     case = GenerateCase(tuple(arguments.source), tuple(arguments.pose), tuple(arguments.source_pose) if arguments.source_pose else None, mode)
-    stage = GenerateStage(tree, checkpoint, settings)
-    run_stage(stage, [case], session, tree.log(stage.name), echo, progress=not arguments.quiet)
+    session = open_session(arguments, models)
+    # Every missing model in one line, before anything is written or loads.
+    planned = ResultsTree(arguments.out, create=False)
+    Recipe(planned, session).require([GenerateStage(planned, checkpoint, settings, detect)])
+    if arguments.smoke:
+        print(SMOKE_BANNER, flush=True)
+    tree = ResultsTree(arguments.out)
+    stage = GenerateStage(tree, checkpoint, settings, detect)
+    Recipe(tree, session, echo=echo, progress=not arguments.quiet).run(stage, [case])
     maps = PoseMaps(tree, session.profile)
     results = stage.outputs(case)
     rows = [(sources[0], load_image(maps.path(stem(pose)), "RGB"), load_image(result)) for pose, result in zip(arguments.pose, results)]

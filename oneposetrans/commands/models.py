@@ -27,9 +27,9 @@ def add(commands) -> None:
     download.add_argument(
         "--for",
         dest="task",
-        choices=tuple(registry.TASKS),
+        choices=tuple(registry.TASK_STAGES),
         help="the models a command needs with its default flags (default: repose, about "
-        f"{sum(registry.spec(n).size_gb for n in registry.TASKS['repose']):.0f} GB)",
+        f"{sum(registry.spec(n).size_gb for n in registry.task_models('repose')):.0f} GB)",
     )
     download.add_argument("--dry-run", action="store_true", help="print the size table and stop (needs no network)")
     download.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")

@@ -10,7 +10,7 @@ from oneposetrans.settings import RefineSettings
 
 
 def add(commands) -> None:
-    from oneposetrans.generate import DATASETS
+    from oneposetrans.datasets import DATASETS
 
     refine = commands.add_parser(
         "refine",
@@ -42,5 +42,7 @@ def handle(arguments: argparse.Namespace) -> int:
         tree, session, refine=RefineSettings(resolution=smoke_resolution(arguments)),
         echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite,
     )
-    recipe.refine(source_captions(tree, arguments.captions))
+    captions = source_captions(tree, arguments.captions)
+    recipe.require([recipe.refine_stage(captions)])
+    recipe.refine(captions)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oneposetrans import registry
 from oneposetrans.commands import GENERATION, SMOKE_BANNER, SMOKE_FINETUNE_RESOLUTION, SMOKE_RESOLUTION, add_common, echo, models_dir, open_session, smoke_resolution
 from oneposetrans.errors import OnePoseTransError
 from oneposetrans.settings import FinetuneSettings, GenerationSettings
@@ -55,7 +54,7 @@ def add(commands) -> None:
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.repose import ReposeRequest, check_inputs, format_report, run_repose
+    from oneposetrans.repose import ReposeRequest, check_inputs, format_report, require_models, run_repose
 
     resolution = smoke_resolution(arguments)
     request = ReposeRequest(
@@ -86,11 +85,11 @@ def handle(arguments: argparse.Namespace) -> int:
     )
     # Bad inputs fail here, in about a second, before the banner, the kit build and any model load.
     checked = check_inputs(request)
-    models = models_dir(arguments)
-    registry.require_all(checked.models, models)
+    session = open_session(arguments, models_dir(arguments), identitynet=arguments.identitynet, inpainter=arguments.inpainter)
+    # Every model the run's stages need, named at once, before anything is written.
+    require_models(request, session, checked)
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
-    session = open_session(arguments, models, identitynet=arguments.identitynet, inpainter=arguments.inpainter)
     try:
         report = run_repose(request, session, echo=echo, checked=checked)
     except OnePoseTransError as error:

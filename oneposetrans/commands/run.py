@@ -9,7 +9,7 @@ from oneposetrans.commands import FINETUNE, GENERATION, SMOKE_BANNER, SMOKE_FINE
 
 
 def add(commands) -> None:
-    from oneposetrans.generate import DATASETS
+    from oneposetrans.datasets import DATASETS
 
     run = commands.add_parser(
         "run",
@@ -37,13 +37,12 @@ def add(commands) -> None:
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.recipe import RecipeRequest, check_models, parse_steps, run_recipe
+    from oneposetrans.recipe import RecipeRequest, parse_steps, run_recipe
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     steps = parse_steps(arguments.steps)
     models = models_dir(arguments)
-    check_models(steps, models, arguments.inpainter)
     request = RecipeRequest(
         dataset=arguments.dataset,
         results=arguments.results,

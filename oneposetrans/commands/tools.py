@@ -109,9 +109,9 @@ def _tool_paths(arguments: argparse.Namespace, task: str) -> dict[str, Path]:
 
 def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
     """segment (dataset, rgba, rgb), inpaint and paste over folders, one log line per bad file."""
-    from oneposetrans.results import StageLog
-    from oneposetrans.segment import list_images
-    from oneposetrans.stages import run_stage
+    from oneposetrans.recipe import Recipe
+    from oneposetrans.results import ResultsTree
+    from oneposetrans.segment import SegmentOutputs, list_images
 
     paths = _tool_paths(arguments, task)
     models = models_dir(arguments) if task != "paste" else None
@@ -120,25 +120,17 @@ def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
     written = paths[output_flag] if output_flag else paths.get("rgba_path") or paths.get("rgb_path")
     if written is None:
         raise BadInputError(f"--mode {task} needs --rgba_path or --rgb_path")
-    logs = written.resolve().parent / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    if task in ("dataset", "rgba", "rgb"):
-        from oneposetrans.segment import SegmentOutputs, SegmentStage
-
-        outputs = SegmentOutputs.for_mode(task, paths.get("mask_path"), paths.get("rgba_path"), paths.get("rgb_path"))
-        stage = SegmentStage(outputs, use_alpha=task != "dataset" and not profile_named(arguments.profile).resegment_results)
-        images = list_images(paths["source_path"])
-    elif task == "inpaint":
-        from oneposetrans.inpaint import InpaintStage
-
-        stage = InpaintStage(paths["mask_path"], paths["background_path"])
-        images = list_images(paths["source_path"])
-    else:
-        from oneposetrans.composite import PasteStage
-
-        stage = PasteStage(paths["background_path"], paths.get("mask_path"), paths["result_path"])
-        images = list_images(paths["rgb_path"])
-    stage.overwrite = arguments.overwrite
+    segmenting = task in ("dataset", "rgba", "rgb")
+    outputs = SegmentOutputs.for_mode(task, paths.get("mask_path"), paths.get("rgba_path"), paths.get("rgb_path")) if segmenting else None
+    (written.resolve().parent / "logs").mkdir(parents=True, exist_ok=True)
     session = open_session(arguments, models, inpainter=getattr(arguments, "inpainter", "lama"))
-    run_stage(stage, images, session, StageLog(logs / f"{stage.name}.jsonl", stage.name), echo, progress=not arguments.quiet)
+    # The folders are the user's: the tree only names the log beside them.
+    tree = ResultsTree(written.resolve().parent, create=False)
+    recipe = Recipe(tree, session, echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite)
+    if segmenting:
+        recipe.segment(list_images(paths["source_path"]), outputs, use_alpha=task != "dataset" and not session.profile.resegment_results)
+    elif task == "inpaint":
+        recipe.inpaint(list_images(paths["source_path"]), paths["mask_path"], paths["background_path"])
+    else:
+        recipe.paste_images(list_images(paths["rgb_path"]), paths["background_path"], paths.get("mask_path"), paths["result_path"])
     return 0

@@ -30,7 +30,7 @@ import numpy as np
 from oneposetrans.errors import BadInputError, CaseFailures
 from oneposetrans.imagpose import canvas as joint
 from oneposetrans.imagpose.data import draw_pose, identity_of
-from oneposetrans.imagpose.generate import sample
+from oneposetrans.imagpose.generate import checkpoint_models, sample
 from oneposetrans.pose import DEEPFASHION_FRAME
 from oneposetrans.results import ResultsTree, pair_name, stem, write_json_atomic, write_text_atomic
 from oneposetrans.settings import ImagPoseSettings
@@ -94,6 +94,9 @@ class ProtocolStage(Stage[ProtocolPass]):
         self.tree, self.photos, self.keypoints = tree, photos, keypoints
         self.checkpoint, self.settings = checkpoint, settings
         self.tile = joint.tile_size(*DEEPFASHION_FRAME, settings.tile_long_side)
+
+    def models(self, session) -> list[str]:
+        return checkpoint_models(session, self.checkpoint)
 
     def case_name(self, case: ProtocolPass) -> str:
         return f"{stem(case.sources[0])}->{'+'.join(stem(t) for t in case.targets)}"

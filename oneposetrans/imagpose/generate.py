@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipelineOutput
@@ -22,7 +23,14 @@ from oneposetrans.pose import PoseMaps, load_pose_map, pose_from_photo
 from oneposetrans.progress import Progress
 from oneposetrans.results import ResultsTree, StageLog, pair_name, stem
 from oneposetrans.settings import ImagPoseSettings
-from oneposetrans.stages import Stage
+from oneposetrans.stages import Done, Stage
+
+
+def checkpoint_models(session, checkpoint: Path) -> list[str]:
+    """The registry's IMAGPose checkpoint when ``checkpoint`` is its folder (the default); a
+    folder given by the user is checked when it loads."""
+    default = session.models is not None and Path(checkpoint) == Path(session.models) / registry.spec("imagpose").folder
+    return ["imagpose"] if default else []
 
 
 def sample(session, checkpoint: Path, sources: list[Image.Image], source_poses: list[Image.Image], targets: list[Image.Image],
@@ -63,10 +71,14 @@ class GenerateStage(Stage[GenerateCase]):
     name = "imagpose"
     unit = "pass"
 
-    def __init__(self, tree: ResultsTree, checkpoint: Path, settings: ImagPoseSettings):
+    def __init__(self, tree: ResultsTree, checkpoint: Path, settings: ImagPoseSettings, detects_poses: bool = False):
         self.tree = tree
         self.checkpoint = checkpoint
         self.settings = settings
+        self.detects_poses = detects_poses
+
+    def models(self, session) -> list[str]:
+        return [*checkpoint_models(session, self.checkpoint), *["openpose"] * self.detects_poses]
 
     def case_name(self, case: GenerateCase) -> str:
         return stem(case.sources[0])
@@ -77,7 +89,7 @@ class GenerateStage(Stage[GenerateCase]):
     def pose_maps(self, session) -> PoseMaps:
         return PoseMaps(self.tree, session.profile)
 
-    def run(self, case: GenerateCase, session, log: StageLog) -> str:
+    def run(self, case: GenerateCase, session, log: StageLog) -> Done:
         side = self.settings.tile_long_side
         maps = self.pose_maps(session)
         extractor = lambda: session.pose_extractor  # noqa: E731
@@ -101,7 +113,7 @@ class GenerateStage(Stage[GenerateCase]):
             save_image(image, result)
             log.ok(result.stem, mode=case.mode, steps=self.settings.steps, seconds=seconds, size=list(image.size))
         save_image(output.canvas, self.tree.root / f"canvas_{stem(case.sources[0])}.png")
-        return f"{self.case_name(case)}: {len(output.images)} result(s) of mode {case.mode} in {seconds:.1f} s"
+        return Done(f"{self.case_name(case)}: {len(output.images)} result(s) of mode {case.mode} in {seconds:.1f} s")
 
 
 def with_person(pose_map: Image.Image, path: Path) -> Image.Image:

@@ -1,4 +1,4 @@
-"""The reposing stage as a whole: LoRA block scales, multi-pose batches, profiles, the CLI flags."""
+"""Step 5, generate, as a whole: LoRA block scales, multi-pose batches, profiles, the CLI flags."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from PIL import Image
 from oneposetrans.profiles import DEFAULT, REFERENCE
 from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
 from oneposetrans.pose import BUNDLED_POSES, load_pose_map
-from oneposetrans.generator import Reposer
+from oneposetrans.generate import Generator
 from oneposetrans.settings import GenerationSettings, published_lora_scales
 
 CAPTION = "A woman with face, orange spacesuit"
@@ -30,8 +30,8 @@ def lora(tiny_models, tmp_path_factory, source):
 
 
 @pytest.fixture(scope="module")
-def reposer(tiny_models):
-    return Reposer(tiny_models, "cpu")
+def generator(tiny_models):
+    return Generator(tiny_models, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def _zero(scales):
     return [0.0] * len(scales) if isinstance(scales, list) else 0.0
 
 
-def test_lora_and_block_scales_take_effect(reposer, lora, poses, source):
+def test_lora_and_block_scales_take_effect(generator, lora, poses, source):
     settings = GenerationSettings(steps=3, resolution=64)
 
     def generate(**kw):
-        images, _ = reposer.generate(CAPTION, poses[:1], settings, source=source, **kw)
+        images, _ = generator.generate(CAPTION, poses[:1], settings, source=source, **kw)
         return np.asarray(images[0], float)
 
     base = generate()
@@ -63,11 +63,11 @@ def test_lora_and_block_scales_take_effect(reposer, lora, poses, source):
     assert np.array_equal(generate(), base)  # the identity's adapter is gone after its targets
 
 
-def test_multi_pose_pays_identity_work_once_and_matches_single_calls(reposer, poses, source, monkeypatch):
+def test_multi_pose_pays_identity_work_once_and_matches_single_calls(generator, poses, source, monkeypatch):
     settings = GenerationSettings(steps=2, resolution=64, batch_size=4)
-    pipe = reposer.pipe
+    pipe = generator.pipe
     counts = {"prompt": 0, "image": 0, "face": 0}
-    for name, owner, attribute in (("prompt", pipe.text_encoder, "forward"), ("image", pipe.image_encoder, "forward"), ("face", reposer.faces, "embed")):
+    for name, owner, attribute in (("prompt", pipe.text_encoder, "forward"), ("image", pipe.image_encoder, "forward"), ("face", generator.faces, "embed")):
         original = getattr(owner, attribute)
 
         def counted(*args, _original=original, _name=name, **kwargs):
@@ -86,7 +86,7 @@ def test_multi_pose_pays_identity_work_once_and_matches_single_calls(reposer, po
         return unet_forward(sample, *args, **kwargs)
 
     monkeypatch.setattr(pipe.unet, "forward", recorded)
-    together, notes = reposer.generate(CAPTION, targets, settings, source=source)
+    together, notes = generator.generate(CAPTION, targets, settings, source=source)
     monkeypatch.setattr(pipe.unet, "forward", unet_forward)
     latent_height = poses[0].height // 8
     # Three calls of 2 steps, each with its unconditional half: 2 + 1 + 1 targets.
@@ -94,17 +94,17 @@ def test_multi_pose_pays_identity_work_once_and_matches_single_calls(reposer, po
     assert counts == {"prompt": 2, "image": 1, "face": 1}  # caption + negative prompt, once per identity
     assert [image.size for image in together] == [pose.size for pose in targets]
     assert all(image.mode == "RGBA" for image in together)
-    alone = [reposer.generate(CAPTION, [pose], settings, source=source)[0][0] for pose in targets]
+    alone = [generator.generate(CAPTION, [pose], settings, source=source)[0][0] for pose in targets]
     for batched, single in zip(together, alone):
         assert np.abs(np.asarray(batched, float) - np.asarray(single, float)).max() <= 1  # uint8 rounding
 
 
-def test_opaque_output_and_switches(reposer, poses, source):
+def test_opaque_output_and_switches(generator, poses, source):
     settings = GenerationSettings(steps=2, resolution=64, transparent=False)
-    [rgb], _ = reposer.generate(CAPTION, poses[:1], settings, source=source)
+    [rgb], _ = generator.generate(CAPTION, poses[:1], settings, source=source)
     assert rgb.mode == "RGB"
     settings.use_face = settings.use_image_prompt = False
-    [plain], notes = reposer.generate(CAPTION, poses[:1], settings, source=source)
+    [plain], notes = generator.generate(CAPTION, poses[:1], settings, source=source)
     assert not np.array_equal(np.asarray(rgb), np.asarray(plain))
     assert any("without face tokens" in note for note in notes)
 
@@ -116,7 +116,7 @@ def test_identitynet_as_second_controlnet(tiny_models, poses):
     photo[60:140, 50:130] = (220, 140, 90)  # what the tiny detector takes for a face
     source = Image.fromarray(photo)
     settings = GenerationSettings(steps=2, resolution=64)
-    with_net = Reposer(tiny_models, "cpu", identitynet=True)
+    with_net = Generator(tiny_models, "cpu", identitynet=True)
     assert len(with_net.pipe.controlnet.nets) == 2
     [rgba], _ = with_net.generate(CAPTION, poses[:1], settings, source=source)
     settings.identitynet_scale = 0.0
@@ -141,7 +141,7 @@ def _segmented_source(tmp_path, size=(300, 400)):
 
 
 def test_reference_identity_image_is_the_published_premultiplied_stretch(tmp_path):
-    from oneposetrans.generator import load_identity_image
+    from oneposetrans.generate import load_identity_image
 
     tree = _segmented_source(tmp_path)
     identity, note = load_identity_image(tree, "src", REFERENCE, required=True)
@@ -154,7 +154,7 @@ def test_reference_identity_image_is_the_published_premultiplied_stretch(tmp_pat
 
 
 def test_default_identity_image_keeps_the_aspect_and_pads_with_black(tmp_path):
-    from oneposetrans.generator import load_identity_image
+    from oneposetrans.generate import load_identity_image
 
     tree = _segmented_source(tmp_path)
     identity, _ = load_identity_image(tree, "src", DEFAULT)
@@ -167,7 +167,7 @@ def test_default_identity_image_keeps_the_aspect_and_pads_with_black(tmp_path):
 
 def test_without_a_mask_the_whole_photo_with_a_note_or_a_clear_error(tmp_path):
     from oneposetrans.errors import BadInputError
-    from oneposetrans.generator import load_identity_image
+    from oneposetrans.generate import load_identity_image
 
     tree = _segmented_source(tmp_path)
     tree.file("images_rgba", "src.png").unlink()
@@ -177,21 +177,21 @@ def test_without_a_mask_the_whole_photo_with_a_note_or_a_clear_error(tmp_path):
         load_identity_image(tree, "src", REFERENCE, required=True)
 
 
-def test_clip_and_face_detector_read_the_identity_image(reposer, poses, tmp_path, monkeypatch):
-    from oneposetrans.generator import load_identity_image
+def test_clip_and_face_detector_read_the_identity_image(generator, poses, tmp_path, monkeypatch):
+    from oneposetrans.generate import load_identity_image
 
     identity, _ = load_identity_image(_segmented_source(tmp_path), "src", REFERENCE)
     seen = {}
-    extractor, detector = reposer.pipe.feature_extractor, reposer.faces.app.get
-    monkeypatch.setattr(reposer.pipe, "feature_extractor", lambda image, **kw: seen.setdefault("clip", image) and extractor(image, **kw))
-    monkeypatch.setattr(reposer.faces.app, "get", lambda bgr, **kw: seen.setdefault("face", bgr) is not None and detector(bgr, **kw))
-    reposer.generate(CAPTION, poses[:1], GenerationSettings(steps=1, resolution=64), source=identity)
+    extractor, detector = generator.pipe.feature_extractor, generator.faces.app.get
+    monkeypatch.setattr(generator.pipe, "feature_extractor", lambda image, **kw: seen.setdefault("clip", image) and extractor(image, **kw))
+    monkeypatch.setattr(generator.faces.app, "get", lambda bgr, **kw: seen.setdefault("face", bgr) is not None and detector(bgr, **kw))
+    generator.generate(CAPTION, poses[:1], GenerationSettings(steps=1, resolution=64), source=identity)
     assert np.array_equal(np.asarray(seen["clip"]), np.asarray(identity))
     assert np.array_equal(seen["face"][:, :, ::-1], np.asarray(identity))
 
 
 def test_reference_renders_one_target_per_pipeline_call(tiny_models, poses, source, monkeypatch):
-    reference = Reposer(tiny_models, "cpu", profile=REFERENCE)
+    reference = Generator(tiny_models, "cpu", profile=REFERENCE)
     calls = []
     pipeline_call = type(reference.pipe).__call__
     monkeypatch.setattr(type(reference.pipe), "__call__", lambda self, **kw: calls.append(len(kw["image"])) or pipeline_call(self, **kw))
@@ -202,7 +202,7 @@ def test_reference_renders_one_target_per_pipeline_call(tiny_models, poses, sour
 def test_report_names_only_the_conditioning_that_was_used():
     from types import SimpleNamespace
 
-    from oneposetrans.generator import _describe_conditioning
+    from oneposetrans.generate import _describe_conditioning
 
     settings = GenerationSettings()
     everything = SimpleNamespace(has_image=True, has_face=True)
