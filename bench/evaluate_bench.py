@@ -17,6 +17,8 @@ import time
 import numpy as np
 import torch
 
+from oneposetrans.evaluate import psnr, ssim
+
 
 def _pairs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -40,8 +42,6 @@ def scikit_image_loop(generated: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def batched(generated: np.ndarray, target: np.ndarray, device: str, batch: int) -> np.ndarray:
-    from oneposetrans.evaluate import psnr, ssim
-
     rows = []
     for first in range(0, len(generated), batch):
         g = torch.from_numpy(generated[first : first + batch]).permute(0, 3, 1, 2).to(device)

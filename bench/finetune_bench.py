@@ -27,6 +27,12 @@ from pathlib import Path
 import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
 import torch
 
+from oneposetrans.finetune import FinetuneCase, FinetuneSettings, FinetuneStage, LoraTrainer
+from oneposetrans.results import ResultsTree
+from oneposetrans.session import Session
+from oneposetrans.stages import run_stage
+from oneposetrans.testing import cached_tiny_models
+
 CONFIGS = Path(__file__).parent / "configs"
 CAPTION = "A woman with face, orange spacesuit with mission patches"
 
@@ -87,12 +93,6 @@ def bare_loop(components: dict, photo: Path, steps: int, resolution: int, out: P
 
 
 def tiny(cases: int, resolution: int) -> None:
-    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, FinetuneStage
-    from oneposetrans.results import ResultsTree
-    from oneposetrans.session import Session
-    from oneposetrans.stages import run_stage
-    from oneposetrans.testing import cached_tiny_models
-
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     models = cached_tiny_models()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,9 +131,6 @@ def full_scale(dtype_name: str, steps: int, device_name: str, repeats: int) -> i
         return 0
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
-    from oneposetrans.testing import cached_tiny_models
 
     device = torch.device(device_name)
     started = time.perf_counter()

@@ -40,6 +40,14 @@ from pathlib import Path
 import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
 import torch
 
+from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
+from oneposetrans.generate import Generator, identity_image
+from oneposetrans.layerdiffuse import PUBLISHED_DECODER_WIDTHS
+from oneposetrans.profiles import DEFAULT, REFERENCE
+from oneposetrans.settings import GenerationSettings
+from oneposetrans.testing import cached_tiny_models
+from oneposetrans.testing.tiny import TINY_DECODER_WIDTHS, TINY_FACE_HIDDEN, write_instantid, write_ip_adapter, write_layerdiffuse
+
 CONFIGS = Path(__file__).parent / "configs"
 CAPTION = "A woman with face, orange spacesuit with mission patches"
 # bf16 dense peak of the GPUs this is run on (TFLOP/s), for the utilisation estimate.
@@ -64,8 +72,6 @@ def _config(path: Path) -> dict:
 
 
 def full_shapes() -> Shapes:
-    from oneposetrans.layerdiffuse import PUBLISHED_DECODER_WIDTHS
-
     text = _config(CONFIGS / "clip_text_encoders.json")
     return Shapes(
         unet=_config(CONFIGS / "sdxl_unet.json"),
@@ -83,8 +89,6 @@ def full_shapes() -> Shapes:
 
 
 def tiny_shapes(kit: Path) -> Shapes:
-    from oneposetrans.testing.tiny import TINY_DECODER_WIDTHS, TINY_FACE_HIDDEN
-
     base = kit / "RealVisXL_V4.0"
     return Shapes(
         unet=_config(base / "unet" / "config.json"),
@@ -111,8 +115,6 @@ def build_models(folder: Path, shapes: Shapes, kit: Path, device: torch.device, 
         CLIPVisionConfig,
         CLIPVisionModelWithProjection,
     )
-
-    from oneposetrans.testing.tiny import write_instantid, write_ip_adapter, write_layerdiffuse
 
     base = kit / "RealVisXL_V4.0"
     with torch.device(device):
@@ -172,9 +174,6 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
     """Seconds per case for the published and the fast step; returns a trained LoRA file."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
-    from oneposetrans.profiles import DEFAULT
-
     trainer = LoraTrainer.from_models_dir(models, FinetuneSettings(**settings), timer.device)
     case = FinetuneCase("subject", [photo], CAPTION)
     lora = photo.parent / "subject.safetensors"
@@ -210,9 +209,6 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
 def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: int, steps: int, repeats: int, dtype: str) -> None:
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
     from PIL import Image
-
-    from oneposetrans.generate import GenerationSettings, Generator, identity_image
-    from oneposetrans.profiles import DEFAULT, REFERENCE
 
     pose = Image.new("RGB", (side, side))
     pose.paste((255, 0, 0), (side // 3, side // 4, side // 3 + side // 16, side // 4 + side // 2))
@@ -273,7 +269,6 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median)")
     parser.add_argument("--models", type=Path, help="keep the generated models folder here (default: a temporary one)")
     arguments = parser.parse_args()
-    from oneposetrans.testing import cached_tiny_models
 
     if arguments.plumbing:
         device, dtype, side, steps, repeats = torch.device("cpu"), "fp32", 64, 2, 1

@@ -29,6 +29,13 @@ from pathlib import Path
 import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
 import torch
 
+from oneposetrans.datasets import prepare_deepfashion
+from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
+from oneposetrans.imagpose.train import ImagPoseTrainer, load_config
+from oneposetrans.imagpose.unet import widen_conv_in
+from oneposetrans.testing import cached_tiny_models
+from oneposetrans.testing.tiny import _tiny_sd_vae, IMAGPOSE_UNET
+
 CONFIGS = Path(__file__).parent / "configs"
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
@@ -41,9 +48,6 @@ def full_size_checkpoint(folder: Path) -> Path:
     """An IMAGPose checkpoint of the published shapes with random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import Dinov2Config, Dinov2Model
-
-    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
-    from oneposetrans.imagpose.unet import widen_conv_in
 
     unet = UNet2DConditionModel(**_config("sd15_unet.json"))
     widen_conv_in(unet)
@@ -59,8 +63,6 @@ def _sync(device: torch.device) -> None:
 
 
 def time_phase(checkpoint: Path, data: Path, phase: int, tile: int, batch: int, steps: int, warmup: int, precision: str, cpu: bool) -> dict:
-    from oneposetrans.imagpose.train import ImagPoseTrainer, load_config
-
     config = load_config(f"phase{phase}", init=str(checkpoint), tile_long_side=tile, batch_size=batch, workers=0, mixed_precision=precision)
     trainer = ImagPoseTrainer(config, data, data / "bench-output", cpu=cpu, echo=lambda line: None)
     device, accelerator = trainer.device, trainer.accelerator
@@ -150,7 +152,6 @@ def main() -> int:
 
     from diffusers import AutoencoderKL
 
-    from oneposetrans.datasets import prepare_deepfashion
     from tests.mini_dataset import make_mini_deepfashion_training
 
     full = arguments.full_scale
@@ -171,9 +172,6 @@ def main() -> int:
             vae = AutoencoderKL(**_config("sd_vae_ft_mse.json"))
             width, tokens = 768, 2 * (257 + (tile // 8 // 16) * (tile * 3 // 4 // 8 // 16))
         else:
-            from oneposetrans.testing import cached_tiny_models
-            from oneposetrans.testing.tiny import IMAGPOSE_UNET, _tiny_sd_vae
-
             checkpoint = cached_tiny_models() / "imagpose"
             unet_config, vae = dict(IMAGPOSE_UNET), _tiny_sd_vae()
             width, tokens = IMAGPOSE_UNET["cross_attention_dim"], 2 * (257 + 1)

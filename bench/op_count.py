@@ -38,6 +38,12 @@ import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
+from oneposetrans.profiles import DEFAULT
+from oneposetrans.settings import published_ip_scales, published_lora_scales
+from oneposetrans.testing import cached_tiny_models
+from oneposetrans.vcm import cross_attention_processor_indices, install, set_ip_scales, VCMAttnProcessor, VisualConsistencyModule
+
 CONFIGS = Path(__file__).parent / "configs"
 CAPTION = "A woman with face, orange spacesuit with mission patches"
 # Operations that launch no kernel on a GPU: allocations, metadata, host-side reads.
@@ -95,10 +101,6 @@ def training_step_ops(unet, latent_side: int, fast_step: bool) -> dict:
     from skimage import data
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
-    from oneposetrans.profiles import DEFAULT
-    from oneposetrans.testing import cached_tiny_models
-
     text = _config("clip_text_encoders.json")
     tokenizers = cached_tiny_models() / "RealVisXL_V4.0"  # the real CLIP BPE vocabulary
     with torch.device("meta"):
@@ -151,9 +153,6 @@ def generator_step_ops(unet, latent_side: int) -> dict:
     and the same with the LoRA merged into the weights."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from oneposetrans.settings import published_ip_scales, published_lora_scales
-    from oneposetrans.vcm import VCMAttnProcessor, VisualConsistencyModule, cross_attention_processor_indices, install, set_ip_scales
 
     dtype = next(unet.parameters()).dtype
     widths = {str(index): unet.get_submodule(name.removesuffix(".processor")).to_q.out_features

@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 
 import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
+from oneposetrans.image_io import load_image
+from oneposetrans.runtime import resolve_device
+from oneposetrans.segment import PersonSegmenter, SegmentOutputs
+from oneposetrans.testing import cached_tiny_models
 
 
 def _images(folder: Path, count: int) -> list[Path]:
@@ -35,9 +39,6 @@ def _images(folder: Path, count: int) -> list[Path]:
 
 
 def _run(paths: list[Path], out: Path, models: Path, device: str, reload_each: bool) -> float:
-    from oneposetrans.image_io import load_image
-    from oneposetrans.segment import PersonSegmenter, SegmentOutputs
-
     outputs = SegmentOutputs.for_mode("dataset", out / "mask", out / "rgba", None)
     for folder in (outputs.mask, outputs.rgba):
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,11 +60,7 @@ def main() -> None:
     arguments = parser.parse_args()
     import torch
 
-    from oneposetrans.runtime import resolve_device
-
     if arguments.models is None:
-        from oneposetrans.testing import cached_tiny_models
-
         arguments.models = cached_tiny_models()
     device = str(resolve_device(arguments.device))
     with tempfile.TemporaryDirectory() as scratch:

@@ -24,9 +24,12 @@ from typing import Callable, Protocol
 
 from PIL import Image
 
+from oneposetrans import registry
+from oneposetrans.datasets import read_caption_lines
 from oneposetrans.errors import BadInputError, CaseError, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
 from oneposetrans.results import ResultsTree, stem, write_text_atomic
+from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.stages import Done, Stage
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -138,8 +141,6 @@ class LocalVLMCaptioner:
     def __init__(self, folder: str | os.PathLike, device: str = "auto", dtype: str = "auto", max_new_tokens: int = 96):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
-
         quiet_libraries()
         folder = Path(folder)
         if not (folder / "config.json").is_file():
@@ -168,8 +169,6 @@ class LocalVLMCaptioner:
 
 def automatic_captioner(models_dir: str | os.PathLike, device: str = "auto") -> Captioner:
     """Gemini when a key is in the environment, else the registry's local VLM when present."""
-    from oneposetrans import registry
-
     if api_key_from_environment() is not None:
         return GeminiCaptioner()
     if not registry.missing_files("caption-vlm", models_dir):
@@ -266,8 +265,6 @@ class CaptionStage(Stage[Path]):
 
 def import_captions(path: str | os.PathLike, tree: ResultsTree, echo: Callable[[str], None] = print) -> dict[str, int]:
     """Bring a user's captions file (original ``index/name/text`` format) into the store, checked."""
-    from oneposetrans.datasets import read_caption_lines
-
     path = Path(path)
     entries = {Path(name).stem: (text, name) for name, text in read_caption_lines(path)}
     log = tree.log("caption")

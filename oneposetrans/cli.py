@@ -13,8 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from oneposetrans import progress
 from oneposetrans.commands import caption, demo, evaluate, finetune, generate, imagpose, models, prepare, refine, repose, run, tools
 from oneposetrans.errors import EnvironmentProblem, OnePoseTransError
+from oneposetrans.runtime import check_device_available
 
 COMMANDS = (repose, models, finetune, caption, prepare, tools, generate, refine, run, evaluate, imagpose, demo)
 
@@ -62,13 +64,9 @@ def run_script(script: str, preset: list[str]) -> int:
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     arguments = (parser or build_parser()).parse_args(argv)
-    from oneposetrans import progress
-
     progress.set_enabled(not getattr(arguments, "quiet", False))
     try:
         if str(getattr(arguments, "device", "")).startswith("cuda"):
-            from oneposetrans.runtime import check_device_available
-
             check_device_available(arguments.device)
         return arguments.handler(arguments)
     except OnePoseTransError as error:

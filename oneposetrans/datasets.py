@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from oneposetrans.errors import BadInputError, OnePoseTransError
-from oneposetrans.results import safe_component
+from oneposetrans.image_io import load_image, save_image
+from oneposetrans.results import atomic_path, is_done, ResultsTree, safe_component
 
 DATASETS = ("deepfashion", "wpose")
 """The datasets a run adapts to: they differ only in where a target pose comes from (step 5)."""
@@ -122,9 +123,6 @@ def prepare_deepfashion(
     which is where every later stage reads sources (the original left this step undocumented).
     Files already in place are kept; source files are never modified.
     """
-    from oneposetrans.image_io import load_image, save_image
-    from oneposetrans.results import ResultsTree, atomic_path, is_done
-
     fashion = Path(root) / "fashion"
     wanted = {"train": _read_list(fashion / "train.lst"), "test": _read_list(fashion / "test.lst")}
     outputs = {split: fashion / f"{split}_highres" for split in wanted}

@@ -21,9 +21,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oneposetrans.errors import BadInputError, OnePoseTransError
+from oneposetrans.caption import CaptionStore, conform
+from oneposetrans.errors import BadInputError, CaseFailures, OnePoseTransError
+from oneposetrans.finetune import FinetuneCase
+from oneposetrans.generate import GenerateCase
+from oneposetrans.image_io import load_image, save_image
+from oneposetrans.pose import PoseMaps
+from oneposetrans.recipe import Recipe
 from oneposetrans.results import ResultsTree, pair_name, stem
-from oneposetrans.settings import FinetuneSettings, GenerationSettings
+from oneposetrans.segment import Segmentation, SegmentOutputs
+from oneposetrans.session import Session
+from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
 
 SOURCE_NAME = "source"
 MAX_FILE_SIZE = "25mb"
@@ -70,8 +78,6 @@ class DemoSteps:
 
     @property
     def session(self):
-        from oneposetrans.session import Session
-
         if self._session is None:
             self._session = Session(self.config.models, self.config.device, self.config.dtype, self.config.profile)
         return self._session
@@ -81,9 +87,6 @@ class DemoSteps:
         return Visitor(ResultsTree(self.config.workdir / uuid.uuid4().hex))
 
     def _recipe(self, visitor: Visitor, **settings):
-        from oneposetrans.recipe import Recipe
-        from oneposetrans.settings import RefineSettings
-
         config = self.config
         return Recipe(
             visitor.tree,
@@ -99,8 +102,6 @@ class DemoSteps:
 
     def _run(self, visitor: Visitor, step: str, *arguments):
         """``Recipe.<step>(*arguments)`` on the visitor's tree; a failed case becomes its reason."""
-        from oneposetrans.errors import CaseFailures
-
         with self._lock:
             try:
                 return getattr(self._recipe(visitor), step)(*arguments)
@@ -110,8 +111,6 @@ class DemoSteps:
     # -- steps --------------------------------------------------------------------------------
 
     def upload(self, visitor: Visitor, path: str | None) -> Image.Image:
-        from oneposetrans.image_io import load_image, save_image
-
         if not path:
             raise BadInputError("upload a photo first")
         image = load_image(path, "RGB")
@@ -120,8 +119,6 @@ class DemoSteps:
         return image
 
     def _source(self, visitor: Visitor) -> Image.Image:
-        from oneposetrans.image_io import load_image
-
         path = visitor.tree.file("images", f"{SOURCE_NAME}.png")
         if not path.exists():
             raise BadInputError("upload a photo first")
@@ -130,9 +127,6 @@ class DemoSteps:
     def segment(self, visitor: Visitor, use_clicks: bool) -> Image.Image:
         """The person mask by GroundingDINO (step 1), or by SAM from the clicks; writes
         images_rgba and images_mask."""
-        from oneposetrans.image_io import load_image
-        from oneposetrans.segment import Segmentation, SegmentOutputs
-
         image = self._source(visitor)
         if use_clicks:
             if not visitor.clicks:
@@ -156,16 +150,11 @@ class DemoSteps:
 
     def auto_caption(self, visitor: Visitor) -> str:
         """Step 2 by the session's captioner; the visitor may edit the caption before fine-tuning."""
-        from oneposetrans.caption import CaptionStore
-
         self._source(visitor)
         self._run(visitor, "caption", [visitor.tree.file("images", f"{SOURCE_NAME}.png")])
         return CaptionStore(visitor.tree).get(SOURCE_NAME)
 
     def finetune(self, visitor: Visitor, caption: str) -> str:
-        from oneposetrans.caption import conform
-        from oneposetrans.finetune import FinetuneCase
-
         fitted = conform(caption or "")
         if fitted is None:
             raise BadInputError('the caption must read "A man/woman with face, <clothes and accessories>"')
@@ -175,14 +164,10 @@ class DemoSteps:
         return f"LoRA trained for: {fitted}"
 
     def _pose_maps(self, visitor: Visitor):
-        from oneposetrans.pose import PoseMaps
-
         return PoseMaps(visitor.tree, self.session.profile)
 
     def poses(self, visitor: Visitor, files: list[str] | None) -> list[Image.Image]:
         """Target poses from keypoints JSON, rendered maps or photos (OpenPose), several at once."""
-        from oneposetrans.image_io import load_image
-
         if not files:
             raise BadInputError("upload one or more target poses (OpenPose JSON, pose maps or photos)")
         targets = {stem(Path(path).name): Path(path) for path in files}
@@ -193,9 +178,6 @@ class DemoSteps:
 
     def repose(self, visitor: Visitor) -> tuple[list[Image.Image], str]:
         """The RGBA results (step 5), and what the identity lacked (e.g. no face found in the photo)."""
-        from oneposetrans.generate import GenerateCase
-        from oneposetrans.image_io import load_image
-
         if not visitor.tree.file("lora", f"{SOURCE_NAME}.safetensors").exists():
             raise BadInputError("fine-tune first")
         if not visitor.targets:
@@ -223,8 +205,6 @@ class DemoSteps:
 
     def background(self, visitor: Visitor, uploaded: str | None) -> Image.Image:
         """The source with the person removed (step 4, LaMa), or an uploaded background."""
-        from oneposetrans.image_io import load_image, save_image
-
         target = visitor.tree.file("images_inpainted", f"{SOURCE_NAME}.png")
         if uploaded:
             save_image(load_image(uploaded, "RGB"), target)
@@ -237,8 +217,6 @@ class DemoSteps:
 
     def composite(self, visitor: Visitor, use_refined: bool) -> list[Image.Image]:
         """The results on the background (steps 7-8, or 10-11 for the refined results)."""
-        from oneposetrans.image_io import load_image
-
         kind = "refined" if use_refined else "reposed"
         if not visitor.tree.file("images_inpainted", f"{SOURCE_NAME}.png").exists():
             raise BadInputError("make the background first (inpaint or upload)")

@@ -35,9 +35,12 @@ from PIL import Image
 
 from oneposetrans import registry
 from oneposetrans.errors import BadInputError
+from oneposetrans.face import FaceEmbedder
 from oneposetrans.image_io import load_image
 from oneposetrans.profiles import PROFILES
+from oneposetrans.report import render_contact_sheet
 from oneposetrans.results import pose_map_name, split_pair_name, write_json_atomic, write_text_atomic
+from oneposetrans.runtime import quiet_libraries, resolve_device
 from oneposetrans.settings import ALL_METRICS, PAIR_METRICS, SET_METRICS
 
 SIZES = {"256x176": (176, 256), "512x352": (352, 512)}
@@ -331,8 +334,6 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, sh
     ``shared``, a dict kept across calls, holds the metric backbones and the real set's FID
     features per size, so that scoring several result folders loads and reads them once.
     """
-    from oneposetrans.runtime import quiet_libraries, resolve_device
-
     quiet_libraries()
     device = resolve_device(request.device)
     size = parse_size(request.size)
@@ -351,8 +352,6 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, sh
     lpips_model = once(("lpips", str(device)), lambda: Lpips(request.models, device)) if wanted & {"lpips", "masked_lpips"} else None
     faces = None
     if wanted & {"face_source", "face_target"}:
-        from oneposetrans.face import FaceEmbedder
-
         faces = once(("faces", str(device)), lambda: FaceEmbedder(request.models, str(device)))
     inceptions = {
         metric: once((metric, str(device)), lambda metric=metric: InceptionFeatures(request.models, device, "community" if metric == "fid" else "standard"))
@@ -478,8 +477,6 @@ def _histogram(values: list[float], width: int = 240, height: int = 80, bins: in
 def html_report(summary: dict, per_case: dict, cases: list[EvaluationCase]) -> str:
     """A self-contained page: the table, per-metric histograms, and best and worst cases by LPIPS
     (or SSIM when LPIPS was not computed), each as source | pose | result | ground truth."""
-    from oneposetrans.report import render_contact_sheet
-
     rank_by = "lpips" if any("lpips" in s for s in per_case.values()) else "ssim"
     ranked = sorted((c for c in cases if rank_by in per_case[c.name]), key=lambda c: per_case[c.name][rank_by], reverse=rank_by not in LOWER_IS_BETTER)
     parts = [

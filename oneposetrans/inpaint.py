@@ -30,6 +30,7 @@ from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import StageLog, stem
+from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.stages import Stage
 
 INPAINTERS = ("lama", "diffusion")
@@ -58,7 +59,6 @@ class LamaInpainter:
 
     def __init__(self, models_dir: str | os.PathLike, device: str = "auto", profile: Profile = DEFAULT):
         import onnxruntime
-        from oneposetrans.runtime import resolve_device
 
         folder = registry.require("lama", models_dir)
         published = folder / PUBLISHED_LAMA
@@ -113,7 +113,6 @@ class DiffusionInpainter:
     ):
         import torch
         from diffusers import AutoPipelineForInpainting
-        from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 
         quiet_libraries()
 

@@ -69,7 +69,7 @@ from oneposetrans.vcm import (
     unwrapped,
 )
 from oneposetrans.profiles import Profile, profile_named
-from oneposetrans.settings import NEGATIVE_PROMPT, published_ip_scales
+from oneposetrans.settings import NEGATIVE_PROMPT
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,6 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 self.register_modules(feature_extractor=CLIPImageProcessor())
         self.register_modules(vcm=VisualConsistencyModule.from_published(self.unet, ip_adapter, face_adapter))
         self._install_vcm()
-        self.set_ip_adapter_scale(published_ip_scales())
 
     def _install_vcm(self) -> None:
         """The VCM into the UNet, and the profile's text window on the ControlNet's cross-attention;
@@ -691,7 +690,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         elif not isinstance(control_guidance_start, list) and not isinstance(control_guidance_end, list):
             control_guidance_start, control_guidance_end = nets * [control_guidance_start], nets * [control_guidance_end]
 
-        # 1. Check inputs. Raise error if not correct
+        # 1. Check inputs. Raise error if not correct (the parent's checks, and the method's)
         if identity is None and self._uses_vcm(ip_adapter_image, ip_adapter_image_embeds, face_embedding):
             identity = self.encode_identity(
                 prompt, negative_prompt, ip_adapter_image, face_embedding, guidance_scale > 1.0,
@@ -723,7 +722,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         self._interrupt = False
         notes = list(identity.notes) if identity is not None else self._face_notes(face_embedding)
 
-        # 2. Define call parameters
+        # 2. Define call parameters (follows StableDiffusionXLControlNetPipeline.__call__, step 2)
         device = self._execution_device
         if isinstance(controlnet, MultiControlNetModel) and isinstance(controlnet_conditioning_scale, float):
             controlnet_conditioning_scale = [controlnet_conditioning_scale] * nets
@@ -735,7 +734,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         guess_mode = guess_mode or global_pool_conditions
         per_pose = num_images_per_prompt
 
-        # 3. Encode input prompt, once for every pose (the parent repeats it per image)
+        # 3. Encode input prompt, once for every pose (the parent encodes it per image; the identity's is encoded already)
         all_prompt_embeds, all_negative_prompt_embeds, all_pooled_prompt_embeds, all_negative_pooled_prompt_embeds = self.encode_prompt(
             prompt,
             prompt_2,
@@ -765,7 +764,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             rows = len(rows_of) * per_pose
             images_of = slice(first * per_pose, first * per_pose + rows)
 
-            # 4. Prepare image
+            # 4. Prepare image (follows StableDiffusionXLControlNetPipeline.__call__, step 4)
             control_image = given_image if whole else chunk
             if identitynet:
                 control_image = [control_image, face_keypoints_image.resize(_image_size(chunk[0]))]
@@ -787,11 +786,11 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 ]
                 image_height, image_width = image[0].shape[-2:]
 
-            # 5. Prepare timesteps
+            # 5. Prepare timesteps (follows StableDiffusionXLControlNetPipeline.__call__, step 5)
             batch_timesteps, batch_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
             self._num_timesteps = len(batch_timesteps)
 
-            # 6. Prepare latent variables
+            # 6. Prepare latent variables (follows StableDiffusionXLControlNetPipeline.__call__, step 6; this batch's generators and latents)
             latents = self.prepare_latents(
                 rows,
                 self.unet.config.in_channels,
@@ -803,7 +802,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 given_latents if whole or given_latents is None else given_latents[images_of],
             )
 
-            # 6.5 Optionally get Guidance Scale Embedding
+            # 6.5 Optionally get Guidance Scale Embedding (follows StableDiffusionXLControlNetPipeline.__call__, step 6.5)
             timestep_cond = None
             if self.unet.config.time_cond_proj_dim is not None:
                 guidance_scale_tensor = torch.tensor(self.guidance_scale - 1).repeat(rows)
@@ -811,10 +810,10 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                     guidance_scale_tensor, embedding_dim=self.unet.config.time_cond_proj_dim
                 ).to(device=device, dtype=latents.dtype)
 
-            # 7. Prepare extra step kwargs
+            # 7. Prepare extra step kwargs (follows StableDiffusionXLControlNetPipeline.__call__, step 7)
             extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-            # 7.1 Create tensor stating which controlnets to keep
+            # 7.1 Create tensor stating which controlnets to keep (follows StableDiffusionXLControlNetPipeline.__call__, step 7.1)
             controlnet_keep = []
             for i in range(len(batch_timesteps)):
                 keeps = [
@@ -823,7 +822,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 ]
                 controlnet_keep.append(keeps[0] if isinstance(controlnet, ControlNetModel) else keeps)
 
-            # 7.2 Prepare added time ids & embeddings
+            # 7.2 Prepare added time ids & embeddings (follows StableDiffusionXLControlNetPipeline.__call__, step 7.2, on this batch's prompt rows)
             batch_original_size = original_size or (image[0] if isinstance(image, list) else image).shape[-2:]
             batch_target_size = target_size or (image_height, image_width)
             if self.text_encoder_2 is None:
@@ -868,10 +867,10 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                     ip_adapter_image, ip_adapter_image_embeds, device, rows, self.do_classifier_free_guidance
                 )
 
-            # 8. Denoising loop
+            # 8. Denoising loop (follows StableDiffusionXLControlNetPipeline.__call__, step 8; the UNet also receives the VCM's embeds and face positions)
             num_warmup_steps = len(batch_timesteps) - batch_inference_steps * self.scheduler.order
 
-            # 8.1 Apply denoising_end
+            # 8.1 Apply denoising_end (follows StableDiffusionXLControlNetPipeline.__call__, step 8.1)
             if self.denoising_end is not None and isinstance(self.denoising_end, float) and 0 < self.denoising_end < 1:
                 discrete_timestep_cutoff = int(
                     round(

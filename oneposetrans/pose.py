@@ -20,10 +20,12 @@ from PIL import Image
 
 from typing import Callable
 
+from oneposetrans import registry
 from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import ResultsTree, StageLog, is_done, pair_name, pose_map_name, write_json_atomic
+from oneposetrans.runtime import resolve_device
 from oneposetrans.stages import Stage
 
 NUM_JOINTS = 18
@@ -193,9 +195,6 @@ class PoseExtractor:
     """
 
     def __init__(self, models_dir: str | os.PathLike, device: str = "cpu", hands: bool = True, detect_resolution: int = 512):
-        from oneposetrans import registry
-        from oneposetrans.runtime import resolve_device
-
         folder = registry.require("openpose", models_dir)
         # Callers pass the CLI's device as given; "auto" must become a real device before .to().
         device = str(resolve_device(device))

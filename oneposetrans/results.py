@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from oneposetrans.errors import BadInputError
+from oneposetrans.errors import BadInputError, EnvironmentProblem
 from oneposetrans.profiles import DEFAULT, Profile
 
 # Folders of the original README, in recipe order, plus the ones this toolkit adds.
@@ -135,8 +135,6 @@ def is_done(path: str | os.PathLike) -> bool:
 
 def check_writable_folder(root: str | os.PathLike) -> None:
     """Fail in one line, before any work, when ``root`` cannot become a writable folder."""
-    from oneposetrans.errors import EnvironmentProblem
-
     path = Path(root).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise EnvironmentProblem(f"{path}: exists and is not a folder; choose another --out")

@@ -22,6 +22,7 @@ from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import IMAGE_SUFFIXES, load_image, save_image
 from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import StageLog, stem
+from oneposetrans.runtime import quiet_libraries, resolve_device
 from oneposetrans.stages import Stage
 
 DETECTION_TEXT = "human."
@@ -108,7 +109,6 @@ class PersonSegmenter:
     def __init__(self, models_dir: str | os.PathLike, device: str = "auto", profile: Profile = DEFAULT):
         import torch
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor, SamModel, SamProcessor
-        from oneposetrans.runtime import quiet_libraries, resolve_device
 
         quiet_libraries()
 

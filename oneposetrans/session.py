@@ -16,7 +16,19 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
+import torch
+from accelerate import PartialState
+
+from oneposetrans.caption import automatic_captioner
+from oneposetrans.finetune import LoraTrainer
+from oneposetrans.generate import Generator
+from oneposetrans.imagpose.checkpoint import load_pipeline
+from oneposetrans.inpaint import make_inpainter
+from oneposetrans.pose import PoseExtractor
 from oneposetrans.profiles import Profile, profile_named
+from oneposetrans.refine import Refiner
+from oneposetrans.runtime import check_device_available, resolve_device, resolve_dtype
+from oneposetrans.segment import PersonSegmenter
 from oneposetrans.settings import FinetuneSettings
 
 Case = TypeVar("Case")
@@ -34,11 +46,6 @@ class Session:
         inpainter: str = "lama",
         echo: Callable[[str], None] = print,
     ):
-        import torch
-        from accelerate import PartialState
-
-        from oneposetrans.runtime import check_device_available, resolve_device, resolve_dtype
-
         check_device_available(device)
         # Without CUDA, PartialState only recognises a multi-process launch when told to use the CPU.
         self.state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
@@ -93,15 +100,11 @@ class Session:
     @functools.cached_property
     def segmenter(self):
         """GroundingDINO + SAM."""
-        from oneposetrans.segment import PersonSegmenter
-
         return self._load("segmentation models", lambda: PersonSegmenter(self.models, str(self.device), self.profile))
 
     @functools.cached_property
     def generator(self):
         """The generator: SDXL, ControlNet, the Visual Consistency Module and LayerDiffuse."""
-        from oneposetrans.generate import Generator
-
         return self._load(
             "models", lambda: Generator(self.models, str(self.device), self.dtype, self.profile, self.identitynet)
         )
@@ -109,14 +112,10 @@ class Session:
     @functools.cached_property
     def refiner(self):
         """The refining pass, on the generator's own components."""
-        from oneposetrans.refine import Refiner
-
         return Refiner(self.generator, self.models)
 
     @functools.cached_property
     def inpainter(self):
-        from oneposetrans.inpaint import make_inpainter
-
         return self._load(
             "inpainter",
             lambda: make_inpainter(self.inpainter_kind, self.models, str(self.device), self.dtype, self.profile),
@@ -125,21 +124,15 @@ class Session:
     @functools.cached_property
     def pose_extractor(self):
         """OpenPose, for target poses given as photos."""
-        from oneposetrans.pose import PoseExtractor
-
         return self._load("pose detector", lambda: PoseExtractor(self.models, str(self.device)))
 
     @functools.cached_property
     def captioner(self):
         """Gemini when a key is in the environment, else the local VLM."""
-        from oneposetrans.caption import automatic_captioner
-
         return automatic_captioner(self.models, str(self.device))
 
     def imagpose(self, checkpoint: str | Path):
         """The IMAGPose pipeline of a checkpoint folder, loaded once per folder."""
-        from oneposetrans.imagpose.checkpoint import load_pipeline
-
         key = str(checkpoint)
         if key not in self._imagpose:
             self._imagpose[key] = self._load(
@@ -149,8 +142,6 @@ class Session:
 
     def trainer(self, settings: FinetuneSettings):
         """The LoRA trainer for ``settings``: SDXL base loaded once per distinct settings."""
-        from oneposetrans.finetune import LoraTrainer
-
         key = dataclasses.astuple(settings)
         if key not in self._trainers:
             self._trainers[key] = self._load(

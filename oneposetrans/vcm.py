@@ -38,6 +38,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file
 from torch import nn
 
+from oneposetrans.settings import published_ip_scales
+
 TEXT_TOKENS = 77
 IMAGE_TOKENS = 4
 FACE_TOKENS = 16
@@ -107,9 +109,16 @@ class VisualConsistencyModule(ModelMixin, ConfigMixin):
     def from_published(
         cls, unet, ip_adapter: str | os.PathLike | None, face_adapter: str | os.PathLike | None
     ) -> "VisualConsistencyModule":
-        """The module for ``unet`` from the published adapter files (either may be None)."""
+        """The module for ``unet`` from the published adapter files (either may be None), at the
+        published image-prompt scales."""
         image_state = load_adapter_checkpoint(ip_adapter) if ip_adapter else None
         face_state = load_adapter_checkpoint(face_adapter) if face_adapter else None
+        return cls.from_adapter_states(unet, image_state, face_state)
+
+    @classmethod
+    def from_adapter_states(cls, unet, image_state: dict | None, face_state: dict | None) -> "VisualConsistencyModule":
+        """The module for ``unet`` from the adapters' weights as the published files hold them
+        (``{"image_proj": ..., "ip_adapter": ...}`` each, or None), at the published scales."""
         indices = cross_attention_processor_indices(unet)
         widths = {str(index): unet.get_submodule(name.removesuffix(".processor")).to_q.out_features for name, index in indices.items()}
         image = face = None
@@ -141,6 +150,7 @@ class VisualConsistencyModule(ModelMixin, ConfigMixin):
                 cross_attention_dim=unet.config.cross_attention_dim,
                 image_projection_config=_image_projection_config(image) if image is not None else None,
                 face_projection_config=_face_projection_config(face) if face is not None else None,
+                ip_scales=published_ip_scales(),
             )
         module.load_state_dict(state, strict=True, assign=True)
         return module.to(unet.device, unet.dtype).eval()

@@ -238,12 +238,22 @@ def test_masked_loss_needs_and_uses_a_mask(tiny_models, photo, tmp_path):
     trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(masked_loss=True, **FAST), "cpu")
     with pytest.raises(BadInputError, match="person mask"):
         trainer.train(_case(photo))
-    mask = tmp_path / "mask.png"
-    Image.new("L", Image.open(photo).size, 255).save(mask)
-    masked = trainer.train(FinetuneCase("a", [photo], "A woman with face, orange spacesuit", [mask])).losses
-    trainer.discard()
-    plain = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu").train(_case(photo)).losses
-    np.testing.assert_allclose(masked, plain, rtol=1e-4)  # an all-person mask is the plain loss
+    size = Image.open(photo).size
+
+    def losses(fill) -> np.ndarray:
+        mask = tmp_path / f"mask{fill}.png"
+        image = Image.new("L", size, 0)
+        image.paste(255, (0, 0, size[0], size[1] * fill // 2))  # fill 0: none, 1: the top half, 2: all
+        image.save(mask)
+        trained = trainer.train(FinetuneCase("a", [photo], "A woman with face, orange spacesuit", [mask])).losses
+        trainer.discard()
+        return np.array(trained)
+
+    plain = np.array(LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu").train(_case(photo)).losses)
+    np.testing.assert_allclose(losses(2), plain, rtol=1e-4)  # an all-person mask is the plain loss
+    assert not losses(0).any()  # nothing of the person: nothing to learn
+    half = losses(1)
+    assert half.all() and np.abs(half - plain).max() > 1e-3 * plain.max()  # half the photo: another loss
 
 
 def _dataset(tmp_path, photo, names=("a", "b", "c")):

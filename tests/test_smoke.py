@@ -26,13 +26,10 @@ def _partials(root):
     return [p for p in root.rglob("*") if p.name.endswith(".partial")]
 
 
-def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env):
+def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env, capsys):
     out = tmp_path / "smoke"
-    started = time.perf_counter()
     first = subprocess.run(_repose(out, cli_env), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
-    seconds = time.perf_counter() - started
     assert first.returncode == 0, first.stderr
-    assert seconds < 120
     assert first.stdout.count("random weights") == 1  # the banner, once
     assert "(smoke run: the pictures are noise)" in first.stdout
     assert first.stderr.count("tiny model kit: building") == 0  # the session's kit was already built
@@ -55,10 +52,11 @@ def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env):
         assert f"\n  {stage} " in first.stdout
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    second = subprocess.run(_repose(out, cli_env), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "0 generated, 2 already present" in second.stdout
-    assert second.stdout.count("resumed") >= 6  # source, segment, finetune, pose, repose, inpaint, paste
+    # The acceptance run needed a process; the resume goes through the same entry point in this one.
+    assert main(_repose(out, cli_env)[3:]) == 0
+    second = capsys.readouterr().out
+    assert "0 generated, 2 already present" in second and "models loaded" not in second  # nothing to do, nothing loaded
+    assert second.count("resumed") >= 6  # source, segment, finetune, pose, repose, inpaint, paste
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
 
 
@@ -138,19 +136,29 @@ def test_refine_flag_refines_and_composites_the_results(tmp_path, astronaut_tree
     assert "refine " in run.out and "paste refined" in run.out
 
 
+def _ran_or_found_nobody(code: int, log) -> None:
+    """A flow whose pose detector ran: it succeeded, or its only failures are the tiny
+    detector finding nobody (not torch refusing the device "auto")."""
+    reasons = [r["reason"] for r in map(json.loads, log.read_text().splitlines()) if r["status"] == "failed"] if log.exists() else []
+    assert code == (1 if reasons else 0), reasons
+    assert all("no person found by the pose detector" in reason for reason in reasons), reasons
+
+
 def test_default_device_in_every_flow_that_detects_a_pose(tmp_path, astronaut_tree, tiny_models, capsys):
     """`--device auto` (the default) reaches the pose detector in the chain, a WPose dataset run
-    and the demo: each one returns instead of raising torch's error for the device "auto"."""
+    and the demo: each one runs it instead of raising torch's error for the device "auto"."""
     from oneposetrans.demo import DemoConfig, DemoSteps
 
     photo = astronaut_tree / "images" / "astronaut.png"
     quick = ["--smoke", "--steps", "1", "--resolution", "64", "--quiet"]
     chain = seeded_tree(astronaut_tree, tmp_path / "chain")
-    assert main(["repose", "--out", str(chain), "--pose", str(photo), "--no-composite", *quick]) in (0, 1)
+    code = main(["repose", "--out", str(chain), "--pose", str(photo), "--no-composite", *quick])
+    _ran_or_found_nobody(code, chain / "logs" / "pose.jsonl")
     dataset = seeded_tree(astronaut_tree, tmp_path / "dataset")
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("astronaut.png astronaut.png\n")
-    assert main(["generate", "--dataset", "wpose", "--pairs", str(pairs), "--results", str(dataset), *quick]) in (0, 1)
+    code = main(["generate", "--dataset", "wpose", "--pairs", str(pairs), "--results", str(dataset), *quick])
+    _ran_or_found_nobody(code, dataset / "logs" / "generate.jsonl")
     capsys.readouterr()
     steps = DemoSteps(DemoConfig(tiny_models, tmp_path / "demo", resolution=64))
     assert steps.config.device == "auto"
@@ -158,4 +166,4 @@ def test_default_device_in_every_flow_that_detects_a_pose(tmp_path, astronaut_tr
         maps = steps.poses(steps.new_visitor(), [str(photo)])
         assert len(maps) == 1
     except BadInputError as error:  # the tiny detector may find nobody: the detector ran
-        assert "no person found" in str(error)
+        assert "no person found by the pose detector" in str(error), error

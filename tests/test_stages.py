@@ -130,7 +130,7 @@ def test_every_loader_receives_a_resolved_device_and_loads_once(monkeypatch, tmp
     """``--device auto`` reaches no loader: the session resolves it once (here: no GPU, so cpu)."""
     import torch
 
-    from oneposetrans import caption, finetune, generate, inpaint, pose, segment
+    from oneposetrans import session as session_module
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     seen = []
@@ -143,16 +143,16 @@ def test_every_loader_receives_a_resolved_device_and_loads_once(monkeypatch, tmp
 
         return build
 
-    monkeypatch.setattr(segment, "PersonSegmenter", recorder("segmenter"))
-    monkeypatch.setattr(generate, "Generator", recorder("generator"))
-    monkeypatch.setattr(inpaint, "make_inpainter", recorder("inpainter"))
-    monkeypatch.setattr(pose, "PoseExtractor", recorder("pose"))
-    monkeypatch.setattr(caption, "automatic_captioner", recorder("captioner"))
-    monkeypatch.setattr(finetune.LoraTrainer, "from_models_dir", recorder("trainer"))
+    monkeypatch.setattr(session_module, "PersonSegmenter", recorder("segmenter"))
+    monkeypatch.setattr(session_module, "Generator", recorder("generator"))
+    monkeypatch.setattr(session_module, "make_inpainter", recorder("inpainter"))
+    monkeypatch.setattr(session_module, "PoseExtractor", recorder("pose"))
+    monkeypatch.setattr(session_module, "automatic_captioner", recorder("captioner"))
+    monkeypatch.setattr(session_module.LoraTrainer, "from_models_dir", recorder("trainer"))
     session = Session(tmp_path, "auto", "auto", echo=lambda _: None)
     assert str(session.device) == "cpu" and session.dtype == "fp32"
     for _ in range(2):
         session.segmenter, session.generator, session.inpainter, session.pose_extractor, session.captioner
-        session.trainer(finetune.FinetuneSettings())
+        session.trainer(session_module.FinetuneSettings())
     assert [kind for kind, _ in seen] == ["segmenter", "generator", "inpainter", "pose", "captioner", "trainer"]
     assert all(devices == ["cpu"] for _, devices in seen), seen

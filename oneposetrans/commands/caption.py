@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from oneposetrans import registry
+from oneposetrans.caption import CaptionStore, GeminiCaptioner, import_captions, LocalVLMCaptioner
 from oneposetrans.commands import add_common, echo, models_dir, open_session
+from oneposetrans.image_io import IMAGE_SUFFIXES
+from oneposetrans.results import ResultsTree
 
 
 def add(commands) -> None:
@@ -38,10 +41,7 @@ def add(commands) -> None:
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.caption import CaptionStore, GeminiCaptioner, LocalVLMCaptioner, import_captions
-    from oneposetrans.image_io import IMAGE_SUFFIXES
     from oneposetrans.recipe import Recipe
-    from oneposetrans.results import ResultsTree
 
     tree = ResultsTree(arguments.results)
     try:

@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 
 from oneposetrans.commands import add_common, models_dir
+from oneposetrans.settings import ALL_METRICS
 
 
 def add(commands) -> None:
-    from oneposetrans.settings import ALL_METRICS
-
     evaluate = commands.add_parser(
         "evaluate",
         help="SSIM (both community variants), PSNR, LPIPS, FID (community and standard), masked metrics, face identity",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oneposetrans.caption import CaptionStore
 from oneposetrans.commands import SMOKE_BANNER, add_common, echo, models_dir, open_session
+from oneposetrans.datasets import read_captions, read_pairs, unique_sources
 from oneposetrans.errors import BadInputError
+from oneposetrans.results import ResultsTree, stem
 from oneposetrans.settings import FinetuneSettings
 
 
@@ -54,10 +57,7 @@ def add(commands) -> None:
 
 
 def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
-    from oneposetrans.caption import CaptionStore
-    from oneposetrans.datasets import read_captions, read_pairs, unique_sources
     from oneposetrans.finetune import FinetuneCase
-    from oneposetrans.results import stem
 
     if arguments.source:
         if not arguments.caption:
@@ -88,7 +88,6 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
 
 def handle(arguments: argparse.Namespace) -> int:
     from oneposetrans.recipe import Recipe
-    from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from oneposetrans.commands import GENERATION, SMOKE_BANNER, SMOKE_RESOLUTION, add_common, echo, models_dir, open_session, smoke_resolution
+from oneposetrans.datasets import DATASETS
+from oneposetrans.results import ResultsTree
 from oneposetrans.settings import GenerationSettings
 
 
 def add(commands) -> None:
-    from oneposetrans.datasets import DATASETS
-
     generate = commands.add_parser(
         "generate",
         help="reposing run over a dataset's pairs (oneposetrans_deepfashion.py, oneposetrans_wpose.py)",
@@ -39,7 +39,6 @@ def add(commands) -> None:
 def handle(arguments: argparse.Namespace) -> int:
     from oneposetrans.generate import load_inputs
     from oneposetrans.recipe import Recipe
-    from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)

@@ -11,10 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oneposetrans import registry
 from oneposetrans.commands import SMOKE_BANNER, add_common, echo, models_dir, open_session
+from oneposetrans.datasets import read_keypoints_csv, read_pairs
 from oneposetrans.errors import BadInputError, NotBuiltError
+from oneposetrans.image_io import load_image
 from oneposetrans.imagpose.canvas import MODES, layout
+from oneposetrans.pose import needs_detector, PoseMaps
 from oneposetrans.profiles import DEFAULT, profile_named
+from oneposetrans.report import contact_sheet
+from oneposetrans.results import check_writable_folder, ResultsTree, stem
+from oneposetrans.settings import ImagPoseSettings
 
 MODE_CHOICES = ("auto", *MODES)
 
@@ -103,8 +110,6 @@ def add(commands) -> None:
 
 
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    from oneposetrans.settings import ImagPoseSettings
-
     defaults = ImagPoseSettings()
     parser.add_argument("--denoise-steps", "--steps", dest="steps", type=int, default=defaults.steps, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=defaults.guidance, help="classifier-free guidance on the FLC tokens")
@@ -121,7 +126,6 @@ def pick_mode(mode: str, sources: int, targets: int) -> str:
 
 
 def _cmd_init(arguments: argparse.Namespace) -> int:
-    from oneposetrans import registry
     from oneposetrans.imagpose.checkpoint import initialise
 
     _reference_not_built(arguments)
@@ -133,14 +137,8 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 
 
 def _cmd_generate(arguments: argparse.Namespace) -> int:
-    from oneposetrans import registry
-    from oneposetrans.image_io import load_image
     from oneposetrans.imagpose.generate import GenerateCase, GenerateStage
-    from oneposetrans.pose import PoseMaps, needs_detector
     from oneposetrans.recipe import Recipe
-    from oneposetrans.report import contact_sheet
-    from oneposetrans.results import ResultsTree, check_writable_folder, stem
-    from oneposetrans.settings import ImagPoseSettings
 
     _reference_not_built(arguments)
     mode = pick_mode(arguments.mode, len(arguments.source), len(arguments.pose))
@@ -183,7 +181,6 @@ def _reference_not_built(arguments: argparse.Namespace) -> None:
 
 
 def _cmd_train(arguments: argparse.Namespace) -> int:
-    from oneposetrans import registry
     from oneposetrans.imagpose.train import ImagPoseTrainer, checkpoints, load_config
 
     _reference_not_built(arguments)
@@ -218,11 +215,8 @@ def _cmd_train(arguments: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(arguments: argparse.Namespace) -> int:
-    from oneposetrans import registry
-    from oneposetrans.datasets import read_keypoints_csv, read_pairs
     from oneposetrans.evaluate import parse_metrics, parse_size
     from oneposetrans.imagpose.evaluate import SCENARIOS, ProtocolRequest, default_paths, protocol_table, run_protocol
-    from oneposetrans.settings import ImagPoseSettings
 
     _reference_not_built(arguments)
     paths = default_paths(arguments.data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from oneposetrans.datasets import prepare_deepfashion
 
 
 
@@ -20,7 +21,5 @@ def add(commands) -> None:
 
 
 def _prepare(root: Path, results: Path | None) -> int:
-    from oneposetrans.datasets import prepare_deepfashion
-
     counts = prepare_deepfashion(root, results)
     return 1 if counts["missing"] else 0

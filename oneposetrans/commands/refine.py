@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from oneposetrans.commands import GENERATION, SMOKE_BANNER, SMOKE_RESOLUTION, add_common, echo, models_dir, open_session, smoke_resolution
+from oneposetrans.datasets import DATASETS
+from oneposetrans.results import ResultsTree
 from oneposetrans.settings import RefineSettings
 
 
 def add(commands) -> None:
-    from oneposetrans.datasets import DATASETS
-
     refine = commands.add_parser(
         "refine",
         help="the refining stage: LayerDiffuse img2img of reposed results (refining_stage_*.py)",
@@ -32,7 +32,6 @@ def add(commands) -> None:
 def handle(arguments: argparse.Namespace) -> int:
     from oneposetrans.generate import source_captions
     from oneposetrans.recipe import Recipe
-    from oneposetrans.results import ResultsTree
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)

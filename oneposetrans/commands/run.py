@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 
 from oneposetrans.commands import FINETUNE, GENERATION, SMOKE_BANNER, SMOKE_FINETUNE_RESOLUTION, SMOKE_RESOLUTION, add_common, echo, models_dir, open_session, smoke_resolution
+from oneposetrans.datasets import DATASETS
 
 
 def add(commands) -> None:
-    from oneposetrans.datasets import DATASETS
-
     run = commands.add_parser(
         "run",
         aliases=["recipe"],

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from oneposetrans.commands import add_common, echo, models_dir, open_session
 from oneposetrans.errors import BadInputError
+from oneposetrans.inpaint import INPAINTERS
 from oneposetrans.profiles import profile_named
+from oneposetrans.results import ResultsTree
+from oneposetrans.segment import list_images, SEGMENT_MODES, SegmentOutputs
 
 
 def add(commands) -> None:
-    from oneposetrans.inpaint import INPAINTERS
-    from oneposetrans.segment import SEGMENT_MODES
-
     segment = commands.add_parser(
         "segment",
         help="person masks with GroundingDINO + SAM (tool_utils modes dataset, rgba, rgb)",
@@ -93,8 +93,6 @@ def _cmd_tool_utils(arguments: argparse.Namespace) -> int:
 
 
 def _tool_paths(arguments: argparse.Namespace, task: str) -> dict[str, Path]:
-    from oneposetrans.results import ResultsTree
-
     defaults = dict(TOOL_DEFAULTS[task])
     if task == "paste" and profile_named(arguments.profile).paste_matte == "mask":
         defaults["rgb_path"] = "reposed_rgb"
@@ -110,8 +108,6 @@ def _tool_paths(arguments: argparse.Namespace, task: str) -> dict[str, Path]:
 def _cmd_tool(arguments: argparse.Namespace, task: str) -> int:
     """segment (dataset, rgba, rgb), inpaint and paste over folders, one log line per bad file."""
     from oneposetrans.recipe import Recipe
-    from oneposetrans.results import ResultsTree
-    from oneposetrans.segment import SegmentOutputs, list_images
 
     paths = _tool_paths(arguments, task)
     models = models_dir(arguments) if task != "paste" else None

@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 
 from oneposetrans.errors import BadInputError, CaseFailures
+from oneposetrans.evaluate import evaluate, EvaluationRequest
+from oneposetrans.image_io import load_image, save_image
 from oneposetrans.imagpose import canvas as joint
 from oneposetrans.imagpose.data import draw_pose, identity_of
 from oneposetrans.imagpose.generate import checkpoint_models, sample
@@ -110,8 +112,6 @@ class ProtocolStage(Stage[ProtocolPass]):
         return self.keypoints[stem(name)]
 
     def run(self, case: ProtocolPass, session, log) -> None:
-        from oneposetrans.image_io import load_image, save_image
-
         sources = []
         for name in case.sources:
             if not (self.photos / name).is_file():
@@ -147,8 +147,6 @@ def run_protocol(request: ProtocolRequest, session, echo: Callable[[str], None] 
     """Generate every scenario (this process's share of its passes), then, on the main process,
     score each at each size; returns {scenario: {size: summary}}. Failed passes are reported
     and the others go on; :class:`CaseFailures` is raised at the end if any failed."""
-    from oneposetrans.evaluate import EvaluationRequest, evaluate
-
     photos = sorted(p.name for p in request.photos.iterdir()) if request.photos.is_dir() else []
     if not photos:
         raise BadInputError(f"{request.photos}: no test photos")

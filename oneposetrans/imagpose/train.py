@@ -33,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from oneposetrans.datasets import read_keypoints_csv
 from oneposetrans.errors import BadInputError
 from oneposetrans.imagpose.checkpoint import load_pipeline, save_checkpoint
 from oneposetrans.imagpose.data import MAX_VIEWS, DataSettings, IdentityCanvases
 from oneposetrans.imagpose.modules import from_tiles, to_tiles
 from oneposetrans.imagpose.pipeline_imagpose import flc_context
+from oneposetrans.runtime import quiet_libraries
 
 PHASES = {
     1: {"learning_rate": 5e-5, "max_steps": 50_000, "train": ("unet", "pose_encoder", "feature_tokenizer"), "cva": False},
@@ -234,9 +236,6 @@ class ImagPoseTrainer:
     ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
-
-        from oneposetrans.datasets import read_keypoints_csv
-        from oneposetrans.runtime import quiet_libraries
 
         quiet_libraries()
         self.config = config

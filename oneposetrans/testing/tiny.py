@@ -22,6 +22,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from oneposetrans import registry
+from oneposetrans.caption import INSTRUCTION
+from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
+from oneposetrans.imagpose.modules import CrossViewAttention
+from oneposetrans.imagpose.unet import widen_conv_in
+from oneposetrans.layerdiffuse import TransparentDecoderUNet, TransparentOffsetEncoder
+from oneposetrans.runtime import quiet_libraries
+from oneposetrans.vcm import cross_attention_processor_indices
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 KIT_SOURCES = (
@@ -148,7 +155,9 @@ def tiny_unet(in_channels: int = 4):
     )
 
 
-def _build_sdxl(folder: Path, inpainting: bool = False) -> None:
+def sdxl_components(inpainting: bool = False) -> dict:
+    """The tiny SDXL's models (UNet, VAE, both text encoders, scheduler), built in code from seed 0:
+    what the kit saves as RealVisXL_V4.0, and what fast tests build without reading a file."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -190,11 +199,12 @@ def _build_sdxl(folder: Path, inpainting: bool = False) -> None:
         steps_offset=1,
         prediction_type="epsilon",
     )
-    unet.save_pretrained(folder / "unet")
-    vae.save_pretrained(folder / "vae")
-    text_encoder.save_pretrained(folder / "text_encoder")
-    text_encoder_2.save_pretrained(folder / "text_encoder_2")
-    scheduler.save_pretrained(folder / "scheduler")
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "scheduler": scheduler}
+
+
+def _build_sdxl(folder: Path, inpainting: bool = False) -> None:
+    for name, model in sdxl_components(inpainting).items():
+        model.save_pretrained(folder / name)
     _write_clip_tokenizer(folder / "tokenizer", pad_token="<|endoftext|>")
     _write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
     model_index = {
@@ -214,7 +224,8 @@ def _build_sdxl(folder: Path, inpainting: bool = False) -> None:
     (folder / "model_index.json").write_text(json.dumps(model_index, indent=2))
 
 
-def _build_controlnet(folder: Path, seed: int = 1) -> None:
+def controlnet_model(seed: int = 1):
+    """The tiny OpenPose ControlNet, built in code (the kit's controlnet-openpose-sdxl-1.0)."""
     import torch
     from diffusers import ControlNetModel
 
@@ -224,7 +235,11 @@ def _build_controlnet(folder: Path, seed: int = 1) -> None:
         # at zero, the condition would have no effect at all and tests could not see it.
         for module in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out):
             torch.nn.init.normal_(module.weight, std=0.05)
-    controlnet.save_pretrained(folder)
+    return controlnet
+
+
+def _build_controlnet(folder: Path, seed: int = 1) -> None:
+    controlnet_model(seed).save_pretrained(folder)
 
 
 def _build_openpose(folder: Path) -> None:
@@ -254,8 +269,6 @@ def adapter_kv(unet, seed: int) -> dict[str, "torch.Tensor"]:
     ip_adapter numbering (index among all UNet processors)."""
     import torch
 
-    from oneposetrans.vcm import cross_attention_processor_indices
-
     state = {}
     with _seeded(seed):
         for name, index in sorted(cross_attention_processor_indices(unet).items(), key=lambda item: item[1]):
@@ -265,37 +278,50 @@ def adapter_kv(unet, seed: int) -> dict[str, "torch.Tensor"]:
     return state
 
 
+def ip_adapter_state(unet, encoder, seed: int) -> dict:
+    """An IP-Adapter for ``unet`` and the CLIP image ``encoder``, as the published file holds it:
+    ``{"image_proj": proj.* and norm.* (4 image tokens), "ip_adapter": N.to_{k,v}_ip.weight}``."""
+    import torch
+
+    cross, embed = unet.config.cross_attention_dim, encoder.config.projection_dim
+    with _seeded(seed):
+        image_proj = {
+            "proj.weight": torch.randn(4 * cross, embed) * 0.1,
+            "proj.bias": torch.zeros(4 * cross),
+            "norm.weight": torch.ones(cross),
+            "norm.bias": torch.zeros(cross),
+        }
+    return {"image_proj": image_proj, "ip_adapter": adapter_kv(unet, seed + 1)}
+
+
 def write_ip_adapter(folder: Path, unet, encoder, seed: int) -> None:
     """h94/IP-Adapter layout for ``unet``: sdxl_models/ip-adapter_sdxl_vit-h.safetensors (flat keys
     ``image_proj.proj.weight``, ``image_proj.norm.*``, ``ip_adapter.N.to_{k,v}_ip.weight``; 4
     image tokens) and models/image_encoder (the CLIPVisionModelWithProjection ``encoder``)."""
-    import torch
     from safetensors.torch import save_file
 
-    cross, embed = unet.config.cross_attention_dim, encoder.config.projection_dim
-    with _seeded(seed):
-        flat = {
-            "image_proj.proj.weight": torch.randn(4 * cross, embed) * 0.1,
-            "image_proj.proj.bias": torch.zeros(4 * cross),
-            "image_proj.norm.weight": torch.ones(cross),
-            "image_proj.norm.bias": torch.zeros(cross),
-        }
-    flat.update({f"ip_adapter.{key}": value for key, value in adapter_kv(unet, seed + 1).items()})
+    state = ip_adapter_state(unet, encoder, seed)
+    flat = {f"{group}.{key}": value for group in ("image_proj", "ip_adapter") for key, value in state[group].items()}
     (folder / "sdxl_models").mkdir(parents=True, exist_ok=True)
     save_file(flat, folder / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
     encoder.save_pretrained(folder / "models" / "image_encoder")
 
 
-def _build_ip_adapter(folder: Path) -> None:
+def clip_image_encoder():
+    """The tiny CLIP ViT-H stand-in (the kit's IP-Adapter/models/image_encoder), built in code."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     with _seeded(30):
-        encoder = CLIPVisionModelWithProjection(
+        return CLIPVisionModelWithProjection(
             CLIPVisionConfig(
                 hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                 image_size=224, patch_size=32, projection_dim=TINY_CLIP_IMAGE_EMBED, hidden_act="gelu",
             )
         )
+
+
+def _build_ip_adapter(folder: Path) -> None:
+    encoder = clip_image_encoder()
     with _seeded(0):
         unet = tiny_unet()
     write_ip_adapter(folder, unet, encoder, 30)
@@ -329,16 +355,21 @@ def instantid_resampler_state(dim: int, output_dim: int, embedding_dim: int = AR
     return state
 
 
+def instantid_state(unet, width: int, seed: int) -> dict:
+    """InstantID's face adapter for ``unet`` as ip-adapter.bin holds it: {"image_proj": Resampler
+    state of ``width`` (1280 published), "ip_adapter": N.to_{k,v}_ip.weight}."""
+    with _seeded(seed):
+        image_proj = instantid_resampler_state(width, unet.config.cross_attention_dim)
+    return {"image_proj": image_proj, "ip_adapter": adapter_kv(unet, seed + 1)}
+
+
 def write_instantid(folder: Path, unet, width: int, seed: int) -> None:
-    """InstantX/InstantID ip-adapter.bin for ``unet``: a torch pickle of {"image_proj": Resampler
-    state of ``width`` (1280 published), "ip_adapter": N.to_{k,v}_ip.weight}, written with plain
+    """InstantX/InstantID ip-adapter.bin for ``unet`` (:func:`instantid_state`), written with plain
     tensors so that weights_only loads it."""
     import torch
 
-    with _seeded(seed):
-        image_proj = instantid_resampler_state(width, unet.config.cross_attention_dim)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"image_proj": image_proj, "ip_adapter": adapter_kv(unet, seed + 1)}, folder / "ip-adapter.bin")
+    torch.save(instantid_state(unet, width, seed), folder / "ip-adapter.bin")
 
 
 def _build_instantid(folder: Path) -> None:
@@ -366,8 +397,6 @@ def write_layerdiffuse(folder: Path, unet, decoder_widths: tuple[int, ...], seed
     encoder (its fixed published size)."""
     import torch
     from safetensors.torch import save_file
-
-    from oneposetrans.layerdiffuse import TransparentDecoderUNet, TransparentOffsetEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
     with _seeded(seed):
@@ -534,8 +563,6 @@ def _build_caption_vlm(folder: Path) -> None:
         LlavaProcessor,
         PreTrainedTokenizerFast,
     )
-
-    from oneposetrans.caption import INSTRUCTION
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
@@ -798,8 +825,6 @@ def _tiny_dinov2():
 def _tiny_cross_view_attention():
     import torch
 
-    from oneposetrans.imagpose.modules import CrossViewAttention
-
     cva = CrossViewAttention(IMAGPOSE_UNET["block_out_channels"], IMAGPOSE_UNET["layers_per_block"], heads=4, groups=8)
     # Trained motion modules are not the identity: a small random output lets every one take part.
     with torch.no_grad():
@@ -835,9 +860,6 @@ def _build_motion_module(folder: Path) -> None:
 def _build_imagpose(folder: Path) -> None:
     """A trained-looking checkpoint folder: every added module has non-zero output weights."""
     import torch
-
-    from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
-    from oneposetrans.imagpose.unet import widen_conv_in
 
     with _seeded(25):
         unet = _tiny_sd15_unet()
@@ -886,8 +908,6 @@ def make_tiny_models(models_dir: str | os.PathLike, names: list[str] | None = No
     line per model built to stderr (plain lines: they read the same in a terminal and a log).
     """
     import time
-
-    from oneposetrans.runtime import quiet_libraries
 
     quiet_libraries()
     models_dir = Path(models_dir)
