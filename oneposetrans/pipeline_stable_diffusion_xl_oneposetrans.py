@@ -650,7 +650,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
                 encoding it again; replaces the prompt, image-prompt and face arguments.
             face_keypoints_image (`PIL.Image.Image`, *optional*):
                 With InstantID's IdentityNet as a second ControlNet: its face-keypoint condition,
-                shared by every pose (one pose per UNet batch then).
+                shared by every pose of a batch.
             identitynet_conditioning_scale (`float`, *optional*, defaults to 0.8):
                 The IdentityNet's ControlNet weight.
             transparent (`bool`, *optional*):
