@@ -194,13 +194,7 @@ class Generator:
             for first in range(0, len(pose_maps), batch_size)
             for group in _same_size_runs(pose_maps[first : first + batch_size])
         ]
-        bar = Progress(len(groups) * settings.steps, f"denoise {len(pose_maps)} target(s)")
-
-        def step_done(pipe, step, timestep, tensors):
-            bar.update()
-            return {}
-
-        with bar:
+        with Progress(len(groups) * settings.steps, f"denoise {len(pose_maps)} target(s)") as bar:
             for group in groups:
                 output = self.pipe(
                     image=group,
@@ -215,7 +209,7 @@ class Generator:
                     generator=[torch.Generator(self.device).manual_seed(settings.seed) for _ in group],
                     transparent=settings.transparent,
                     batch_size=len(group),
-                    callback_on_step_end=step_done if bar.active else None,
+                    callback_on_step_end=bar.step_callback(),
                 )
                 if on_batch is not None:
                     on_batch(len(images), output.images)

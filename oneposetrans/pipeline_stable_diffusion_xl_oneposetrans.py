@@ -369,7 +369,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             raise ValueError(f"one identity per call: got {prompt_embeds.shape[0]} prompt embeddings, give one")
         identity = IdentityConditioning(prompt_embeds, negative_embeds, pooled, negative_pooled, notes=notes)
         roles = self.vcm.roles if self.vcm is not None else ()
-        if "image" in roles and any(p.ip_scale != 0 for p in self.vcm_processors.values()):
+        if self._image_prompt_active():
             embeds = self._image_prompt_embeds(ip_adapter_image, ip_adapter_image_embeds, do_classifier_free_guidance)
             if embeds is not None:
                 identity.image_embeds, identity.negative_image_embeds = embeds
@@ -429,14 +429,13 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         negative = face_token_position(self.tokenizer, negative_prompt) if negative_prompt is not None else None
         return position, negative
 
+    def _image_prompt_active(self) -> bool:
+        """The VCM has an image branch and some layer's scale is not 0 (else no image tokens)."""
+        return self.vcm is not None and "image" in self.vcm.roles and any(p.ip_scale != 0 for p in self.vcm_processors.values())
+
     def _uses_vcm(self, ip_adapter_image, ip_adapter_image_embeds, face_embedding) -> bool:
-        roles = self.vcm.roles if self.vcm is not None else ()
-        image = (
-            "image" in roles
-            and (ip_adapter_image is not None or ip_adapter_image_embeds is not None)
-            and any(p.ip_scale != 0 for p in self.vcm_processors.values())
-        )
-        return image or ("face" in roles and face_embedding is not None)
+        image = (ip_adapter_image is not None or ip_adapter_image_embeds is not None) and self._image_prompt_active()
+        return image or (self.vcm is not None and "face" in self.vcm.roles and face_embedding is not None)
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -664,10 +663,9 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         """
         callback = kwargs.pop("callback", None)
         callback_steps = kwargs.pop("callback_steps", None)
-        if callback is not None:
-            deprecate("callback", "1.0.0", "Passing `callback` as an input argument to `__call__` is deprecated, consider using `callback_on_step_end`")
-        if callback_steps is not None:
-            deprecate("callback_steps", "1.0.0", "Passing `callback_steps` as an input argument to `__call__` is deprecated, consider using `callback_on_step_end`")
+        for name, value in (("callback", callback), ("callback_steps", callback_steps)):
+            if value is not None:
+                deprecate(name, "1.0.0", f"Passing `{name}` as an input argument to `__call__` is deprecated, consider using `callback_on_step_end`")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         num_images_per_prompt = num_images_per_prompt or 1

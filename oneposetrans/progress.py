@@ -84,6 +84,18 @@ class Progress:
             tail = f", about {_duration(left)} left" if left and left >= 1 and self.count < self.total else ""
             print(f"{self.desc}: {self.count}/{self.total} {self.unit}s ({_duration(elapsed)}{tail})", file=self.stream, flush=True)
 
+    def step_callback(self):
+        """A diffusers ``callback_on_step_end`` that counts each denoising step here; None when
+        nothing is shown, so that the pipeline makes no call at all."""
+        if not self.active:
+            return None
+
+        def counted(pipe, step, timestep, tensors) -> dict:
+            self.update()
+            return {}
+
+        return counted
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

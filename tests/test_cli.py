@@ -217,3 +217,25 @@ def test_progress_lines_in_a_log_and_silence_when_quiet():
         assert quiet.getvalue() == ""
     finally:
         progress.set_enabled(True)
+
+
+def test_progress_counts_denoising_steps_through_the_pipelines_callback():
+    import io
+
+    from oneposetrans import progress
+
+    progress.set_enabled(True)
+    log = io.StringIO()
+    with progress.Progress(3, "denoise", stream=log) as bar:
+        callback = bar.step_callback()
+        for step in range(3):
+            assert callback(None, step, 999 - step, {"latents": object()}) == {}  # nothing replaced
+        assert bar.count == 3
+    assert log.getvalue().splitlines()[-1].startswith("denoise: 3/3 steps (")
+    # Nothing shown: no callback, so the pipeline makes no call per step.
+    assert progress.Progress(0, "denoise").step_callback() is None
+    progress.set_enabled(False)
+    try:
+        assert progress.Progress(3, "denoise").step_callback() is None
+    finally:
+        progress.set_enabled(True)

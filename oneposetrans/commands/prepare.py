@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from oneposetrans.datasets import prepare_deepfashion
 
+from oneposetrans.datasets import prepare_deepfashion
 
 
 def add(commands) -> None:

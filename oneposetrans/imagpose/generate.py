@@ -38,18 +38,12 @@ def sample(session, checkpoint: Path, sources: list[Image.Image], source_poses: 
     """One pass of the checkpoint's pipeline (loaded once per session) with the sampling settings,
     its steps shown the project's way; a pass the pipeline refuses is one line."""
     pipeline = session.imagpose(checkpoint)
-    bar = Progress(settings.steps, f"imagpose {mode}")
-
-    def step_done(pipe, step, timestep, tensors):
-        bar.update()
-        return {}
-
-    with bar:
+    with Progress(settings.steps, f"imagpose {mode}") as bar:
         try:
             return pipeline(
                 sources, source_poses, targets, mode,
                 num_inference_steps=settings.steps, guidance_scale=settings.guidance, tile_long_side=settings.tile_long_side,
-                generator=torch.Generator("cpu").manual_seed(settings.seed), callback_on_step_end=step_done if bar.active else None,
+                generator=torch.Generator("cpu").manual_seed(settings.seed), callback_on_step_end=bar.step_callback(),
             )
         except ValueError as error:
             raise BadInputError(str(error)) from None
@@ -86,12 +80,9 @@ class GenerateStage(Stage[GenerateCase]):
     def outputs(self, case: GenerateCase) -> list[Path]:
         return [self.tree.file("reposed_result", pair_name(stem(case.sources[0]), stem(target))) for target in case.targets]
 
-    def pose_maps(self, session) -> PoseMaps:
-        return PoseMaps(self.tree, session.profile)
-
     def run(self, case: GenerateCase, session, log: StageLog) -> Done:
         side = self.settings.tile_long_side
-        maps = self.pose_maps(session)
+        maps = PoseMaps(self.tree, session.profile)
         extractor = lambda: session.pose_extractor  # noqa: E731
         sources, source_poses = [], []
         for index, path in enumerate(case.sources):
