@@ -1,7 +1,12 @@
 """The whole case at full size, timed on a GPU beside stock diffusers in the same run (not a test).
 
-    python bench/full_scale.py [--json FILE]        # CUDA: full-size models, bf16
+    python bench/full_scale.py [--json FILE] [--only finetune,generate,decoder]   # CUDA: full size, bf16
     python bench/full_scale.py --plumbing           # CPU, tiny shapes: checks this script end to end
+
+On a lent GPU machine (no registry, no diffusers): ``../shared/tools/device-prep`` first, then the
+line it prints before this command. Of the tiny kit only the SDXL tokenizers and scheduler and the
+antelopev2 face files are built (seconds); the JSON is rewritten after every figure, so a run cut
+short keeps what it measured.
 
 Full size: the SDXL UNet, VAE and text encoders from ``bench/configs/``, the OpenPose ControlNet
 derived from that UNet, CLIP ViT-H/14 as IP-Adapter's image encoder, and the IP-Adapter,
@@ -44,9 +49,17 @@ from oneposetrans.finetune import FinetuneCase, FinetuneSettings, LoraTrainer
 from oneposetrans.generate import Generator, identity_image
 from oneposetrans.layerdiffuse import PUBLISHED_DECODER_WIDTHS
 from oneposetrans.profiles import DEFAULT, REFERENCE
+from oneposetrans.progress import set_enabled as set_progress
 from oneposetrans.settings import GenerationSettings
-from oneposetrans.testing import cached_tiny_models
-from oneposetrans.testing.tiny import TINY_DECODER_WIDTHS, TINY_FACE_HIDDEN, write_instantid, write_ip_adapter, write_layerdiffuse
+from oneposetrans.testing.tiny import (
+    TINY_DECODER_WIDTHS,
+    TINY_FACE_HIDDEN,
+    make_tiny_models,
+    tiny_cache_dir,
+    write_instantid,
+    write_ip_adapter,
+    write_layerdiffuse,
+)
 
 CONFIGS = Path(__file__).parent / "configs"
 CAPTION = "A woman with face, orange spacesuit with mission patches"
@@ -144,7 +157,10 @@ def build_models(folder: Path, shapes: Shapes, kit: Path, device: torch.device, 
 @dataclass
 class Timer:
     device: torch.device
+    json_path: Path | None = None
+    header: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -157,9 +173,20 @@ class Timer:
     def peak_gb(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
 
-    def seconds(self, run, repeats: int) -> float:
-        """Median wall time of ``run()`` over ``repeats`` runs after one warm-up."""
-        run()
+    def say(self, line: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.0f} s] {line}", flush=True)
+
+    def record(self, name: str, values: dict) -> None:
+        """Keep a figure, print it and rewrite the JSON, so a run cut short keeps what it measured."""
+        self.figures[name] = values
+        self.say(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, float)))
+        if self.json_path:
+            self.json_path.write_text(json.dumps({**self.header, "figures": self.figures}, indent=2) + "\n")
+
+    def seconds(self, run, repeats: int, warmup=None) -> float:
+        """Median wall time of ``run()`` over ``repeats`` runs after one warm-up, ``warmup()`` when
+        given (a shorter run of the same shapes: the kernels, plans and caches are the same)."""
+        (warmup or run)()
         times = []
         for _ in range(repeats):
             self.sync()
@@ -180,24 +207,26 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
     for name, fast in (("published step", False), ("fast step", True)):
         # The default profile with either step: only the step differs.
         trainer.profile = DEFAULT.replace(fast_step=fast)
-        trainer.settings = FinetuneSettings(**settings)
         timer.reset_peak()
 
-        def train():
+        def train(steps: int = settings["steps"]):
+            trainer.settings = FinetuneSettings(**dict(settings, steps=steps))
             trainer.train(case)
             trainer.discard()
 
-        seconds = timer.seconds(train, repeats)
+        timer.say(f"finetune, {name}: timing {repeats} case(s) of {settings['steps']} steps")
+        seconds = timer.seconds(train, repeats, warmup=lambda: train(3))
+        peak = timer.peak_gb()
         trainer.settings = FinetuneSettings(**dict(settings, steps=1))
         with FlopCounterMode(display=False) as flops:
             trainer.train(case)
         trainer.discard()
-        timer.figures[f"finetune, {name}"] = {
+        timer.record(f"finetune, {name}", {
             "s_per_case": seconds,
             "ms_per_step": 1000 * seconds / settings["steps"],
-            "peak_gb": timer.peak_gb(),
+            "peak_gb": peak,
             "tflop_per_step": flops.get_total_flops() / 1e12,
-        }
+        })
     trainer.profile = DEFAULT
     trainer.settings = FinetuneSettings(**settings)
     trainer.train(case)
@@ -206,41 +235,51 @@ def time_finetune(models: Path, photo: Path, timer: Timer, settings: dict, repea
     return lora
 
 
-def time_generation(models: Path, lora: Path, photo: Path, timer: Timer, side: int, steps: int, repeats: int, dtype: str) -> None:
+def time_generation(
+    models: Path, lora: Path, photo: Path, timer: Timer, side: int, steps: int, repeats: int, dtype: str, parts: set[str]
+) -> None:
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
     from PIL import Image
 
     pose = Image.new("RGB", (side, side))
     pose.paste((255, 0, 0), (side // 3, side // 4, side // 3 + side // 16, side // 4 + side // 2))
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    controlnet = ControlNetModel.from_pretrained(models / "controlnet-openpose-sdxl-1.0", dtype=torch_dtype)
-    stock = StableDiffusionXLControlNetPipeline.from_pretrained(
-        models / "RealVisXL_V4.0", controlnet=controlnet, dtype=torch_dtype, add_watermarker=False
-    ).to(timer.device)
-    stock.set_progress_bar_config(disable=True)
-    timer.reset_peak()
-    timer.figures["generation, stock diffusers SDXL + ControlNet (RGB)"] = {
-        "s_per_target": timer.seconds(
-            lambda: stock(CAPTION, image=pose, num_inference_steps=steps, guidance_scale=5.0, negative_prompt="low quality, bad quality",
-                          generator=torch.Generator(timer.device).manual_seed(97)),
-            repeats,
-        ),
-        "peak_gb": timer.peak_gb(),
-    }
-    del stock, controlnet
+    if "generate" in parts:
+        controlnet = ControlNetModel.from_pretrained(models / "controlnet-openpose-sdxl-1.0", dtype=torch_dtype)
+        stock = StableDiffusionXLControlNetPipeline.from_pretrained(
+            models / "RealVisXL_V4.0", controlnet=controlnet, dtype=torch_dtype, add_watermarker=False
+        ).to(timer.device)
+        stock.set_progress_bar_config(disable=True)
+
+        def run_stock(count: int = steps):
+            stock(CAPTION, image=pose, num_inference_steps=count, guidance_scale=5.0, negative_prompt="low quality, bad quality",
+                  generator=torch.Generator(timer.device).manual_seed(97))
+
+        timer.reset_peak()
+        seconds = timer.seconds(run_stock, repeats, warmup=lambda: run_stock(2))
+        timer.record("generation, stock diffusers SDXL + ControlNet (RGB)", {"s_per_target": seconds, "peak_gb": timer.peak_gb()})
+        del stock, controlnet
     for profile in (DEFAULT, REFERENCE):
+        if profile is REFERENCE and "generate" not in parts:
+            break
         generator = Generator(models, str(timer.device), dtype, profile)
         source = identity_image(Image.open(photo).convert("RGBA"), profile)
         for label, transparent, poses in (("RGB", False, 1), ("RGBA", True, 1), ("RGBA, 4 poses batched", True, 4)):
-            settings = GenerationSettings(steps=steps, resolution=side, transparent=transparent, batch_size=4)
+            if "generate" not in parts:
+                break
+
+            def run(count: int = steps):
+                settings = GenerationSettings(steps=count, resolution=side, transparent=transparent, batch_size=4)
+                generator.generate(CAPTION, [pose] * poses, settings, lora=lora, source=source)
+
             timer.reset_peak()
-            seconds = timer.seconds(lambda: generator.generate(CAPTION, [pose] * poses, settings, lora=lora, source=source), repeats)
-            timer.figures[f"generation, {profile.name} profile, VCM + LoRA, {label}"] = {"s_per_target": seconds / poses, "peak_gb": timer.peak_gb()}
-        if profile is DEFAULT:
+            seconds = timer.seconds(run, repeats, warmup=lambda: run(2))
+            timer.record(f"generation, {profile.name} profile, VCM + LoRA, {label}", {"s_per_target": seconds / poses, "peak_gb": timer.peak_gb()})
+        if profile is DEFAULT and "decoder" in parts:
             latents = torch.randn(1, 4, side // 8, side // 8, generator=torch.Generator().manual_seed(0)).to(timer.device, generator.pipe.unet.dtype)
-            timer.figures["transparent decoder, 8 views, one image"] = {
+            timer.record("transparent decoder, 8 views, one image", {
                 "s_per_image": timer.seconds(lambda: generator.pipe.decode_transparent_latents(latents), repeats)
-            }
+            })
         del generator
 
 
@@ -262,13 +301,28 @@ def print_table(figures: dict, device_name: str, peak_tflops: float | None) -> N
         print(f"  {name}: {', '.join(cells)}")
 
 
+def time_finetune_once(models: Path, photo: Path, timer: Timer, settings: dict) -> Path:
+    trainer = LoraTrainer.from_models_dir(models, FinetuneSettings(**dict(settings, steps=1)), timer.device)
+    trainer.train(FinetuneCase("subject", [photo], CAPTION))
+    lora = trainer.save(photo.parent / "subject.safetensors")
+    del trainer
+    return lora
+
+
+PARTS = ("finetune", "generate", "decoder")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plumbing", action="store_true", help="tiny shapes on the CPU: check the script, not the speed")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--json", type=Path, help="also write the figures here (rewritten after each figure)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median), after one short warm-up")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to time, of {', '.join(PARTS)} (default: all)")
     parser.add_argument("--models", type=Path, help="keep the generated models folder here (default: a temporary one)")
     arguments = parser.parse_args()
+    parts = {part.strip() for part in arguments.only.split(",") if part.strip()}
+    if parts - set(PARTS):
+        parser.error(f"--only: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
 
     if arguments.plumbing:
         device, dtype, side, steps, repeats = torch.device("cpu"), "fp32", 64, 2, 1
@@ -279,26 +333,34 @@ def main() -> int:
     else:
         print("full-scale benchmark skipped: no CUDA device on this machine (--plumbing checks the script on the CPU)")
         return 0
-    kit = cached_tiny_models()
+    set_progress(False)  # the bench prints its own lines; the stages' bars would flood a device log
+    # Only what the bench reads from the kit: the tokenizers and scheduler (sdxl-base), the face
+    # files, and in plumbing the tiny image encoder's configuration.
+    kit = make_tiny_models(tiny_cache_dir(), ["sdxl-base", "antelopev2"] + (["ip-adapter"] if arguments.plumbing else []))
     shapes = tiny_shapes(kit) if arguments.plumbing else full_shapes()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (plumbing: figures mean nothing)"
     peak = next((value for key, value in PEAK_TFLOPS.items() if key in device_name), None)
+    timer = Timer(device, arguments.json, {"device": device_name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
+    timer.say(f"{device_name}, torch {torch.__version__}: building the models")
     with tempfile.TemporaryDirectory() as tmp:
         models = arguments.models or Path(tmp) / "models"
         started = time.perf_counter()
         build_models(models, shapes, kit, device, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-        print(f"models written in {time.perf_counter() - started:.0f} s (excluded from every figure)")
+        timer.say(f"models written in {time.perf_counter() - started:.0f} s (excluded from every figure)")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         from PIL import Image
         from skimage import data
 
         photo = Path(tmp) / "source.png"
         Image.fromarray(data.astronaut()).save(photo)
-        timer = Timer(device)
-        lora = time_finetune(models, photo, timer, finetune, repeats)
-        time_generation(models, lora, photo, timer, side, steps, repeats, dtype)
+        if "finetune" in parts:
+            lora = time_finetune(models, photo, timer, finetune, repeats)
+        else:  # a LoRA of the right shapes, trained for one step
+            lora = time_finetune_once(models, photo, timer, finetune)
+        if parts & {"generate", "decoder"}:
+            time_generation(models, lora, photo, timer, side, steps, repeats, dtype, parts)
     print_table(timer.figures, device_name, peak)
-    if arguments.json:
-        arguments.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "figures": timer.figures}, indent=2) + "\n")
     return 0
 
 
