@@ -50,6 +50,8 @@ class DemoConfig:
     denoise_steps: int = GenerationSettings.steps
     smoke: bool = False
     """The models are the tiny kit's random weights: the page says its pictures are noise."""
+    compile: bool = False
+    """The generator's transformer blocks through ``torch.compile`` (``--compile``)."""
 
 
 @dataclass
@@ -79,7 +81,9 @@ class DemoSteps:
     @property
     def session(self):
         if self._session is None:
-            self._session = Session(self.config.models, self.config.device, self.config.dtype, self.config.profile)
+            self._session = Session(
+                self.config.models, self.config.device, self.config.dtype, self.config.profile, compile=self.config.compile
+            )
         return self._session
 
     def new_visitor(self) -> Visitor:

@@ -95,7 +95,13 @@ class Generator:
         dtype: str = "auto",
         profile: Profile = DEFAULT,
         identitynet: bool = False,
+        compile: bool = False,
     ):
+        """``compile``: the UNet's and ControlNet's transformer blocks through ``torch.compile``
+        (:meth:`~StableDiffusionXLOnePoseTransPipeline.compile_transformer_blocks`); the first
+        call of each size and batch pays the compilation, identities after it reuse it."""
+        if compile and not profile.fuse_lora:
+            raise BadInputError(f"--compile: the {profile.name} profile runs the published computation, uncompiled; use the default profile")
         quiet_libraries()
         folders = {name: registry.require(name, models_dir) for name in registry.stage_models("repose")}
         self.device = resolve_device(device)
@@ -131,6 +137,7 @@ class Generator:
         except ValueError as error:  # a file that is not what its name says
             raise BadInputError(str(error)) from None
         self.faces = FaceEmbedder(models_dir, str(self.device), profile)
+        self.compiled_blocks = self.pipe.compile_transformer_blocks() if compile else []
         self.conditioning = ""
         """What the last :meth:`generate` call conditioned on, in words."""
 

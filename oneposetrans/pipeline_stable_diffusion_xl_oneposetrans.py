@@ -236,6 +236,26 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         self.vcm.register_to_config(ip_scales=dict(block_scales), face_scale=face_scale)
         set_ip_scales(self.vcm_processors, block_scales, face_scale)
 
+    def compile_transformer_blocks(self, **options) -> list[torch.nn.Module]:
+        """Regional compilation (diffusers' ``compile_repeated_blocks``): every
+        ``BasicTransformerBlock`` of the UNet and the ControlNet(s) through ``torch.compile``, each
+        block class compiled once for all its instances of one shape, in seconds rather than the
+        minutes a whole UNet takes. The VCM's cross-attention stays eager inside the UNet's blocks
+        (:class:`~oneposetrans.vcm.VCMAttnProcessor`), and the subject LoRA is merged into the
+        weights in place, so a new identity (LoRA, image prompt, face) reuses the compiled code.
+        ``options`` go to ``torch.compile`` (default: ``dynamic=False``). Returns the blocks."""
+        from diffusers.models.attention import BasicTransformerBlock
+
+        options = {"dynamic": False, **options}
+        # A compiled block has one variant per width and batch (1 or 4 targets, with CFG), two
+        # parts around the eager cross-attention: more than dynamo's default of 8 per code object.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        controlnets = self.controlnet.nets if isinstance(self.controlnet, MultiControlNetModel) else [self.controlnet]
+        blocks = [m for model in (self.unet, *controlnets) for m in model.modules() if isinstance(m, BasicTransformerBlock)]
+        for block in blocks:
+            block.compile(**options)
+        return blocks
+
     def load_layerdiffuse(self, folder: str | os.PathLike, encoder: bool = False) -> None:
         """Merge the attention offsets into the UNet (before any LoRA) and register the transparent
         decoder (and the encoder, which only refining needs)."""
@@ -262,7 +282,7 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         ``from_pretrained`` of that folder restores them (the UNet is saved with LayerDiffuse's
         offsets merged, and they are not merged again). A subject LoRA belongs to one identity and
         is refused: unload it first."""
-        if next(self._subject_layers(), None) is not None:
+        if getattr(self, "_merged_subject_layers", None) or next(self._subject_layers(), None) is not None:
             raise ValueError("save_pretrained: unload_subject_lora() first (the subject LoRA belongs to one identity)")
         if self.vcm is None:
             super().save_pretrained(save_directory, **kwargs)
@@ -285,8 +305,18 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         ``fuse`` merges it, scales included, into the UNet's weights for the denoising loop, so
         that no step pays the 560 adapters' extra matrix products; :meth:`unload_subject_lora`
         then restores the exact original weights (an unmerge alone would leave rounding behind,
-        and it would build up over the identities of a run)."""
+        and it would build up over the identities of a run). A plain UNet LoRA is merged straight
+        from its file, the sum peft's merge computes, without wrapping 560 layers in adapters
+        first (seconds per identity at full size, and wrappers that a compiled UNet would see);
+        anything else (text-encoder layers, DoRA, biases) goes through peft."""
         path = Path(path)
+        factors = self._subject_lora_factors(path, block_scales) if fuse else None
+        if factors is not None:
+            self._merge_subject_factors(factors)
+        else:
+            self._load_subject_lora_with_peft(path, block_scales, fuse)
+
+    def _load_subject_lora_with_peft(self, path: Path, block_scales: dict | float, fuse: bool) -> None:
         self.load_lora_weights(path.parent, weight_name=path.name, adapter_name=SUBJECT_ADAPTER)
         # Pipeline-level dicts are keyed by component; a bare block dict would be dropped.
         self.set_adapters([SUBJECT_ADAPTER], adapter_weights=[{"unet": block_scales}])
@@ -294,11 +324,59 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             self._fuse_subject_lora()
 
     def unload_subject_lora(self) -> None:
+        for name in getattr(self, "_merged_subject_layers", []):
+            self.unet.get_submodule(name).weight.data.copy_(self._unfused_weights[name], non_blocking=True)
+        self._merged_subject_layers = []
         for name, module in self._fused_subject_layers():
-            module.unmerge()
             module.get_base_layer().weight.data.copy_(self._unfused_weights[name])
+            module.merged_adapters.remove(SUBJECT_ADAPTER)
         if SUBJECT_ADAPTER in self.get_list_adapters().get("unet", []):
             self.delete_adapters(SUBJECT_ADAPTER)
+
+    def _subject_lora_factors(self, path: Path, block_scales: dict | float) -> dict[str, tuple] | None:
+        """``{layer: (B, A, scaling)}`` of a plain UNet LoRA file, with peft's scaling (block scale
+        x alpha / rank, alpha = rank where the file has none); None when the file holds more."""
+        from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
+        state, alphas = self.lora_state_dict(path.parent, weight_name=path.name)
+        if any(not key.startswith("unet.") for key in state):
+            return None
+        state = convert_unet_state_dict_to_peft({key[len("unet."):]: value for key, value in state.items()})
+        layers = {key.rsplit(".lora_", 1)[0] for key in state}
+        if any(f"{layer}.lora_{part}.weight" not in state for layer in layers for part in "AB") or len(state) != 2 * len(layers):
+            return None
+        alphas = {key[len("unet."):].removesuffix(".alpha"): float(value) for key, value in (alphas or {}).items()}
+        scales = _maybe_expand_lora_scales(self.unet, [block_scales])[0]
+        factors = {}
+        for layer in sorted(layers):
+            down, up = state[f"{layer}.lora_A.weight"], state[f"{layer}.lora_B.weight"]
+            module = self.unet.get_submodule(layer)
+            if not isinstance(module, torch.nn.Linear) or down.dim() != 2:
+                return None
+            rank = down.shape[0]
+            scaling = _layer_scale(scales, layer) * alphas.get(layer, rank) / rank
+            factors[layer] = (up, down, scaling)
+        return factors
+
+    @torch.no_grad()
+    def _merge_subject_factors(self, factors: dict[str, tuple]) -> None:
+        """W += (B @ A) x scaling in the weights' dtype, as peft's merge (in fp32 for half weights
+        on a CPU, as peft)."""
+        if not hasattr(self, "_unfused_weights"):
+            self._unfused_weights = {}
+        pin = torch.cuda.is_available() and self.unet.device.type == "cuda"
+        self._merged_subject_layers = []
+        for layer, (up, down, scaling) in factors.items():
+            weight = self.unet.get_submodule(layer).weight
+            if layer not in self._unfused_weights:
+                self._unfused_weights[layer] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=pin).copy_(weight)
+            upcast = weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16)
+            dtype = torch.float32 if upcast else weight.dtype
+            up = up.to(weight.device, weight.dtype).to(dtype)
+            down = down.to(weight.device, weight.dtype).to(dtype)
+            weight.data += ((up @ down) * scaling).to(weight.dtype)
+            self._merged_subject_layers.append(layer)
 
     def _subject_layers(self):
         for name, module in self.unet.named_modules():
@@ -1095,3 +1173,15 @@ def _prompt_count(prompt, prompt_embeds) -> int:
     if prompt is None and prompt_embeds is not None:
         return prompt_embeds.shape[0]
     return 1
+
+
+def _layer_scale(scales: dict | float, layer: str) -> float:
+    """The block scale of one UNet layer, as diffusers' ``set_weights_and_activate_adapters``
+    picks it from the expanded ``{"down_blocks.1.attentions.0": scale, ...}``."""
+    if not isinstance(scales, dict):
+        return scales
+    for name, scale in scales.items():
+        if name in layer:
+            return scale
+    parts = layer.split(".")
+    return scales.get(f"{parts[0]}.{parts[1]}.attentions.{parts[3]}", 1.0)

@@ -43,6 +43,7 @@ class Session:
         profile: str | Profile = "default",
         *,
         identitynet: bool = False,
+        compile: bool = False,
         inpainter: str = "lama",
         echo: Callable[[str], None] = print,
     ):
@@ -55,6 +56,7 @@ class Session:
         self.dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[self.torch_dtype]
         self.profile = profile_named(profile) if isinstance(profile, str) else profile
         self.identitynet = identitynet
+        self.compile = compile
         self.inpainter_kind = inpainter
         self.echo = echo
         # The demo serves several visitors from threads: a model is built by one of them only.
@@ -106,7 +108,7 @@ class Session:
     def generator(self):
         """The generator: SDXL, ControlNet, the Visual Consistency Module and LayerDiffuse."""
         return self._load(
-            "models", lambda: Generator(self.models, str(self.device), self.dtype, self.profile, self.identitynet)
+            "models", lambda: Generator(self.models, str(self.device), self.dtype, self.profile, self.identitynet, self.compile)
         )
 
     @functools.cached_property

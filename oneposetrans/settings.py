@@ -84,6 +84,9 @@ class FinetuneSettings:
     seed: int = 0
     mixed_precision: str = "auto"
     masked_loss: bool = False
+    cuda_graph: bool = True
+    """On a GPU, the fast step (default profile, bf16 or fp32) runs as replays of one captured
+    CUDA graph; False runs the same step eagerly."""
 
 
 @dataclass

@@ -377,6 +377,10 @@ class VCMAttnProcessor(nn.Module):
             face_value = None
         return key, value, ip_key, ip_value, face_key, face_value
 
+    # Eager inside a compiled UNet block: what it keeps per identity, its scales and the identity's
+    # tensors are Python state that a compiled graph would guard on, so a new identity would
+    # recompile it. Outside compilation the wrapper costs a few microseconds a call.
+    @torch.compiler.disable
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, face_positions=None, **kwargs
     ):

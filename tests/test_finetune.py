@@ -222,6 +222,45 @@ def test_profiles_choose_the_step(tiny_models, photo, monkeypatch):
     assert chosen == [None, True]
 
 
+def test_fixed_shape_step_never_waits_for_the_host(tiny_models, photo, tmp_path, monkeypatch):
+    """What a CUDA graph captures must not read a value back (``.item()``, a tensor's truth value)
+    nor build tensors from host data: the fast step's inputs are all made before the loop. Counted
+    with a dispatch spy around each step, for the plain and the masked loss."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from oneposetrans import finetune
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads, self.ops = [], 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
+                self.reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    spy = HostReads()
+    run = finetune._FixedShapeStep._run
+
+    def spied(self, *inputs):
+        with spy:
+            return run(self, *inputs)
+
+    monkeypatch.setattr(finetune._FixedShapeStep, "_run", spied)
+    mask = tmp_path / "mask.png"
+    Image.new("L", Image.open(photo).size, 255).save(mask)
+    for masked in (False, True):
+        trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(masked_loss=masked, **FAST), "cpu")
+        trainer.train(FinetuneCase("astronaut", [photo], "A woman with face, orange spacesuit", [mask]))
+    assert spy.ops > 1000 and spy.reads == []
+    # The spy does see host data made into a tensor (what the published loop does with its time ids).
+    with spy:
+        torch.tensor([[1.0, 2.0]])
+    assert spy.reads
+
+
 def test_multi_view_trains_one_lora(tiny_models, photo, tmp_path):
     mirrored = tmp_path / "mirrored.png"
     Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)

@@ -316,7 +316,18 @@ def test_fused_lora_matches_unfused_and_restores_the_exact_weights(tiny_models, 
             pipe.unload_subject_lora()
 
     base_image = pipe(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=2, face_embedding=face, output_type="np").images
-    unfused, fused = run(False), run(True)
+    fused = run(True)  # merged straight from the file: no peft wrappers at any time
+    assert pipe.unet.state_dict().keys() == before.keys() and all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    # The same sum as peft's own merge, bit for bit.
+    pipe.load_subject_lora(tmp_path / "subject.safetensors", scales, fuse=True)
+    direct = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.unload_subject_lora()
+    pipe._load_subject_lora_with_peft(tmp_path / "subject.safetensors", scales, fuse=True)
+    merged = {k.replace(".base_layer", ""): v for k, v in pipe.unet.state_dict().items() if "lora_" not in k}
+    assert merged.keys() == direct.keys() and all(torch.equal(direct[k], merged[k]) for k in direct)
+    assert sum(not torch.equal(direct[k], before[k]) for k in direct) == len(targets)
+    pipe.unload_subject_lora()
+    unfused = run(False)
     assert np.abs(fused - unfused).max() <= 1e-3 and np.abs(unfused - base_image).max() > 1e-2
     # Deleting the adapter leaves peft's wrappers, which file the weights under base_layer.
     after = {k.replace(".base_layer", ""): v for k, v in pipe.unet.state_dict().items()}

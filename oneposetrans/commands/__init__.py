@@ -50,6 +50,15 @@ def add_common(parser: argparse.ArgumentParser, results: bool = True) -> None:
     )
 
 
+def add_compile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet's and ControlNet's transformer blocks (default profile; the first target of each "
+        "size and batch pays the compilation, every identity after it reuses it; worth it from a few targets on a GPU)",
+    )
+
+
 def models_dir(arguments: argparse.Namespace, tiny_work: bool = True) -> Path:
     """The models folder; with ``--smoke``, the tiny kit. ``tiny_work``: the command's compute is
     the kit's tiny models (not evaluation's full-size metric backbones)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oneposetrans.commands import GENERATION, FINETUNE, SMOKE_BANNER, SMOKE_FINETUNE_RESOLUTION, SMOKE_RESOLUTION, add_common, models_dir
+from oneposetrans.commands import GENERATION, FINETUNE, SMOKE_BANNER, SMOKE_FINETUNE_RESOLUTION, SMOKE_RESOLUTION, add_common, add_compile, models_dir
 
 
 def add(commands) -> None:
@@ -18,6 +18,7 @@ def add(commands) -> None:
     demo.add_argument("--port", type=int, default=7860, help="port")
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     demo.add_argument("--workdir", type=Path, help="where visitors' folders go (default: a temp folder)")
+    add_compile(demo)
     add_common(demo, results=False)
     demo.set_defaults(handler=handle)
 
@@ -39,6 +40,7 @@ def handle(arguments: argparse.Namespace) -> int:
         finetune_steps=10 if arguments.smoke else FINETUNE.steps,
         denoise_steps=4 if arguments.smoke else GENERATION.steps,
         smoke=arguments.smoke,
+        compile=arguments.compile,
     )
     launch(config, arguments.host, arguments.port, arguments.share)
     return 0

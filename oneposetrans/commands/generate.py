@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oneposetrans.commands import GENERATION, SMOKE_BANNER, SMOKE_RESOLUTION, add_common, echo, models_dir, open_session, smoke_resolution
+from oneposetrans.commands import (
+    GENERATION,
+    SMOKE_BANNER,
+    SMOKE_RESOLUTION,
+    add_common,
+    add_compile,
+    echo,
+    models_dir,
+    open_session,
+    smoke_resolution,
+)
 from oneposetrans.datasets import DATASETS
 from oneposetrans.results import ResultsTree
 from oneposetrans.settings import GenerationSettings
@@ -32,6 +42,7 @@ def add(commands) -> None:
     generate.add_argument("--seed", type=int, default=GENERATION.seed, help="sampling seed, the same for every pair")
     generate.add_argument("--resolution", type=int, help=f"shorter side of the output (default {GENERATION.resolution}; {SMOKE_RESOLUTION} with --smoke)")
     generate.add_argument("--batch-size", type=int, default=GENERATION.batch_size, help="target poses of one source sampled together")
+    add_compile(generate)
     add_common(generate)
     generate.set_defaults(handler=handle)
 
@@ -43,7 +54,7 @@ def handle(arguments: argparse.Namespace) -> int:
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     tree = ResultsTree(arguments.results)
-    session = open_session(arguments, models_dir(arguments))
+    session = open_session(arguments, models_dir(arguments), compile=arguments.compile)
     inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints)
     settings = GenerationSettings(
         steps=arguments.steps,

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oneposetrans.commands import GENERATION, SMOKE_BANNER, SMOKE_FINETUNE_RESOLUTION, SMOKE_RESOLUTION, add_common, echo, models_dir, open_session, smoke_resolution
+from oneposetrans.commands import (
+    GENERATION,
+    SMOKE_BANNER,
+    SMOKE_FINETUNE_RESOLUTION,
+    SMOKE_RESOLUTION,
+    add_common,
+    add_compile,
+    echo,
+    models_dir,
+    open_session,
+    smoke_resolution,
+)
 from oneposetrans.errors import OnePoseTransError
 from oneposetrans.settings import FinetuneSettings, GenerationSettings
 
@@ -49,6 +60,7 @@ def add(commands) -> None:
         help="stop at the RGBA results: no segmentation, background inpainting or paste (needs no GroundingDINO, SAM or LaMa)",
     )
     repose.add_argument("--inpainter", choices=("lama", "diffusion"), default="lama", help="background inpainter")
+    add_compile(repose)
     add_common(repose, results=False)
     repose.set_defaults(handler=handle)
 
@@ -85,7 +97,9 @@ def handle(arguments: argparse.Namespace) -> int:
     )
     # Bad inputs fail here, in about a second, before the banner, the kit build and any model load.
     checked = check_inputs(request)
-    session = open_session(arguments, models_dir(arguments), identitynet=arguments.identitynet, inpainter=arguments.inpainter)
+    session = open_session(
+        arguments, models_dir(arguments), identitynet=arguments.identitynet, inpainter=arguments.inpainter, compile=arguments.compile
+    )
     # Every model the run's stages need, named at once, before anything is written.
     require_models(request, session, checked)
     if arguments.smoke:
