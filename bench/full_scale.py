@@ -28,7 +28,7 @@ Timed, each beside its stock counterpart where one exists:
   runs' loss curves and LoRAs compared;
 * generation of one target at 1024x1024, 25 Euler steps, CFG 5: stock diffusers SDXL + ControlNet,
   then ``Generator`` with VCM + LoRA in the default profile (identity K/V kept, LoRA merged),
-  eager and with its transformer blocks compiled (the first call's compile time apart, then a new
+  eager and with its transformer and ResNet blocks compiled (the first call's compile time apart, then a new
   identity and the graphs it compiled: none is the goal), and in the reference profile (as
   published); RGB and RGBA, one target and four batched;
 * the transparent decoder alone (8 views) for one 1024x1024 image.

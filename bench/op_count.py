@@ -142,18 +142,9 @@ def denoising_step_ops(unet, latent_side: int) -> dict:
     return counter.summary()
 
 
-@torch.no_grad()
-def generator_step_ops(unet, latent_side: int) -> dict:
-    """UNet calls of the OnePoseTrans generator: the VCM as the pipeline installs it (77 text
-    tokens; the image prompt's CLIP embeds and the face's ArcFace embedding projected by the
-    UNet's ``encoder_hid_proj`` into 4 and 16 tokens, the published image scales, the face at
-    text position 4) and a rank-32 subject LoRA at the published block scales. The projections
-    run once per identity (the first call, not counted); then a call that computes the
-    identity's K/V (what every step cost before they were kept), later calls that reuse them,
-    and the same with the LoRA merged into the weights."""
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
+def _with_vcm(unet, latent_side: int):
+    """Install the VCM as the pipeline does (published image scales, the face at text position 4)
+    and return one CFG-batch UNet call of the generator's loop."""
     dtype = next(unet.parameters()).dtype
     widths = {str(index): unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
               for name, index in cross_attention_processor_indices(unet).items()}
@@ -169,9 +160,6 @@ def generator_step_ops(unet, latent_side: int) -> dict:
     vcm.to_empty(device="cpu").to(dtype)
     processors = install(unet, vcm)
     set_ip_scales(processors, published_ip_scales(), 0.0)
-    unet.add_adapter(LoraConfig(r=32, lora_alpha=32, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name="subject")
-    unet.set_adapters(["subject"], weights=[published_lora_scales()])
-    unet.to(dtype)
     latents = torch.zeros(2, 4, latent_side, latent_side, dtype=dtype)
     text = torch.zeros(2, 77, 2048, dtype=dtype)
     added = {
@@ -179,10 +167,30 @@ def generator_step_ops(unet, latent_side: int) -> dict:
         "image_embeds": [torch.zeros(2, 1, 1024, dtype=dtype), torch.zeros(2, 1, 1, 512, dtype=dtype)],
     }
     attention = {"face_positions": torch.tensor([4, 4])}
+    return lambda: unet(latents, torch.tensor(500), encoder_hidden_states=text, added_cond_kwargs=added, cross_attention_kwargs=attention)
+
+
+@torch.no_grad()
+def generator_step_ops(unet, latent_side: int) -> dict:
+    """UNet calls of the OnePoseTrans generator: the VCM as the pipeline installs it (77 text
+    tokens; the image prompt's CLIP embeds and the face's ArcFace embedding projected by the
+    UNet's ``encoder_hid_proj`` into 4 and 16 tokens, the published image scales, the face at
+    text position 4) and a rank-32 subject LoRA at the published block scales. The projections
+    run once per identity (the first call, not counted); then a call that computes the
+    identity's K/V (what every step cost before they were kept), later calls that reuse them,
+    and the same with the LoRA merged into the weights."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    dtype = next(unet.parameters()).dtype
+    call = _with_vcm(unet, latent_side)
+    unet.add_adapter(LoraConfig(r=32, lora_alpha=32, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name="subject")
+    unet.set_adapters(["subject"], weights=[published_lora_scales()])
+    unet.to(dtype)
 
     def count() -> dict:
         with OpCounter() as counter:
-            unet(latents, torch.tensor(500), encoder_hidden_states=text, added_cond_kwargs=added, cross_attention_kwargs=attention)
+            call()
         return counter.summary()
 
     def forget_keys_and_values() -> None:
@@ -203,10 +211,64 @@ def generator_step_ops(unet, latent_side: int) -> dict:
     return {"identity_first_call_unfused": first, "steady_step_unfused": steady, "steady_step_fused": fused}
 
 
+# Profiler events that launch no kernel: views, allocations, metadata, and composite operations
+# whose work shows up as their children.
+NOT_LAUNCHES = NO_KERNEL | {
+    "as_strided", "as_strided_", "view", "_unsafe_view", "_reshape_alias", "view_as", "reshape", "transpose", "t", "permute",
+    "unsqueeze", "squeeze", "expand", "expand_as", "slice", "select", "split", "chunk", "unbind", "narrow", "unflatten",
+    "flatten", "alias", "resolve_conj", "resolve_neg", "contiguous", "to", "linear", "dropout",
+}
+
+
+def profiled_launches(call) -> dict:
+    """Kernel launches of one call from torch's profiler: the leaf aten operations (eager code and
+    the extern kernels of compiled graphs, matrix products and attention) and the kernels inductor
+    generated (its ``cpp_fused_*`` kernels here, Triton kernels on a GPU), each call counted. The
+    dispatch-mode count above cannot see inside compiled code (dynamo runs a frame eagerly while a
+    dispatch mode is active), so both paths are counted this way."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        call()
+    aten = generated = 0
+    for event in profiler.events():
+        if "cpp_fused" in event.name or event.name.startswith("triton_"):
+            generated += 1
+        elif event.name.startswith("aten::") and event.name[6:] not in NOT_LAUNCHES and not any(
+            child.name.startswith("aten::") for child in event.cpu_children
+        ):
+            aten += 1
+    return {"aten_launches": aten, "generated_kernels": generated, "launches": aten + generated}
+
+
+@torch.no_grad()
+def compiled_generator_step_ops(latent_side: int) -> dict:
+    """The default profile's generator step (VCM, LoRA merged: plain weights) eager and with its
+    transformer and ResNet blocks compiled by inductor as ``--compile`` does (its CPU backend here:
+    the fusion differs from Triton's on a GPU, the structure does not), counted by the profiler."""
+    import torch._inductor.config as inductor_config
+    from oneposetrans.pipeline_stable_diffusion_xl_oneposetrans import REPEATED_BLOCKS
+
+    inductor_config.cpp.enable_kernel_profile = True  # each generated kernel call becomes a profiler event
+    unet = full_size_unet(torch.bfloat16).eval()
+    call = _with_vcm(unet, latent_side)
+    call()  # the identity's tokens, keys and values, once
+    eager = profiled_launches(call)
+    for block in unet.modules():
+        if isinstance(block, REPEATED_BLOCKS):
+            block.compile(dynamic=False)
+    started = time.perf_counter()
+    call()
+    compile_seconds = time.perf_counter() - started
+    compiled = profiled_launches(call)
+    return {"eager": eager, "compiled": compiled, "compile_s_on_this_cpu": compile_seconds}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latent", type=int, default=8, help="latent side for the count (ops do not depend on it)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false", help="skip the compiled generator step (minutes of compilation)")
     arguments = parser.parse_args()
     started = time.perf_counter()
     unet = full_size_unet(torch.bfloat16)
@@ -216,12 +278,15 @@ def main() -> int:
     published = training_step_ops(unet, arguments.latent, fast_step=False)
     fast = training_step_ops(unet, arguments.latent, fast_step=True)
     generator = generator_step_ops(unet, arguments.latent)
+    del unet
+    compiled = compiled_generator_step_ops(arguments.latent) if arguments.compiled else None
     figures = {
         "torch": torch.__version__,
         "training_step_published": published,
         "training_step_fast": fast,
         "denoising_step_unet": denoise,
         **{f"generator_{key}": value for key, value in generator.items()},
+        **({"generator_steady_step_fused_profiled": compiled} if compiled else {}),
     }
     print(f"full-size SDXL UNet ({parameters / 1e9:.2f} B parameters), torch {torch.__version__}, "
           f"counted on the CPU in {time.perf_counter() - started:.0f} s")
@@ -242,6 +307,12 @@ def main() -> int:
     before, after = generator["identity_first_call_unfused"], generator["steady_step_fused"]
     print(f"  generator step / stock UNet step, kernel ops: before {before['kernel_ops'] / denoise['kernel_ops']:.2f}x, "
           f"after {after['kernel_ops'] / denoise['kernel_ops']:.2f}x")
+    if compiled:
+        eager_launches, compiled_launches = compiled["eager"], compiled["compiled"]
+        print(f"  generator step, default profile, by the profiler: eager {eager_launches['launches']} launches; "
+              f"blocks compiled {compiled_launches['launches']} ({compiled_launches['aten_launches']} aten, "
+              f"{compiled_launches['generated_kernels']} generated kernels), "
+              f"{compiled_launches['launches'] / eager_launches['launches']:.2f}x; compiled in {compiled['compile_s_on_this_cpu']:.0f} s here")
     if arguments.json:
         arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -85,6 +85,12 @@ def generator_models(session) -> list[str]:
     return [*registry.stage_models("repose"), *["instantid-identitynet"] * session.identitynet]
 
 
+def check_compilable(profile: Profile) -> None:
+    """``--compile`` needs the merged LoRA (a compiled block would see peft's adapters unfused)."""
+    if not profile.fuse_lora:
+        raise BadInputError(f"--compile: the {profile.name} profile runs the published computation, uncompiled; use the default profile")
+
+
 class Generator:
     """Holds the generation models; load once, then call :meth:`generate` for every identity."""
 
@@ -97,11 +103,11 @@ class Generator:
         identitynet: bool = False,
         compile: bool = False,
     ):
-        """``compile``: the UNet's and ControlNet's transformer blocks through ``torch.compile``
-        (:meth:`~StableDiffusionXLOnePoseTransPipeline.compile_transformer_blocks`); the first
+        """``compile``: the UNet's and ControlNet's repeated blocks through ``torch.compile``
+        (:meth:`~StableDiffusionXLOnePoseTransPipeline.compile_blocks`); the first
         call of each size and batch pays the compilation, identities after it reuse it."""
-        if compile and not profile.fuse_lora:
-            raise BadInputError(f"--compile: the {profile.name} profile runs the published computation, uncompiled; use the default profile")
+        if compile:
+            check_compilable(profile)
         quiet_libraries()
         folders = {name: registry.require(name, models_dir) for name in registry.stage_models("repose")}
         self.device = resolve_device(device)
@@ -137,7 +143,7 @@ class Generator:
         except ValueError as error:  # a file that is not what its name says
             raise BadInputError(str(error)) from None
         self.faces = FaceEmbedder(models_dir, str(self.device), profile)
-        self.compiled_blocks = self.pipe.compile_transformer_blocks() if compile else []
+        self.compiled_blocks = self.pipe.compile_blocks() if compile else []
         self.conditioning = ""
         """What the last :meth:`generate` call conditioned on, in words."""
 

@@ -39,8 +39,10 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from diffusers.models.resnet import ResnetBlock2D
 from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl import retrieve_timesteps
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, deprecate
@@ -75,6 +77,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NEGATIVE_PROMPT = NEGATIVE_PROMPT
 SUBJECT_ADAPTER = "subject"
+REPEATED_BLOCKS = (BasicTransformerBlock, ResnetBlock2D)
+"""What ``compile_blocks`` compiles: between them nearly all of a UNet's and a ControlNet's work."""
 LAYERDIFFUSE_OFFSETS = "ld_diffusers_sdxl_attn.safetensors"
 LAYERDIFFUSE_DECODER = "ld_diffusers_sdxl_vae_transparent_decoder.safetensors"
 LAYERDIFFUSE_ENCODER = "ld_diffusers_sdxl_vae_transparent_encoder.safetensors"
@@ -236,22 +240,21 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         self.vcm.register_to_config(ip_scales=dict(block_scales), face_scale=face_scale)
         set_ip_scales(self.vcm_processors, block_scales, face_scale)
 
-    def compile_transformer_blocks(self, **options) -> list[torch.nn.Module]:
-        """Regional compilation (diffusers' ``compile_repeated_blocks``): every
-        ``BasicTransformerBlock`` of the UNet and the ControlNet(s) through ``torch.compile``, each
-        block class compiled once for all its instances of one shape, in seconds rather than the
-        minutes a whole UNet takes. The VCM's cross-attention stays eager inside the UNet's blocks
-        (:class:`~oneposetrans.vcm.VCMAttnProcessor`), and the subject LoRA is merged into the
-        weights in place, so a new identity (LoRA, image prompt, face) reuses the compiled code.
-        ``options`` go to ``torch.compile`` (default: ``dynamic=False``). Returns the blocks."""
-        from diffusers.models.attention import BasicTransformerBlock
-
+    def compile_blocks(self, **options) -> list[torch.nn.Module]:
+        """Regional compilation (diffusers' ``compile_repeated_blocks``): every block the UNet and
+        the ControlNet(s) repeat (:data:`REPEATED_BLOCKS`: the transformer and ResNet blocks)
+        through ``torch.compile``, each block class compiled once for all its instances of one
+        shape, in seconds rather than the minutes a whole UNet takes. The VCM's cross-attention
+        stays eager inside the UNet's transformer blocks (:class:`~oneposetrans.vcm.VCMAttnProcessor`),
+        and the subject LoRA is merged into the weights in place, so a new identity (LoRA, image
+        prompt, face) reuses the compiled code. ``options`` go to ``torch.compile`` (default:
+        ``dynamic=False``). Returns the compiled blocks."""
         options = {"dynamic": False, **options}
-        # A compiled block has one variant per width and batch (1 or 4 targets, with CFG), two
-        # parts around the eager cross-attention: more than dynamo's default of 8 per code object.
+        # A compiled block has one variant per width and batch (1 or 4 targets, with CFG), and the
+        # transformer blocks two parts around the eager cross-attention: more than dynamo's 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         controlnets = self.controlnet.nets if isinstance(self.controlnet, MultiControlNetModel) else [self.controlnet]
-        blocks = [m for model in (self.unet, *controlnets) for m in model.modules() if isinstance(m, BasicTransformerBlock)]
+        blocks = [m for model in (self.unet, *controlnets) for m in model.modules() if isinstance(m, REPEATED_BLOCKS)]
         for block in blocks:
             block.compile(**options)
         return blocks

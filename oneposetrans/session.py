@@ -21,7 +21,7 @@ from accelerate import PartialState
 
 from oneposetrans.caption import automatic_captioner
 from oneposetrans.finetune import LoraTrainer
-from oneposetrans.generate import Generator
+from oneposetrans.generate import Generator, check_compilable
 from oneposetrans.imagpose.checkpoint import load_pipeline
 from oneposetrans.inpaint import make_inpainter
 from oneposetrans.pose import PoseExtractor
@@ -56,6 +56,8 @@ class Session:
         self.dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[self.torch_dtype]
         self.profile = profile_named(profile) if isinstance(profile, str) else profile
         self.identitynet = identitynet
+        if compile:  # refused before any model loads or file is written
+            check_compilable(self.profile)
         self.compile = compile
         self.inpainter_kind = inpainter
         self.echo = echo

@@ -1,4 +1,4 @@
-"""``--compile``: the generator's transformer blocks through torch.compile (inductor, here its CPU
+"""``--compile``: the generator's transformer and ResNet blocks through torch.compile (inductor, here its CPU
 backend) give the eager images, and a new identity reuses the compiled code."""
 
 import numpy as np
@@ -69,3 +69,19 @@ def test_compiled_blocks_equal_eager_and_a_new_identity_does_not_recompile(tiny_
 def test_reference_profile_refuses_compile(tiny_models):
     with pytest.raises(BadInputError, match="reference profile runs the published computation, uncompiled"):
         Generator(tiny_models, "cpu", profile=REFERENCE, compile=True)
+
+
+@pytest.mark.parametrize("command", ["repose", "generate"])
+def test_compile_with_the_reference_profile_is_one_line_before_anything_is_written(command, tmp_path, tiny_models, capsys):
+    from oneposetrans import cli
+
+    arguments = {
+        "repose": ["repose", "--out", str(tmp_path / "out")],
+        "generate": ["generate", "--dataset", "deepfashion", "--pairs", str(tmp_path / "pairs.csv"), "--results", str(tmp_path / "out")],
+    }[command]
+    if command == "generate":
+        (tmp_path / "pairs.csv").write_text("from,to\n")
+    assert cli.main([*arguments, "--smoke", "--device", "cpu", "--compile", "--profile", "reference"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["oneposetrans: error: --compile: the reference profile runs the published computation, uncompiled; use the default profile"]
+    assert not (tmp_path / "out").exists()

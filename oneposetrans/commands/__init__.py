@@ -54,7 +54,7 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the UNet's and ControlNet's transformer blocks (default profile; the first target of each "
+        help="torch.compile the UNet's and ControlNet's transformer and ResNet blocks (default profile; the first target of each "
         "size and batch pays the compilation, every identity after it reuses it; worth it from a few targets on a GPU)",
     )
 

@@ -26,6 +26,11 @@ def add(commands) -> None:
 def handle(arguments: argparse.Namespace) -> int:
     from oneposetrans.demo import DemoConfig, default_workdir, launch
 
+    if arguments.compile:  # refused now rather than at the first visitor's generation
+        from oneposetrans.generate import check_compilable
+        from oneposetrans.profiles import profile_named
+
+        check_compilable(profile_named(arguments.profile))
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     config = DemoConfig(

@@ -53,8 +53,8 @@ def handle(arguments: argparse.Namespace) -> int:
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
-    tree = ResultsTree(arguments.results)
     session = open_session(arguments, models_dir(arguments), compile=arguments.compile)
+    tree = ResultsTree(arguments.results)
     inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints)
     settings = GenerationSettings(
         steps=arguments.steps,
