@@ -48,6 +48,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class Timer:
     header: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    last_line: float = field(default_factory=time.perf_counter)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -185,7 +187,19 @@ class Timer:
         return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
 
     def say(self, line: str) -> None:
-        print(f"[{time.perf_counter() - self.started:6.0f} s] {line}", flush=True)
+        self.last_line = time.perf_counter()
+        print(f"[{self.last_line - self.started:6.0f} s] {line}", flush=True)
+
+    def start_heartbeat(self, every: float = 25.0) -> None:
+        """A line at least every ``every`` seconds, so a log shows that a long figure still runs."""
+
+        def beat():
+            while True:
+                time.sleep(5)
+                if time.perf_counter() - self.last_line >= every:
+                    self.say(f"... still timing ({len(self.figures)} figures so far)")
+
+        threading.Thread(target=beat, daemon=True).start()
 
     def record(self, name: str, values: dict) -> None:
         """Keep a figure, print it and rewrite the JSON, so a run cut short keeps what it measured."""
@@ -245,6 +259,8 @@ def time_step(trainer, case, timer: Timer, settings: dict, repeats: int, flops: 
     results[part] = (results[part], trainer.lora_state_dict())
     trainer.discard()
     values["captured"] = results[part][0].captured
+    if values["captured"]:
+        values["capture_s_per_case"] = results[part][0].capture_seconds
     if flops:
         trainer.settings = FinetuneSettings(**dict(settings, **setting_change, steps=1))
         with FlopCounterMode(display=False) as counter:
@@ -433,6 +449,7 @@ def main() -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (plumbing: figures mean nothing)"
     peak = next((value for key, value in PEAK_TFLOPS.items() if key in device_name), None)
     timer = Timer(device, arguments.json, {"device": device_name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
+    timer.start_heartbeat()
     timer.say(f"{device_name}, torch {torch.__version__}: building the models")
     with tempfile.TemporaryDirectory() as tmp:
         models = arguments.models or Path(tmp) / "models"

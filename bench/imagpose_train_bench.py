@@ -176,11 +176,23 @@ def main() -> int:
             unet_config, vae = dict(IMAGPOSE_UNET), _tiny_sd_vae()
             width, tokens = IMAGPOSE_UNET["cross_attention_dim"], 2 * (257 + 1)
         vae = vae.to(device, torch.bfloat16 if full else torch.float32).eval().requires_grad_(False)
-        phases = [time_phase(checkpoint, tmp / "data", int(p), tile, batch, steps, arguments.warmup, precision, not full) for p in arguments.phases.split(",")]
+        name = torch.cuda.get_device_name(device) if full else f"CPU, {torch.get_num_threads()} threads"
+        started = time.perf_counter()
+
+        def keep(what: str, figures: dict) -> None:
+            """A line per figure, and the JSON rewritten, so a run cut short keeps what it measured."""
+            print(f"[{time.perf_counter() - started:5.0f} s] {what}: {figures['samples_per_s']:.2f} samples/s", flush=True)
+            if arguments.json:
+                arguments.json.write_text(json.dumps({"device": name, "stock": stock, "phases": phases}, indent=2) + "\n")
+
+        phases, stock = [], None
+        for phase in arguments.phases.split(","):
+            phases.append(time_phase(checkpoint, tmp / "data", int(phase), tile, batch, steps, arguments.warmup, precision, not full))
+            keep(f"phase {phase}", phases[-1])
         canvas = tuple(phases[0]["canvas"])
         stock = time_stock(unet_config, vae, canvas, (tokens, width), batch, steps, arguments.warmup, device, precision)
+        keep("stock diffusers step", stock)
 
-    name = torch.cuda.get_device_name(device) if full else f"CPU, {torch.get_num_threads()} threads"
     print(f"{'full scale' if full else 'tiny kit'}, {name}, canvas {canvas[0]}x{canvas[1]}, batch {batch}, {steps} timed steps, precision {precision}")
     memory = lambda value: f", {value:.1f} GiB" if value is not None else ""  # noqa: E731
     print(f"  stock diffusers step: {stock['samples_per_s']:.2f} samples/s ({stock['step_s'] * 1000:.0f} ms/step{memory(stock['peak_memory_gib'])})")
@@ -190,8 +202,6 @@ def main() -> int:
             f"({result['step_s'] * 1000:.0f} ms/step{memory(result['peak_memory_gib'])}), "
             f"{result['samples_per_s'] / stock['samples_per_s']:.2f}x stock; data {result['data_s_per_sample'] * 1000:.0f} ms/sample on one worker"
         )
-    if arguments.json:
-        arguments.json.write_text(json.dumps({"device": name, "stock": stock, "phases": phases}, indent=2) + "\n")
     return 0
 
 

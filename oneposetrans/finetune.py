@@ -67,6 +67,8 @@ class TrainedLora:
     peak_memory_mb: float
     captured: bool = False
     """The steps ran as replays of one captured CUDA graph."""
+    capture_seconds: float = 0.0
+    """Of ``seconds``, the warm-up steps and the capture (paid once per case)."""
 
 
 def _precision(setting: str, device: torch.device, profile: Profile) -> str:
@@ -305,7 +307,7 @@ class LoraTrainer:
         # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
         # default crops can move: they come from Python's generator, while the VAE's sampling noise
         # is still drawn from torch's in the loop, in the published order.
-        fixed = None
+        fixed, capture_seconds = None, 0.0
         if not published and self.profile.finetune_crops == "pil":
             planned = [draw_crops() for _ in range(settings.steps)]
             fixed = _FixedShapeStep(
@@ -319,8 +321,11 @@ class LoraTrainer:
                 if settings.masked_loss else None,
             )
             if capture:
+                capture_started = time.perf_counter()
                 try:
                     fixed.capture(lora_weights, optimizer)
+                    torch.cuda.synchronize(self.device)
+                    capture_seconds = time.perf_counter() - capture_started
                 except RuntimeError as error:  # a library that syncs inside the step: run it eagerly
                     fixed.graph = None
                     logger.warning("finetune: the step could not be captured as a CUDA graph, running it eagerly (%s)", str(error).splitlines()[0])
@@ -351,7 +356,7 @@ class LoraTrainer:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         captured = fixed is not None and fixed.graph is not None
         del fixed  # the graph's memory pool goes with it
-        return TrainedLora(losses, time.perf_counter() - started, peak, captured)
+        return TrainedLora(losses, time.perf_counter() - started, peak, captured, capture_seconds)
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained adapter in diffusers' key layout (``...attn1.to_q.lora.down.weight``)."""
