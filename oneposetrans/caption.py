@@ -28,6 +28,7 @@ from oneposetrans import registry
 from oneposetrans.datasets import read_caption_lines
 from oneposetrans.errors import BadInputError, CaseError, MissingModelError, OnePoseTransError
 from oneposetrans.image_io import load_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import ResultsTree, stem, write_text_atomic
 from oneposetrans.runtime import quiet_libraries, resolve_device, resolve_dtype
 from oneposetrans.stages import Done, Stage
@@ -263,10 +264,12 @@ class CaptionStage(Stage[Path]):
         return Done(f"{shown}: {caption}")
 
 
-def import_captions(path: str | os.PathLike, tree: ResultsTree, echo: Callable[[str], None] = print) -> dict[str, int]:
+def import_captions(
+    path: str | os.PathLike, tree: ResultsTree, echo: Callable[[str], None] = print, profile: Profile = DEFAULT
+) -> dict[str, int]:
     """Bring a user's captions file (original ``index/name/text`` format) into the store, checked."""
     path = Path(path)
-    entries = {Path(name).stem: (text, name) for name, text in read_caption_lines(path)}
+    entries = {Path(name).stem: (text, name) for name, text in read_caption_lines(path, profile)}
     log = tree.log("caption")
     accepted = []
     for name, (text, file) in entries.items():

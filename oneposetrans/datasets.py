@@ -18,6 +18,7 @@ from pathlib import Path
 
 from oneposetrans.errors import BadInputError, OnePoseTransError
 from oneposetrans.image_io import load_image, save_image
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.results import atomic_path, is_done, ResultsTree, safe_component
 
 DATASETS = ("deepfashion", "wpose")
@@ -65,21 +66,24 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_caption_lines(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(image name, text) pairs of the original ``index/name/text`` captions file."""
+def read_caption_lines(path: str | os.PathLike, profile: Profile = DEFAULT) -> list[tuple[str, str]]:
+    """(image name, text) pairs of the original ``index/name/text`` captions file; the text ends
+    at its next slash where ``profile.caption_text`` says so (the published ``split('/')[2]``)."""
     path = Path(path)
     entries = []
     for number, line in _lines(path):
         fields = line.split("/", 2)
         if len(fields) != 3 or not fields[2].strip():
             raise BadInputError(f"{path}:{number}: expected 'index/name/text', got {line[:80]!r}")
-        entries.append((_name(path, number, fields[1]), fields[2].strip()))
+        # Published: the line right-stripped, then split('/')[2], untouched.
+        text = fields[2].split("/")[0] if profile.caption_text == "to the next slash" else fields[2].strip()
+        entries.append((_name(path, number, fields[1]), text))
     return entries
 
 
-def read_captions(path: str | os.PathLike) -> dict[str, str]:
+def read_captions(path: str | os.PathLike, profile: Profile = DEFAULT) -> dict[str, str]:
     """Captions keyed by image stem, from the original ``index/name/text`` file."""
-    return {Path(name).stem: text for name, text in read_caption_lines(path)}
+    return {Path(name).stem: text for name, text in read_caption_lines(path, profile)}
 
 
 def unique_sources(pairs: list[tuple[str, str]]) -> list[str]:

@@ -11,8 +11,9 @@ Profiles differ where the published trainer disagrees with inference (the profil
 * ``reference``: pooled text embedding = text_encoder_2's *unprojected* pooler output, and
   SDXL time ids (W, H, 0, 0, W, H) of the full-size photo, as published. The crops come from
   torchvision's ``Resize(512)`` (long side truncated) and ``RandomCrop(512)`` drawing from torch's
-  generator, and the VAE encodes in the training precision (fp16 on a GPU), so that seed 0 gives
-  the published crops and latents.
+  generator, and the VAE, its weights rounded through bf16 as the published loader's
+  ``torch_dtype=torch.bfloat16`` left them, encodes in the training precision (fp16 on a GPU), so
+  that seed 0 gives the published crops and latents.
 * ``default``: the *projected* pooled embedding the generator uses, and time ids
   (H, W, crop top, crop left, 512, 512) that describe the crop actually trained on (the
   SDXL training convention).
@@ -103,7 +104,11 @@ class LoraTrainer:
         for encoder in self.text_encoders:
             encoder.to(self.device, self.weight_dtype)
         # The VAE only encodes; fp32 avoids the SDXL VAE's fp16 overflow (the published trainer used fp16).
-        self.vae.to(self.device, self.weight_dtype if profile.finetune_vae_dtype == "weights" else torch.float32)
+        if profile.finetune_vae_dtype == "bf16 rounded":
+            # As published: loaded with torch_dtype=bfloat16, then moved to fp16 for training.
+            self.vae.to(self.device, torch.bfloat16).to(self.weight_dtype)
+        else:
+            self.vae.to(self.device, torch.float32)
         self.unet.to(self.device, self.weight_dtype)
         self._caption_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -193,6 +198,8 @@ class LoraTrainer:
         return torch.cat(means), torch.cat(stds)
 
     def _time_ids(self, photo_size: tuple[int, int], crop: list[int]) -> list[int]:
+        """SDXL's six size conditions, kept as integers (int64, as the published trainer built
+        them): in fp16 a side over 2048 would round (2049 -> 2048), in bf16 one over 256."""
         width, height = photo_size
         size = self.settings.resolution
         if self.profile.finetune_time_ids == "photo":
@@ -315,7 +322,7 @@ class LoraTrainer:
                 self._encode_moments([crop for crops in planned for crop in crops]),
                 torch.tensor(
                     [[self._time_ids(size, crop[2]) for crop, size in crops] for crops in planned],
-                    dtype=prompt_embeds.dtype, device=self.device,
+                    dtype=torch.long, device=self.device,
                 ),
                 torch.stack([torch.stack([c[0][1] for c in crops]) for crops in planned]).to(self.device)
                 if settings.masked_loss else None,
@@ -337,7 +344,7 @@ class LoraTrainer:
                 continue
             crops = draw_crops()
             time_ids = torch.tensor(
-                [self._time_ids(size, crop[2]) for crop, size in crops], dtype=prompt_embeds.dtype, device=self.device
+                [self._time_ids(size, crop[2]) for crop, size in crops], dtype=torch.long, device=self.device
             )
             with torch.no_grad():
                 pixels = torch.stack([c[0][0] for c in crops]).to(self.device, self.vae.dtype)

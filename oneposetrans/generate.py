@@ -393,10 +393,10 @@ def pose_source(inputs: GenerateInputs, tree: ResultsTree, resolution: int, sess
     return lambda target: maps.get(target, lambda: render(target))
 
 
-def source_captions(tree: ResultsTree, captions_file: str | os.PathLike | None) -> dict[str, str]:
+def source_captions(tree: ResultsTree, captions_file: str | os.PathLike | None, profile: Profile = DEFAULT) -> dict[str, str]:
     """Captions by image stem: from an ``index/name/text`` file, else from the results tree's store."""
     if captions_file:
-        return read_captions(captions_file)
+        return read_captions(captions_file, profile)
     return {name: record["caption"] for name, record in CaptionStore(tree).records().items() if record.get("caption")}
 
 
@@ -406,11 +406,12 @@ def load_inputs(
     tree: ResultsTree,
     captions_file: str | os.PathLike | None = None,
     keypoints_file: str | os.PathLike | None = None,
+    profile: Profile = DEFAULT,
 ) -> GenerateInputs:
     """The dataset adapter's inputs: the same run for DeepFashion (keypoint CSV) and WPose (target photos)."""
     if dataset not in DATASETS:
         raise BadInputError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    inputs = GenerateInputs(dataset, read_pairs(pairs_file), source_captions(tree, captions_file))
+    inputs = GenerateInputs(dataset, read_pairs(pairs_file), source_captions(tree, captions_file, profile))
     if dataset == "deepfashion":
         if keypoints_file is None:
             raise BadInputError("DeepFashion target poses need --keypoints fasion-resize-annotation-test.csv")

@@ -30,7 +30,9 @@ class Profile:
     finetune_crops: str
     """"torchvision" (the published Resize/RandomCrop from torch's generator) or "pil" (rounded resize, Python's generator)."""
     finetune_vae_dtype: str
-    """"weights" (the VAE encodes in the training precision) or "fp32"."""
+    """"bf16 rounded" (weights loaded in bf16, then cast to the training precision, in which it encodes) or "fp32"."""
+    caption_text: str
+    """What a captions line 'index/name/text' gives: "to the next slash" (``split('/')[2]``, as published) or "rest of the line"."""
     fast_step: bool
     """The LoRA step with weights in the UNet's precision, fp32 masters and a fused AdamW, captured
     as a CUDA graph on a GPU (bf16 there where the GPU has it)."""
@@ -87,7 +89,8 @@ REFERENCE = Profile(
     finetune_pooled="unprojected",
     pose_canvas="square",
     finetune_crops="torchvision",
-    finetune_vae_dtype="weights",
+    finetune_vae_dtype="bf16 rounded",
+    caption_text="to the next slash",
     fast_step=False,
     batch_transparent_views=False,
     fuse_lora=False,
@@ -118,6 +121,7 @@ DEFAULT = Profile(
     pose_canvas="aspect",
     finetune_crops="pil",
     finetune_vae_dtype="fp32",
+    caption_text="rest of the line",
     fast_step=True,
     batch_transparent_views=True,
     fuse_lora=True,
@@ -183,9 +187,16 @@ ROWS = (
     Row(
         ('finetune_crops', 'finetune_vae_dtype'),
         'finetune: crops and VAE precision',
-        "torchvision's `Resize(512)` (long side truncated: 751 for a 750x1101 photo) and `RandomCrop(512)` drawing from torch's generator; the VAE encodes in fp16",
+        "torchvision's `Resize(512)` (long side truncated: 751 for a 750x1101 photo) and `RandomCrop(512)` drawing from torch's generator; the VAE, loaded in bf16 and cast to fp16 (its weights carry bf16 rounding), encodes in fp16",
         "PIL resize with rounding (752) and crops from Python's generator; the VAE encodes in fp32",
         'seed 0 then gives the published crops; the SDXL VAE overflows in fp16',
+    ),
+    Row(
+        ('caption_text',),
+        'captions files (`index/name/text`)',
+        "the text up to its next `/` (`line.split('/')[2]`): one DeepFashion caption, \"a white/grey geometric pattern\", loses its end",
+        'the whole rest of the line',
+        'a slash inside a caption is text',
     ),
     Row(
         ('fast_step',),

@@ -217,7 +217,7 @@ class Recipe:
     def import_captions(self, path: Path) -> None:
         """Step 2 from a captions file: the main process brings it into the store."""
         if self.session.is_main_process:
-            import_captions(path, self.tree)
+            import_captions(path, self.tree, profile=self.session.profile)
         self.session.wait_for_everyone()
 
     def finetune(self, cases: list[FinetuneCase]) -> StageReport:
@@ -291,7 +291,7 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
 
     def inputs(tree: ResultsTree) -> GenerateInputs:
         # Read when step 5 starts: step 2 may have written the captions.
-        return load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints)
+        return load_inputs(request.dataset, request.pairs, tree, request.captions, request.keypoints, session.profile)
 
     # Every model the steps need, from their stages, before anything is written.
     planned = Recipe(ResultsTree(request.results, create=False), session, generation, finetune, refine)
@@ -307,7 +307,7 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
             recipe.import_captions(request.captions)
 
     def finetune_cases() -> list[FinetuneCase]:
-        known = source_captions(tree, request.captions)
+        known = source_captions(tree, request.captions, session.profile)
         return [
             FinetuneCase(
                 name, [tree.file("images", f"{name}.png")], known.get(name), [tree.file("images_mask", f"{name}.png")],
@@ -326,7 +326,7 @@ def run_recipe(request: RecipeRequest, session, echo: Callable[[str], None] = pr
         6: lambda: recipe.segment_results("reposed", ("rgba",)),
         7: lambda: recipe.segment_results("reposed", ("rgb", "mask")),
         8: lambda: recipe.paste("reposed"),
-        9: lambda: recipe.refine(source_captions(tree, request.captions)),
+        9: lambda: recipe.refine(source_captions(tree, request.captions, session.profile)),
         10: lambda: recipe.segment_results("refined", ("rgb", "mask")),
         11: lambda: recipe.paste("refined"),
     }

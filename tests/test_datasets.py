@@ -88,10 +88,14 @@ def test_malformed_and_hostile_lists_name_file_and_line(tmp_path, content, line,
     assert f"{path}:{line}:" in str(error.value) and reason in str(error.value)
 
 
-def test_captions_keep_slashes_in_the_text(tmp_path):
+def test_captions_keep_slashes_in_the_text_and_reference_cuts_them_as_published(tmp_path):
+    from oneposetrans.profiles import REFERENCE
+
     path = tmp_path / "captions.txt"
     path.write_text("    0/fashionA.jpg/A woman with face, white/grey blouse\n")
     assert read_captions(path) == {"fashionA": "A woman with face, white/grey blouse"}
+    # The published scripts: line.rstrip().split('/')[2].
+    assert read_captions(path, REFERENCE) == {"fashionA": "A woman with face, white"}
 
 
 def test_keypoint_csv(tmp_path):

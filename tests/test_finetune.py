@@ -172,10 +172,36 @@ def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
     assert ours[0][2] != ours[1][2]  # two draws, two crops (top, left)
 
 
-def test_reference_vae_encodes_in_the_training_precision(tiny_models):
+def test_reference_vae_encodes_in_the_training_precision_with_bf16_rounded_weights(tiny_models):
+    """The published trainer loaded the VAE with torch_dtype=bfloat16 and then moved it to fp16."""
+    from diffusers import AutoencoderKL
+
     half = dict(FAST, mixed_precision="fp16")
-    assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**half), "cpu", REFERENCE).vae.dtype == torch.float16
+    reference = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**half), "cpu", REFERENCE).vae
+    files = AutoencoderKL.from_pretrained(tiny_models / "RealVisXL_V4.0", subfolder="vae").state_dict()
+    assert reference.dtype == torch.float16
+    rounded = {name: weight.to(torch.bfloat16).to(torch.float16) for name, weight in files.items()}
+    assert all(torch.equal(value, rounded[name]) for name, value in reference.state_dict().items())
+    assert any(not torch.equal(rounded[name], files[name].half()) for name in files)  # bf16 rounding is visible
     assert LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**half), "cpu").vae.dtype == torch.float32
+
+
+@pytest.mark.parametrize("profile", [REFERENCE, DEFAULT], ids=lambda p: p.name)
+def test_time_ids_keep_sides_over_2048_exact_in_half_precision(tiny_models, tmp_path, profile):
+    large = tmp_path / "large.png"
+    Image.new("RGB", (2049, 2051), (200, 90, 40)).save(large)
+    trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**dict(FAST, steps=1, mixed_precision="fp16")), "cpu", profile)
+    seen = []
+    forward = trainer.unet.forward
+
+    def spy(*args, added_cond_kwargs, **kwargs):
+        seen.append(added_cond_kwargs["time_ids"].clone())
+        return forward(*args, added_cond_kwargs=added_cond_kwargs, **kwargs)
+
+    trainer.unet.forward = spy
+    trainer.train(FinetuneCase("large", [large], "A woman with face, orange spacesuit"))
+    sides = {int(value) for value in seen[0].flatten()}
+    assert {2049, 2051} <= sides and seen[0].dtype == torch.long  # fp16 would give 2048 and 2052
 
 
 def _train(tiny_models, photo, fast_step: bool, **settings):

@@ -9,6 +9,7 @@ from oneposetrans import registry
 from oneposetrans.caption import CaptionStore, GeminiCaptioner, import_captions, LocalVLMCaptioner
 from oneposetrans.commands import add_common, echo, models_dir, open_session
 from oneposetrans.image_io import IMAGE_SUFFIXES
+from oneposetrans.profiles import profile_named
 from oneposetrans.results import ResultsTree
 
 
@@ -46,7 +47,7 @@ def handle(arguments: argparse.Namespace) -> int:
     tree = ResultsTree(arguments.results)
     try:
         if arguments.import_file:
-            import_captions(arguments.import_file, tree)
+            import_captions(arguments.import_file, tree, profile=profile_named(arguments.profile))
         else:
             folder = arguments.images or tree.folder("images")
             images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

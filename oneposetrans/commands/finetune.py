@@ -9,6 +9,7 @@ from oneposetrans.caption import CaptionStore
 from oneposetrans.commands import SMOKE_BANNER, add_common, echo, models_dir, open_session
 from oneposetrans.datasets import read_captions, read_pairs, unique_sources
 from oneposetrans.errors import BadInputError
+from oneposetrans.profiles import profile_named
 from oneposetrans.results import ResultsTree, stem
 from oneposetrans.settings import FinetuneSettings
 
@@ -71,7 +72,7 @@ def _finetune_cases(arguments: argparse.Namespace, tree) -> list:
         return [FinetuneCase(name, list(arguments.source), arguments.caption, list(arguments.mask))]
     if not arguments.pairs:
         raise BadInputError("finetune needs --source IMG ... --caption TEXT, or --pairs FILE for a dataset")
-    captions = read_captions(arguments.captions) if arguments.captions else None
+    captions = read_captions(arguments.captions, profile_named(arguments.profile)) if arguments.captions else None
     store = CaptionStore(tree)
     stored = {} if captions is not None else store.records()
     where = arguments.captions or store.path

@@ -55,7 +55,7 @@ def handle(arguments: argparse.Namespace) -> int:
         print(SMOKE_BANNER, flush=True)
     session = open_session(arguments, models_dir(arguments), compile=arguments.compile)
     tree = ResultsTree(arguments.results)
-    inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints)
+    inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints, session.profile)
     settings = GenerationSettings(
         steps=arguments.steps,
         guidance=arguments.guidance,

@@ -41,7 +41,7 @@ def handle(arguments: argparse.Namespace) -> int:
         tree, session, refine=RefineSettings(resolution=smoke_resolution(arguments)),
         echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite,
     )
-    captions = source_captions(tree, arguments.captions)
+    captions = source_captions(tree, arguments.captions, session.profile)
     recipe.require([recipe.refine_stage(captions)])
     recipe.refine(captions)
     return 0
