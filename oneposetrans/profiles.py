@@ -62,6 +62,8 @@ class Profile:
     """Target poses of one size share a pipeline call (False: one target per call, as published)."""
     transparent_rounding: str
     """"truncate" (8-bit RGB in, output truncated, as published) or "round" (float RGB in, output rounded)."""
+    segment_size: str
+    """"full size" (the photo as given, as published) or "at most 2048 px" (larger photos on a downscaled copy)."""
     person_choice: str
     """"most confident" or "largest" detection when several people are found."""
     lama_export: str
@@ -105,6 +107,7 @@ REFERENCE = Profile(
     require_person_mask=True,
     batch_poses=False,
     transparent_rounding="truncate",
+    segment_size="full size",
     person_choice="most confident",
     lama_export="published",
     diffusion_inpaint="published",
@@ -136,6 +139,7 @@ DEFAULT = Profile(
     require_person_mask=False,
     batch_poses=True,
     transparent_rounding="round",
+    segment_size="at most 2048 px",
     person_choice="largest",
     lama_export="any",
     diffusion_inpaint="fitted",
@@ -295,6 +299,13 @@ ROWS = (
         "its RGB input is the pipeline's 8-bit picture; its output is truncated (`astype(uint8)`)",
         'float RGB in; output rounded',
         'rounding is the unbiased conversion; truncation darkens every channel by half a level on average',
+    ),
+    Row(
+        ('segment_size',),
+        'segment: photos larger than 2048 px',
+        'segmented at full size',
+        'segmented on a copy whose longer side is 2048 px, the mask mapped back to full size',
+        'both models resize their input to about 1k pixels anyway; full-size intermediates of a 6000-px photo only cost memory',
     ),
     Row(
         ('person_choice',),

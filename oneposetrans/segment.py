@@ -32,8 +32,9 @@ NMS_IOU = 0.8
 # The inpainting mask covers the person's outline generously so LaMa leaves no silhouette.
 DILATION_KERNEL = 5
 DILATION_ITERATIONS = 8
-# Photos larger than this are segmented on a downscaled copy and the mask is mapped back: both
-# models resize to about 1k pixels anyway, and full-size intermediates would only cost memory.
+# In the default profile, photos larger than this are segmented on a downscaled copy and the mask
+# is mapped back: both models resize to about 1k pixels anyway, and full-size intermediates would
+# only cost memory.
 WORKING_MAX_SIDE = 2048
 
 SEGMENT_MODES = ("dataset", "rgba", "rgb")
@@ -87,9 +88,9 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(np.repeat(mask[..., None], 3, axis=2), "RGB")
 
 
-def _working_copy(image: Image.Image) -> tuple[Image.Image, float]:
+def _working_copy(image: Image.Image, profile: Profile) -> tuple[Image.Image, float]:
     side = max(image.size)
-    if side <= WORKING_MAX_SIDE:
+    if side <= WORKING_MAX_SIDE or profile.segment_size == "full size":
         return image, 1.0
     scale = WORKING_MAX_SIDE / side
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -153,7 +154,7 @@ class PersonSegmenter:
     def segment(self, image: Image.Image, name: str = "image") -> Segmentation:
         """Mask of one person in ``image``; :class:`NoPersonError` names ``name`` when there is none."""
         image = image.convert("RGB")
-        working, scale = _working_copy(image)
+        working, scale = _working_copy(image, self.profile)
         boxes, scores = self.detect(working)
         if len(boxes) == 0:
             raise NoPersonError(f"{name}: no person found (GroundingDINO 'human' above {BOX_THRESHOLD})")
@@ -176,7 +177,7 @@ class PersonSegmenter:
         if not points:
             raise BadInputError("point segmentation needs at least one click")
         image = image.convert("RGB")
-        working, scale = _working_copy(image)
+        working, scale = _working_copy(image, self.profile)
         mask = self._best_sam_mask(
             working,
             input_points=[[[[x * scale, y * scale] for x, y in points]]],

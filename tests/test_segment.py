@@ -60,6 +60,16 @@ def test_large_photo_is_segmented_downscaled_and_the_mask_mapped_back(segmenter,
     assert any(np.allclose(found.box, box * 5000 / 2048, rtol=1e-5) for box in boxes)
 
 
+def test_reference_segments_a_large_photo_at_full_size(tiny_models, monkeypatch):
+    reference = PersonSegmenter(tiny_models, "cpu", REFERENCE)
+    seen = []
+    sam, detect = reference._best_sam_mask, reference.detect
+    monkeypatch.setattr(reference, "_best_sam_mask", lambda image, **prompts: seen.append(image.size) or sam(image, **prompts))
+    monkeypatch.setattr(reference, "detect", lambda image: seen.append(image.size) or detect(image))
+    found = reference.segment(_astronaut((2500, 1500)))
+    assert seen == [(2500, 1500), (2500, 1500)] and found.mask.shape == (1500, 2500)
+
+
 def test_point_prompts_give_a_mask(segmenter):
     mask = segmenter.segment_points(_astronaut((320, 240)), [(160, 120), (10, 10)], [1, 0])
     assert mask.shape == (240, 320) and mask.any()
