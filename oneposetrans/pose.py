@@ -276,8 +276,9 @@ def load_pose_map(
         return fit_pose_map(pose_map, profile, resolution), None
     image = load_image(path, "RGB")
     if _looks_like_pose_map(image):
-        pose_map = image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR)
-        return fit_pose_map(pose_map, profile, resolution), None
+        if profile.pose_canvas == "square":  # published: the file stretched to the square, one resize
+            return fit_pose_map(image, profile, resolution), None
+        return image.resize(generation_size(image.width, image.height, resolution), Image.BILINEAR), None
     if extractor is None:
         raise BadInputError(f"{path}: looks like a photo, and no pose detector was given")
     return pose_from_photo(image, path, resolution, extractor, profile)

@@ -172,6 +172,14 @@ def test_reference_stretches_every_kind_of_target_to_1024(tmp_path):
     assert load_pose_map(BUNDLED_POSES[0], 1024)[0].size == (1024, 1536)
 
 
+def test_reference_resizes_a_given_pose_map_once_as_published(tmp_path):
+    """Published: ``Image.open(pose).resize((1024, 1024))``, straight from the file."""
+    path = tmp_path / "map.png"
+    render_keypoints(load_keypoints(BUNDLED_POSES[0]), (300, 450)).save(path)
+    reference, _ = load_pose_map(path, 1024, profile=REFERENCE)
+    assert np.array_equal(np.asarray(reference), np.asarray(Image.open(path).convert("RGB").resize((1024, 1024))))
+
+
 def test_reference_square_follows_the_generation_resolution():
     """1024 is the published resolution; a smaller --resolution (e.g. --smoke) shrinks the square."""
     pose_map, _ = load_pose_map(BUNDLED_POSES[0], 128, profile=REFERENCE)
