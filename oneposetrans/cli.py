@@ -58,7 +58,10 @@ def run_script(script: str, preset: list[str]) -> int:
     name = Path(script).name
     command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[preset[0]]
     command.prog = name
-    command.description = f"{name} is `python -m oneposetrans {' '.join(preset)}`. " + (command.description or "")
+    command.description = (
+        f"{name} is `python -m oneposetrans {' '.join(preset)}`. It runs the default profile (this project's fixes); "
+        "--profile reference runs the published computation. " + (command.description or "")
+    )
     return main([*preset, *sys.argv[1:]], parser)
 
 

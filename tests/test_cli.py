@@ -26,6 +26,8 @@ def _run(*args):
 def test_root_scripts_have_help(script):
     helped = _run(script, "--help")
     assert helped.returncode == 0 and "--models" in helped.stdout
+    # The published names run the default profile unless told otherwise.
+    assert "runs the default profile" in " ".join(helped.stdout.split())
 
 
 def test_tool_utils_missing_folder_is_one_line(tmp_path):
