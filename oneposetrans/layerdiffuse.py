@@ -247,6 +247,15 @@ def pad_colour(rgba: np.ndarray, shrink: float = 1.2) -> np.ndarray:
 
 
 @torch.no_grad()
+def rgba_to_uint8(rgba: torch.Tensor, truncate: bool) -> np.ndarray:
+    """Decoded RGBA (batch, 4, H, W) in [0, 1] as uint8 images (batch, H, W, 4). ``truncate``: as
+    the published decoder did, x255 in the decoder's own dtype (fp16 on a GPU), then truncated;
+    otherwise x255 in fp32 and rounded."""
+    scaled = rgba * 255.0 if truncate else rgba.float() * 255.0
+    array = scaled.float().movedim(1, -1).cpu().numpy()
+    return (array if truncate else array.round()).clip(0, 255).astype(np.uint8)
+
+
 def encode_transparent(vae, encoder: TransparentOffsetEncoder, rgba_images: list[np.ndarray]) -> torch.Tensor:
     """Latents (unscaled VAE space) of RGBA uint8 images: the VAE mean of the premultiplied
     image plus its std times the encoder's offset (x300), deterministic.

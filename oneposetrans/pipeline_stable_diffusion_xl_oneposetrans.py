@@ -1115,11 +1115,10 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         decoder_latent = latents if self.profile.decoder_latent == "scaled" and main_stage else unscaled
         rgba = layerdiffuse.decode_transparent(
             self.transparent_decoder, pixel, decoder_latent, batched=self.profile.batch_transparent_views
-        ).float()
+        )
         if output_type == "pt":
-            return rgba
-        array = rgba.movedim(1, -1).cpu().numpy() * 255.0
-        array = (array if truncate else array.round()).clip(0, 255).astype(np.uint8)
+            return rgba.float()
+        array = layerdiffuse.rgba_to_uint8(rgba, truncate)
         if output_type == "np":
             return array
         return [PIL.Image.fromarray(item, "RGBA") for item in array]

@@ -238,6 +238,17 @@ def test_transparent_decode_quantisation_by_profile(tiny_models, profile):
     assert not torch.equal(pixels[-1] * 255, (pixels[-1] * 255).round())
 
 
+def test_reference_multiplies_by_255_in_the_decoders_dtype_before_truncating():
+    """The published decoder: ``(png * 255.0).detach().cpu().float().numpy().clip(0, 255).astype(np.uint8)``
+    with ``png`` in its fp16; in fp32 the product of an fp16 value can land on the other side of an integer."""
+    values = torch.arange(0, 1, 1 / 4096, dtype=torch.float32).to(torch.float16)
+    rgba = values[: 4 * 32 * 32].reshape(1, 4, 32, 32)
+    published = (rgba * 255.0).detach().cpu().float().numpy().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    assert np.array_equal(layerdiffuse.rgba_to_uint8(rgba, truncate=True), published)
+    assert not np.array_equal(published, (rgba.float() * 255.0).numpy().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+    assert np.array_equal(layerdiffuse.rgba_to_uint8(rgba, truncate=False), (rgba.float() * 255.0).round().numpy().astype(np.uint8).transpose(0, 2, 3, 1))
+
+
 def test_layerdiffuse_offsets_without_a_unet_weight_are_skipped_with_a_count(tiny_models, tmp_path, caplog):
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file, save_file
