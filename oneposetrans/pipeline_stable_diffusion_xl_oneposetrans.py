@@ -187,7 +187,10 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         """The VCM into the UNet, and the profile's text window on the ControlNet's cross-attention;
         again after diffusers replaces every processor (attention slicing, QKV fusion), keeping
         the slicing it set."""
-        install_vcm(self.unet, self.vcm, face_key_from_value=self.profile.face_key == "value")
+        install_vcm(
+            self.unet, self.vcm, face_key_from_value=self.profile.face_key == "value",
+            face_together=self.profile.face_projection == "one batch",
+        )
         window = self.profile.controlnet_text_tokens
         for controlnet in self._controlnets():
             controlnet.set_attn_processor(

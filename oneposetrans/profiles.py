@@ -52,6 +52,8 @@ class Profile:
     """"fixed" (text position 4 in both halves of CFG) or "word" (the caption's word "face")."""
     face_key: str
     """Projection of the face branch's key: "value" (the published slip) or "key"."""
+    face_projection: str
+    """"one batch" (the Resampler projects the unconditional zeros and the face together, as published) or "row by row"."""
     face_choice: str
     """"first" (the first face InsightFace returns) or "largest"."""
     identity_image: str
@@ -102,6 +104,7 @@ REFERENCE = Profile(
     controlnet_text_tokens=57,
     face_position="fixed",
     face_key="value",
+    face_projection="one batch",
     face_choice="first",
     identity_image="stretch",
     require_person_mask=True,
@@ -134,6 +137,7 @@ DEFAULT = Profile(
     controlnet_text_tokens=77,
     face_position="word",
     face_key="key",
+    face_projection="row by row",
     face_choice="largest",
     identity_image="pad",
     require_person_mask=False,
@@ -264,6 +268,13 @@ ROWS = (
         '`to_face_v_ip` (only matters if the face branch scale is raised from 0)',
         '`to_face_k_ip`',
         'the published key used the value projection',
+    ),
+    Row(
+        ('face_projection',),
+        "repose: the face Resampler's input",
+        'the unconditional zeros and the face embedding in one batch of 2',
+        'each distinct row projected alone',
+        "a row's tokens then do not depend on what shares its batch (the same bits for one target or four)",
     ),
     Row(
         ('face_choice',),

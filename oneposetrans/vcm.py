@@ -265,9 +265,12 @@ class VCMImageProjection(MultiIPAdapterImageProjection):
     row projected alone gives the same bits whichever batch it came in.
     """
 
-    def __init__(self, vcm: VisualConsistencyModule):
+    def __init__(self, vcm: VisualConsistencyModule, together: tuple[str, ...] = ()):
+        """``together``: roles whose distinct rows are projected in one batch, in the order they
+        first appear (the reference profile's face: the published [zeros, face] call)."""
         super().__init__([getattr(vcm, f"{role}_projection") for role in vcm.roles])
         self.roles = vcm.roles
+        self.together = together
         self._kept = KeptPerTensors()
 
     def forward(self, image_embeds: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
@@ -279,19 +282,33 @@ class VCMImageProjection(MultiIPAdapterImageProjection):
             kept = self._kept.get(embeds)
             if kept is not None:
                 return kept
-        tokens = [None if e is None else _project_rows(layer, e) for e, layer in zip(embeds, self.image_projection_layers)]
+        tokens = [
+            None if e is None else _project_rows(layer, e, role in self.together)
+            for e, layer, role in zip(embeds, self.image_projection_layers, self.roles)
+        ]
         if keep:
             self._kept.put(embeds, tokens)
         return tokens
 
 
-def _project_rows(layer: nn.Module, embeds: torch.Tensor) -> torch.Tensor:
-    """``embeds`` (batch, images, ...) -> (batch, images, tokens, width), each distinct row alone."""
+def _project_rows(layer: nn.Module, embeds: torch.Tensor, together: bool = False) -> torch.Tensor:
+    """``embeds`` (batch, images, ...) -> (batch, images, tokens, width): each distinct row alone,
+    or (``together``) the distinct rows as one batch in the order they first appear."""
     batch, images = embeds.shape[:2]
     rows = embeds.reshape(batch * images, *embeds.shape[2:])
-    distinct, inverse = torch.unique(rows.flatten(1), dim=0, return_inverse=True)
-    tokens = torch.cat([layer(row.view(1, *rows.shape[1:])) for row in distinct])
-    return tokens[inverse].view(batch, images, *tokens.shape[1:])
+    firsts, inverse = [], []
+    for row in rows:
+        index = next((i for i, seen in enumerate(firsts) if torch.equal(seen, row)), None)
+        if index is None:
+            firsts.append(row)
+            index = len(firsts) - 1
+        inverse.append(index)
+    distinct = torch.stack(firsts)
+    if together:
+        tokens = layer(distinct)
+    else:
+        tokens = torch.cat([layer(row.view(1, *rows.shape[1:])) for row in distinct])
+    return tokens[torch.tensor(inverse, device=tokens.device)].view(batch, images, *tokens.shape[1:])
 
 
 def pooled_face_value(face_value: torch.Tensor) -> torch.Tensor:
@@ -472,7 +489,9 @@ def unwrapped(processor):
     return processor.inner if isinstance(processor, (IgnoresFacePositions, TextWindowAttnProcessor)) else processor
 
 
-def install(unet, module: VisualConsistencyModule, face_key_from_value: bool = False) -> dict[str, VCMAttnProcessor]:
+def install(
+    unet, module: VisualConsistencyModule, face_key_from_value: bool = False, face_together: bool = False
+) -> dict[str, VCMAttnProcessor]:
     """Put ``module`` into ``unet``: a :class:`VCMAttnProcessor` on every cross-attention (sharing
     the module's layers), :class:`IgnoresFacePositions` around every other processor, and the
     projections as ``encoder_hid_proj`` (``encoder_hid_dim_type="ip_image_proj"``, as diffusers'
@@ -492,7 +511,7 @@ def install(unet, module: VisualConsistencyModule, face_key_from_value: bool = F
         else:
             processors[name] = IgnoresFacePositions(current)
     unet.set_attn_processor(processors)
-    unet.encoder_hid_proj = VCMImageProjection(module)
+    unet.encoder_hid_proj = VCMImageProjection(module, ("face",) if face_together else ())
     unet.config.encoder_hid_dim_type = "ip_image_proj"
     installed = {name: p for name, p in unet.attn_processors.items() if isinstance(p, VCMAttnProcessor)}
     set_ip_scales(installed, module.config.ip_scales or {}, module.config.face_scale)

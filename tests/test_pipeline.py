@@ -303,6 +303,16 @@ def test_identity_keys_and_values_are_computed_once_per_call_and_equal_recomputi
     assert np.array_equal(kept, recomputed)
 
 
+@pytest.mark.parametrize("profile, batches", [("reference", [2]), ("default", [1, 1])])
+def test_face_resampler_batch_by_profile(tiny_models, pose, face, profile, batches):
+    """Published: the Resampler projects [zeros, face] in one call; default: each row alone."""
+    pipe = _pipe(tiny_models, profile)
+    seen = []
+    pipe.vcm.face_projection.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    pipe(CAPTION, image=[pose], generator=[_seed()], num_inference_steps=1, face_embedding=face, output_type="latent")
+    assert seen == batches
+
+
 def test_fused_lora_matches_unfused_and_restores_the_exact_weights(tiny_models, pose, face, tmp_path):
     from safetensors.torch import save_file
 
