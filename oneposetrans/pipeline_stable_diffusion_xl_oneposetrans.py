@@ -175,13 +175,21 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
             if image_encoder is not None:
                 encoder = CLIPVisionModelWithProjection.from_pretrained(image_encoder, dtype=self.unet.dtype, local_files_only=True)
                 # The published code used a default CLIPImageProcessor (224, OpenAI mean/std).
-                self.register_modules(image_encoder=encoder.to(self.unet.device), feature_extractor=CLIPImageProcessor())
+                self.register_modules(image_encoder=encoder.to(self.unet.device), feature_extractor=self._image_processor())
             elif self.image_encoder is None:
                 raise ValueError("the IP-Adapter needs its CLIP image encoder folder")
             elif self.feature_extractor is None:
-                self.register_modules(feature_extractor=CLIPImageProcessor())
+                self.register_modules(feature_extractor=self._image_processor())
         self.register_modules(vcm=VisualConsistencyModule.from_published(self.unet, ip_adapter, face_adapter))
         self._install_vcm()
+
+    def _image_processor(self):
+        """The image prompt's CLIP preprocessing (224, OpenAI mean/std): transformers 4.37's
+        PIL-backed resize in the reference profile, which transformers 5 keeps as
+        ``CLIPImageProcessorPil`` (its default resizes with torchvision, up to one 8-bit level apart)."""
+        from transformers import CLIPImageProcessorPil
+
+        return CLIPImageProcessorPil() if self.profile.clip_resize == "PIL" else CLIPImageProcessor()
 
     def _install_vcm(self) -> None:
         """The VCM into the UNet, and the profile's text window on the ControlNet's cross-attention;

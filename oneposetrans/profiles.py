@@ -54,6 +54,8 @@ class Profile:
     """Projection of the face branch's key: "value" (the published slip) or "key"."""
     face_projection: str
     """"one batch" (the Resampler projects the unconditional zeros and the face together, as published) or "row by row"."""
+    clip_resize: str
+    """The image prompt's CLIP preprocessing: "PIL" (transformers 4.37's, as published) or "torchvision" (transformers 5's default)."""
     face_choice: str
     """"first" (the first face InsightFace returns) or "largest"."""
     identity_image: str
@@ -105,6 +107,7 @@ REFERENCE = Profile(
     face_position="fixed",
     face_key="value",
     face_projection="one batch",
+    clip_resize="PIL",
     face_choice="first",
     identity_image="stretch",
     require_person_mask=True,
@@ -138,6 +141,7 @@ DEFAULT = Profile(
     face_position="word",
     face_key="key",
     face_projection="row by row",
+    clip_resize="torchvision",
     face_choice="largest",
     identity_image="pad",
     require_person_mask=False,
@@ -275,6 +279,13 @@ ROWS = (
         'the unconditional zeros and the face embedding in one batch of 2',
         'each distinct row projected alone',
         "a row's tokens then do not depend on what shares its batch (the same bits for one target or four)",
+    ),
+    Row(
+        ('clip_resize',),
+        "repose: the image prompt's CLIP preprocessing",
+        "PIL's bicubic resize, as transformers 4.37 did (`CLIPImageProcessorPil`)",
+        "transformers 5's default processor, which resizes with torchvision",
+        'the two differ by up to one 8-bit level; the default follows the library, the reference the published inputs',
     ),
     Row(
         ('face_choice',),

@@ -313,6 +313,23 @@ def test_face_resampler_batch_by_profile(tiny_models, pose, face, profile, batch
     assert seen == batches
 
 
+def test_reference_clip_preprocessing_is_pils_bicubic_resize(tiny_models):
+    """transformers 4.37 (published) resized with PIL; 5's default uses torchvision."""
+    from PIL import Image
+
+    photo = Image.fromarray(np.random.RandomState(1).randint(0, 256, (300, 410, 3), dtype=np.uint8))
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+    resized = photo.resize((round(410 * 224 / 300), 224), Image.BICUBIC)
+    left = (resized.width - 224) // 2
+    by_hand = ((np.asarray(resized.crop((left, 0, left + 224, 224)), np.float64) / 255.0 - mean) / std).transpose(2, 0, 1)
+    processed = {}
+    for profile in ("reference", "default"):
+        pipe = _pipe(tiny_models, profile)
+        processed[profile] = np.asarray(pipe.feature_extractor(photo, return_tensors="np").pixel_values[0], np.float64)
+    assert np.abs(processed["reference"] - by_hand).max() <= 1e-6
+    assert np.abs(processed["default"] - by_hand).max() > 1e-3
+
+
 def test_fused_lora_matches_unfused_and_restores_the_exact_weights(tiny_models, pose, face, tmp_path):
     from safetensors.torch import save_file
 
