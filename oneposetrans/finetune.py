@@ -247,11 +247,10 @@ class LoraTrainer:
             lora_weights = _PublishedWeights(parameters)
         else:
             lora_weights = _MasterWeights(parameters, self.weight_dtype)
-        # The fast step as one CUDA graph: fixed shapes, no host sync, the optimizer inside.
-        capture = (
-            not published and self.device.type == "cuda" and self.precision != "fp16"
-            and settings.cuda_graph and self.profile.finetune_crops == "pil"
-        )
+        # The fast step with its crops planned ahead has fixed shapes and no host sync; on a GPU
+        # without loss scaling it runs as one CUDA graph, the optimizer inside.
+        fixed_shape = not published and self.profile.finetune_crops == "pil"
+        capture = fixed_shape and self.device.type == "cuda" and self.precision != "fp16" and settings.cuda_graph
         optimizer = torch.optim.AdamW(
             lora_weights.optimized,
             lr=settings.learning_rate,
@@ -315,7 +314,7 @@ class LoraTrainer:
         # default crops can move: they come from Python's generator, while the VAE's sampling noise
         # is still drawn from torch's in the loop, in the published order.
         fixed, capture_seconds = None, 0.0
-        if not published and self.profile.finetune_crops == "pil":
+        if fixed_shape:
             planned = [draw_crops() for _ in range(settings.steps)]
             fixed = _FixedShapeStep(
                 optimize,

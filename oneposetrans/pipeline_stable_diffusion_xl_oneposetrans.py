@@ -377,14 +377,10 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
     def _merge_subject_factors(self, factors: dict[str, tuple]) -> None:
         """W += (B @ A) x scaling in the weights' dtype, as peft's merge (in fp32 for half weights
         on a CPU, as peft)."""
-        if not hasattr(self, "_unfused_weights"):
-            self._unfused_weights = {}
-        pin = torch.cuda.is_available() and self.unet.device.type == "cuda"
         self._merged_subject_layers = []
         for layer, (up, down, scaling) in factors.items():
             weight = self.unet.get_submodule(layer).weight
-            if layer not in self._unfused_weights:
-                self._unfused_weights[layer] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=pin).copy_(weight)
+            self._keep_original_weight(layer, weight)
             upcast = weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16)
             dtype = torch.float32 if upcast else weight.dtype
             up = up.to(weight.device, weight.dtype).to(dtype)
@@ -402,15 +398,18 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
 
     @torch.no_grad()
     def _fuse_subject_lora(self) -> None:
+        for name, module in self._subject_layers():
+            self._keep_original_weight(name, module.get_base_layer().weight)
+            module.merge(adapter_names=[SUBJECT_ADAPTER])
+
+    def _keep_original_weight(self, name: str, weight: torch.Tensor) -> None:
+        """A copy of a layer's weight before its first merge (in pinned host memory beside a GPU),
+        taken once per process: the base weights only ever change by these merges."""
         if not hasattr(self, "_unfused_weights"):
             self._unfused_weights: dict[str, torch.Tensor] = {}
-        pin = torch.cuda.is_available() and self.unet.device.type == "cuda"
-        for name, module in self._subject_layers():
-            if name not in self._unfused_weights:
-                # Taken once per process: the base weights only ever change by these merges.
-                weight = module.get_base_layer().weight
-                self._unfused_weights[name] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=pin).copy_(weight)
-            module.merge(adapter_names=[SUBJECT_ADAPTER])
+        if name not in self._unfused_weights:
+            pin = torch.cuda.is_available() and weight.device.type == "cuda"
+            self._unfused_weights[name] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=pin).copy_(weight)
 
     # -- identity conditioning ----------------------------------------------------------------
 
