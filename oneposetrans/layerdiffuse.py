@@ -261,7 +261,7 @@ def encode_transparent(vae, encoder: TransparentOffsetEncoder, rgba_images: list
     image plus its std times the encoder's offset (x300), deterministic.
 
     An fp16 VAE that asks for upcasting (``force_upcast``, as SDXL's does: it overflows in fp16)
-    encodes in fp32; the published refining stage held its VAE in bf16 for the same reason."""
+    encodes in fp32; any other VAE (the reference profile's bf16 copy, as published) encodes in its own dtype."""
     padded = torch.from_numpy(np.stack([pad_colour(image) for image in rgba_images])).movedim(-1, 1).float()
     rgba = torch.from_numpy(np.stack(rgba_images)).movedim(-1, 1).float() / 255.0
     rgb, alpha = rgba[:, :3], rgba[:, 3:]

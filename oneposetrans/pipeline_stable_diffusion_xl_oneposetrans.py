@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -1076,48 +1077,74 @@ class StableDiffusionXLOnePoseTransPipeline(StableDiffusionXLControlNetPipeline)
         return OnePoseTransPipelineOutput(images=images, notes=notes)
 
     def _decode(self, latents: torch.Tensor, output_type: str):
-        """The parent's decoding: the VAE in float32 when it asks for upcasting (SDXL's
-        overflows in fp16), its latents mean and std when the config has them, the watermark."""
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-            latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
-        has_latents_mean = getattr(self.vae.config, "latents_mean", None) is not None
-        has_latents_std = getattr(self.vae.config, "latents_std", None) is not None
-        if has_latents_mean and has_latents_std:
-            latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            latents_std = torch.tensor(self.vae.config.latents_std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * latents_std / self.vae.config.scaling_factor + latents_mean
-        else:
-            latents = latents / self.vae.config.scaling_factor
-        image = self.vae.decode(latents, return_dict=False)[0]
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
+        """The parent's decoding: the VAE in its decoding precision (:meth:`_vae_decoding`), its
+        latents mean and std when the config has them, the watermark."""
+        config = self.vae.config
+        with self._vae_decoding(self.vae) as (upcast, dtype):
+            if upcast:
+                latents = latents.to(dtype)
+            if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+                latents_mean = torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+                latents_std = torch.tensor(config.latents_std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+                latents = latents * latents_std / config.scaling_factor + latents_mean
+            else:
+                latents = latents / config.scaling_factor
+            image = self.vae.decode(latents, return_dict=False)[0]
         if self.watermark is not None:
             image = self.watermark.apply_watermark(image)
         return self.image_processor.postprocess(image, output_type=output_type)
 
-    def decode_transparent_latents(self, latents: torch.Tensor, main_stage: bool = True) -> list[PIL.Image.Image]:
-        """RGBA images from sampled (scaled) latents; see :meth:`_decode_transparent`."""
-        return self._decode_transparent(latents, "pil", main_stage)
+    @contextlib.contextmanager
+    def _vae_decoding(self, vae: AutoencoderKL):
+        """Holds ``vae`` in its decoding precision; yields whether it was upcast and the dtype its
+        ``post_quant_conv`` reads.
 
-    def _decode_transparent(self, latents: torch.Tensor, output_type: str, main_stage: bool = True):
+        An fp16 VAE that asks for upcasting (SDXL's overflows in fp16) decodes in fp32 and is
+        restored afterwards. The reference profile upcasts as diffusers 0.28's ``upcast_vae`` did
+        under PyTorch 2 attention: ``post_quant_conv``, ``decoder.conv_in`` and
+        ``decoder.mid_block`` stay in fp16 and the decoder casts to fp32 before its up blocks
+        (0.28's ``Decoder.forward`` did that cast; 0.42's does not, so a hook does it here).
+        """
+        if not (vae.dtype == torch.float16 and vae.config.force_upcast):
+            yield False, next(iter(vae.post_quant_conv.parameters())).dtype
+            return
+        vae.to(dtype=torch.float32)
+        hook = None
+        if self.profile.vae_upcast == "diffusers 0.28":
+            for part in (vae.post_quant_conv, vae.decoder.conv_in, vae.decoder.mid_block):
+                part.to(dtype=torch.float16)
+            hook = vae.decoder.up_blocks[0].register_forward_pre_hook(
+                lambda module, args: (args[0].to(torch.float32), *args[1:])
+            )
+        try:
+            yield True, next(iter(vae.post_quant_conv.parameters())).dtype
+        finally:
+            if hook is not None:
+                hook.remove()
+            vae.to(dtype=torch.float16)
+
+    def decode_transparent_latents(
+        self, latents: torch.Tensor, main_stage: bool = True, vae: AutoencoderKL | None = None
+    ) -> list[PIL.Image.Image]:
+        """RGBA images from sampled (scaled) latents; see :meth:`_decode_transparent`."""
+        return self._decode_transparent(latents, "pil", main_stage, vae)
+
+    def _decode_transparent(
+        self, latents: torch.Tensor, output_type: str, main_stage: bool = True, vae: AutoencoderKL | None = None
+    ):
         """RGB through the SDXL VAE, then alpha and foreground through the transparent decoder.
 
         Default profile: the decoder reads the unscaled latent, as LayerDiffuse does, and the
         8-bit output is rounded. Reference: the published main stage passed the latent still
         multiplied by the scaling factor and gave the decoder the pipeline's 8-bit RGB (rounded);
         its refining stage (``main_stage=False``) did neither. Both truncated the output to 8 bits
-        (numpy's ``astype(uint8)``).
+        (numpy's ``astype(uint8)``). ``vae``: another VAE than the pipeline's (the refining
+        stage's bf16 copy in the reference profile).
         """
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-        vae_dtype = next(iter(self.vae.post_quant_conv.parameters())).dtype
-        unscaled = latents / self.vae.config.scaling_factor
-        pixel = self.vae.decode(unscaled.to(vae_dtype), return_dict=False)[0]
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
+        vae = self.vae if vae is None else vae
+        unscaled = latents / vae.config.scaling_factor
+        with self._vae_decoding(vae) as (_, dtype):
+            pixel = vae.decode(unscaled.to(dtype), return_dict=False)[0]
         pixel = (pixel * 0.5 + 0.5).clip(0, 1)
         truncate = self.profile.transparent_rounding == "truncate"
         if truncate and main_stage:

@@ -66,6 +66,12 @@ class Profile:
     """Target poses of one size share a pipeline call (False: one target per call, as published)."""
     transparent_rounding: str
     """"truncate" (8-bit RGB in, output truncated, as published) or "round" (float RGB in, output rounded)."""
+    vae_upcast: str
+    """How an fp16 VAE that asks for upcasting (SDXL's) decodes: "diffusers 0.28" (``post_quant_conv``,
+    ``decoder.conv_in`` and ``decoder.mid_block`` kept in fp16) or "whole VAE" (all of it in fp32)."""
+    refine_vae_dtype: str
+    """The refining stage's VAE: "bf16" (a bf16 copy encodes and decodes, as published) or "generator's"
+    (the generator's VAE, upcast to fp32 where it asks for it)."""
     segment_size: str
     """"full size" (the photo as given, as published) or "at most 2048 px" (larger photos on a downscaled copy)."""
     person_choice: str
@@ -113,6 +119,8 @@ REFERENCE = Profile(
     require_person_mask=True,
     batch_poses=False,
     transparent_rounding="truncate",
+    vae_upcast="diffusers 0.28",
+    refine_vae_dtype="bf16",
     segment_size="full size",
     person_choice="most confident",
     lama_export="published",
@@ -147,6 +155,8 @@ DEFAULT = Profile(
     require_person_mask=False,
     batch_poses=True,
     transparent_rounding="round",
+    vae_upcast="whole VAE",
+    refine_vae_dtype="generator's",
     segment_size="at most 2048 px",
     person_choice="largest",
     lama_export="any",
@@ -321,6 +331,20 @@ ROWS = (
         "its RGB input is the pipeline's 8-bit picture; its output is truncated (`astype(uint8)`)",
         'float RGB in; output rounded',
         'rounding is the unbiased conversion; truncation darkens every channel by half a level on average',
+    ),
+    Row(
+        ('vae_upcast',),
+        "repose: VAE decode on a GPU (an fp16 VAE that asks for upcasting, as SDXL's does)",
+        "as diffusers 0.28's `upcast_vae`: `post_quant_conv`, `decoder.conv_in` and `decoder.mid_block` stay in fp16 and read the fp16 latents, the up blocks run in fp32",
+        'the whole VAE in fp32, as diffusers 0.42 does',
+        "fp16 in the decoder's first layers rounds what every later layer reads; diffusers itself dropped the partial upcast",
+    ),
+    Row(
+        ('refine_vae_dtype',),
+        'refine: VAE precision',
+        'a bf16 copy of the VAE (the published stage loaded it in bf16) encodes the transparent input and decodes the result; the sampled latents are cast to bf16 before unscaling',
+        "the generator's VAE, in fp32 on a GPU (the fp16 VAE asks for upcasting)",
+        'bf16 keeps 8 bits of mantissa where fp32 keeps 24, and no second VAE is held in memory; fp16 would overflow',
     ),
     Row(
         ('segment_size',),

@@ -15,6 +15,7 @@ does what was meant.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,8 @@ class Refiner:
             add_watermarker=False,
         )
         self.img2img.set_progress_bar_config(disable=True)
+        # The published stage loaded its own VAE in bf16 (from the fp16 files: a bf16 cast of them).
+        self.vae = copy.deepcopy(self.pipe.vae).to(torch.bfloat16) if self.profile.refine_vae_dtype == "bf16" else self.pipe.vae
 
     def _unprojected_pooled(self, text: str) -> torch.Tensor:
         """The published refine stage encoded prompts like its LoRA training: text_encoder_2's
@@ -95,8 +98,8 @@ class Refiner:
                 identity.pooled_prompt_embeds = self._unprojected_pooled(caption).to(identity.pooled_prompt_embeds)
                 identity.negative_pooled_prompt_embeds = self._unprojected_pooled(settings.negative_prompt).to(identity.pooled_prompt_embeds)
             rgba = np.asarray(reposed.convert("RGBA").resize(size, Image.BICUBIC))
-            latents = encode_transparent(self.pipe.vae, self.pipe.transparent_encoder, [rgba])
-            latents = latents * self.pipe.vae.config.scaling_factor
+            latents = encode_transparent(self.vae, self.pipe.transparent_encoder, [rgba])
+            latents = latents * self.vae.config.scaling_factor
             # The image prompt in diffusers' form (the unconditional row first), as its img2img takes it.
             image_prompt = [identity.image_embeds_for(("image",), 1, True)[0]] if identity.has_image else None
             output = self.img2img(
@@ -112,8 +115,10 @@ class Refiner:
                 generator=torch.Generator(self.pipe.device).manual_seed(settings.seed),
                 output_type="latent",
             )
-            # The published refine stage divided by the scaling factor and gave the decoder the VAE's own RGB.
-            return self.pipe.decode_transparent_latents(output.images, main_stage=False)[0]
+            # The published refine stage cast to its VAE's dtype, divided by the scaling factor and
+            # gave the decoder the VAE's own RGB.
+            sampled = output.images.to(self.vae.dtype) if self.profile.refine_vae_dtype == "bf16" else output.images
+            return self.pipe.decode_transparent_latents(sampled, main_stage=False, vae=self.vae)[0]
         finally:
             if lora is not None:
                 self.pipe.unload_subject_lora()

@@ -370,3 +370,39 @@ def test_fused_lora_matches_unfused_and_restores_the_exact_weights(tiny_models, 
     # Deleting the adapter leaves peft's wrappers, which file the weights under base_layer.
     after = {k.replace(".base_layer", ""): v for k, v in pipe.unet.state_dict().items()}
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _decode_as_diffusers_028(vae, latents):
+    """diffusers 0.28's SDXL decode of an fp16 VAE with ``force_upcast``, written out: ``upcast_vae``
+    (all fp32, then ``post_quant_conv``, ``decoder.conv_in`` and ``decoder.mid_block`` back to fp16
+    under PyTorch 2 attention), fp16 latents, and ``Decoder.forward``'s cast to the up blocks' dtype."""
+    import copy
+
+    vae = copy.deepcopy(vae).to(torch.float32)
+    for part in (vae.post_quant_conv, vae.decoder.conv_in, vae.decoder.mid_block):
+        part.to(torch.float16)
+    decoder = vae.decoder
+    sample = decoder.mid_block(decoder.conv_in(vae.post_quant_conv(latents.to(torch.float16) / vae.config.scaling_factor)), None)
+    sample = sample.to(next(iter(decoder.up_blocks.parameters())).dtype)
+    for up_block in decoder.up_blocks:
+        sample = up_block(sample, None)
+    return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(sample)))
+
+
+@pytest.mark.parametrize("profile", ["default", "reference"])
+def test_fp16_vae_decodes_upcast_whole_or_as_diffusers_028(tiny_models, profile):
+    """Reference: the main stage's decode is diffusers 0.28's, bit for bit; default: the whole VAE
+    in fp32. Either way the VAE is fp16 again afterwards, with no hook left behind."""
+    pipe = _pipe(tiny_models, profile, vcm_on=False, layers=True)
+    pipe.vae.to(torch.float16).register_to_config(force_upcast=True)
+    mid_dtypes = []
+    pipe.vae.decoder.mid_block.register_forward_hook(lambda module, args, out: mid_dtypes.append(out.dtype))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(torch.float16)
+    image = pipe._decode(latents, "pt")
+    pipe._decode_transparent(latents, "pt")
+    expected_dtype = torch.float16 if profile == "reference" else torch.float32
+    assert mid_dtypes == [expected_dtype] * 2
+    assert pipe.vae.dtype == torch.float16 and all(p.dtype == torch.float16 for p in pipe.vae.parameters())
+    assert not pipe.vae.decoder.up_blocks[0]._forward_pre_hooks
+    published = pipe.image_processor.postprocess(_decode_as_diffusers_028(pipe.vae, latents), output_type="pt")
+    assert torch.equal(image, published) == (profile == "reference")
