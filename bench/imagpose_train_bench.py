@@ -33,6 +33,7 @@ from oneposetrans.datasets import prepare_deepfashion
 from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
 from oneposetrans.imagpose.train import ImagPoseTrainer, load_config
 from oneposetrans.imagpose.unet import widen_conv_in
+from oneposetrans.profiles import PROFILES, Profile
 from oneposetrans.testing import cached_tiny_models
 from oneposetrans.testing.tiny import _tiny_sd_vae, IMAGPOSE_UNET
 
@@ -62,9 +63,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_phase(checkpoint: Path, data: Path, phase: int, tile: int, batch: int, steps: int, warmup: int, precision: str, cpu: bool) -> dict:
+def time_phase(
+    checkpoint: Path, data: Path, phase: int, tile: int, batch: int, steps: int, warmup: int, precision: str, cpu: bool, profile: Profile
+) -> dict:
     config = load_config(f"phase{phase}", init=str(checkpoint), tile_long_side=tile, batch_size=batch, workers=0, mixed_precision=precision)
-    trainer = ImagPoseTrainer(config, data, data / "bench-output", cpu=cpu, echo=lambda line: None)
+    trainer = ImagPoseTrainer(config, data, data / "bench-output", cpu=cpu, echo=lambda line: None, profile=profile)
     device, accelerator = trainer.device, trainer.accelerator
     data_seconds, batches = [], []
     for step in range(warmup + steps):
@@ -91,7 +94,7 @@ def time_phase(checkpoint: Path, data: Path, phase: int, tile: int, batch: int, 
     result = {
         "phase": phase, "samples_per_s": batch / step, "step_s": step, "data_s_per_sample": statistics.median(data_seconds),
         "peak_memory_gib": memory, "trained_parameters_m": trainer.trained_parameters / 1e6,
-        "canvas": [2 * x for x in trainer.canvases.tile],
+        "canvas": [2 * x for x in trainer.canvases.tile], "gradient_checkpointing": config.gradient_checkpointing,
     }
     del trainer, batches
     if device.type == "cuda":
@@ -99,12 +102,18 @@ def time_phase(checkpoint: Path, data: Path, phase: int, tile: int, batch: int, 
     return result
 
 
-def time_stock(unet_config: dict, vae, canvas: tuple[int, int], context: tuple[int, int], batch: int, steps: int, warmup: int, device: torch.device, precision: str) -> dict:
-    """diffusers' text-to-image training step on the stock UNet at the same canvas."""
+def time_stock(
+    unet_config: dict, vae, canvas: tuple[int, int], context: tuple[int, int], batch: int, steps: int, warmup: int, device: torch.device,
+    precision: str, checkpointing: bool,
+) -> dict:
+    """diffusers' text-to-image training step on the stock UNet at the same canvas (with its
+    ``--gradient_checkpointing`` when the phases use it)."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     unet = UNet2DConditionModel(**unet_config).to(device).train()
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=5e-5, weight_decay=0.01)
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -144,6 +153,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=None, help="canvases per step (default: 2 full scale, 1 tiny)")
     parser.add_argument("--tile", type=int, default=None, help="tile long side (default: 512 full scale, 64 tiny)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="the training's profile (its data draw and conditions)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args()
     if arguments.full_scale and not torch.cuda.is_available():
@@ -183,23 +193,30 @@ def main() -> int:
             """A line per figure, and the JSON rewritten, so a run cut short keeps what it measured."""
             print(f"[{time.perf_counter() - started:5.0f} s] {what}: {figures['samples_per_s']:.2f} samples/s", flush=True)
             if arguments.json:
-                arguments.json.write_text(json.dumps({"device": name, "stock": stock, "phases": phases}, indent=2) + "\n")
+                arguments.json.write_text(json.dumps({"device": name, "profile": arguments.profile, "stock": stock, "phases": phases}, indent=2) + "\n")
 
         phases, stock = [], None
         for phase in arguments.phases.split(","):
-            phases.append(time_phase(checkpoint, tmp / "data", int(phase), tile, batch, steps, arguments.warmup, precision, not full))
+            phases.append(
+                time_phase(checkpoint, tmp / "data", int(phase), tile, batch, steps, arguments.warmup, precision, not full, PROFILES[arguments.profile])
+            )
             keep(f"phase {phase}", phases[-1])
         canvas = tuple(phases[0]["canvas"])
-        stock = time_stock(unet_config, vae, canvas, (tokens, width), batch, steps, arguments.warmup, device, precision)
+        stock = time_stock(
+            unet_config, vae, canvas, (tokens, width), batch, steps, arguments.warmup, device, precision, phases[0]["gradient_checkpointing"]
+        )
         keep("stock diffusers step", stock)
 
-    print(f"{'full scale' if full else 'tiny kit'}, {name}, canvas {canvas[0]}x{canvas[1]}, batch {batch}, {steps} timed steps, precision {precision}")
+    print(
+        f"{'full scale' if full else 'tiny kit'}, {name}, canvas {canvas[0]}x{canvas[1]}, batch {batch}, {steps} timed steps, "
+        f"precision {precision}, profile {arguments.profile}, gradient checkpointing as the bundled configs"
+    )
     memory = lambda value: f", {value:.1f} GiB" if value is not None else ""  # noqa: E731
     print(f"  stock diffusers step: {stock['samples_per_s']:.2f} samples/s ({stock['step_s'] * 1000:.0f} ms/step{memory(stock['peak_memory_gib'])})")
     for result in phases:
         print(
             f"  phase {result['phase']} ({result['trained_parameters_m']:.0f} M trained): {result['samples_per_s']:.2f} samples/s "
-            f"({result['step_s'] * 1000:.0f} ms/step{memory(result['peak_memory_gib'])}), "
+            f"({result['step_s'] * 1000:.0f} ms/step{memory(result['peak_memory_gib'])} peak), "
             f"{result['samples_per_s'] / stock['samples_per_s']:.2f}x stock; data {result['data_s_per_sample'] * 1000:.0f} ms/sample on one worker"
         )
     return 0

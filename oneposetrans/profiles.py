@@ -90,6 +90,26 @@ class Profile:
     """"published" (``reposed_rgba`` stretched to 1024x1024, unprojected pooled embedding) or "own frame"."""
     paste_background: str
     """"stretch" (to the result's size) or "cover" (scaled to cover the frame, centre-cropped)."""
+    imagpose_snr_weight: str
+    """IMAGPose's v-prediction loss weight: "min(SNR+1, gamma)/(SNR+1)" (published) or "min(SNR, gamma)/(SNR+1)" (Min-SNR's)."""
+    imagpose_draw: str
+    """"with repetition" (4 photos drawn with replacement, each tile given with probability 1/2) or "distinct"."""
+    imagpose_drop: str
+    """"encoder inputs" (zeroed image-encoder pixels and tile latents; phase 1: the image only, for 10 % of
+    batches) or "tokens" (the sampler's null condition, zero tokens, 5/5/5 % of samples in every phase)."""
+    imagpose_conv_in: str
+    """"fresh" (a new 9-channel ``conv_in`` weight, SD1.5's bias) or "stock + zero channels"."""
+    imagpose_cva_init: str
+    """The registry model the CVA modules start from: "animateanyone-motion" or "animatediff-motion-v2"."""
+    imagpose_final_alpha: str
+    """DDIM's last step: to alpha 1 ("one", ``set_alpha_to_one``) or to the first timestep's ("first")."""
+    imagpose_encoder_input: str
+    """The image encoder's 224x224 input: "published" (training centre-crops, sampling squashes) or "padded"."""
+    imagpose_flc_reference: str
+    """IMAGPose training's FLC views: "published" (one given photo, unflipped; its VAE tokens from its own
+    encoding in [0, 1]) or "given tiles" (every given tile, from the masked canvas's latent, as sampling)."""
+    imagpose_vae_latents: str
+    """IMAGPose training's condition latents (masked canvas, FLC reference): "sampled" from the VAE's posterior or its "mean"."""
 
     def replace(self, **changes) -> "Profile":
         """A variant of this profile (benchmarks compare, say, the published and the fast LoRA step)."""
@@ -130,6 +150,15 @@ REFERENCE = Profile(
     refine_ip_scale="everywhere",
     refine_input="published",
     paste_background="stretch",
+    imagpose_snr_weight="min(SNR+1, gamma)/(SNR+1)",
+    imagpose_draw="with repetition",
+    imagpose_drop="encoder inputs",
+    imagpose_conv_in="fresh",
+    imagpose_cva_init="animateanyone-motion",
+    imagpose_final_alpha="one",
+    imagpose_encoder_input="published",
+    imagpose_flc_reference="published",
+    imagpose_vae_latents="sampled",
 )
 
 DEFAULT = Profile(
@@ -166,6 +195,15 @@ DEFAULT = Profile(
     refine_ip_scale="style block",
     refine_input="own frame",
     paste_background="cover",
+    imagpose_snr_weight="min(SNR, gamma)/(SNR+1)",
+    imagpose_draw="distinct",
+    imagpose_drop="tokens",
+    imagpose_conv_in="stock + zero channels",
+    imagpose_cva_init="animatediff-motion-v2",
+    imagpose_final_alpha="first",
+    imagpose_encoder_input="padded",
+    imagpose_flc_reference="given tiles",
+    imagpose_vae_latents="mean",
 )
 
 PROFILES = {profile.name: profile for profile in (DEFAULT, REFERENCE)}
@@ -408,6 +446,69 @@ ROWS = (
         "stretched to the result's size (the published code stopped with a size error on WPose)",
         "scaled to cover the result's frame and centre-cropped",
         'stretching distorts the background of non-square results',
+    ),
+    Row(
+        ('imagpose_snr_weight',),
+        'imagpose train: loss weight of a timestep (v-prediction, min-SNR gamma 5)',
+        'min(SNR + 1, gamma) / (SNR + 1), as the published scripts compute it (one added to the SNR before the min): weight 1 at t = 999',
+        "min(SNR, gamma) / (SNR + 1), Min-SNR's weight for v-prediction (Hang et al., 2023) and diffusers' since 2023: weight 0 at t = 999",
+        'the two differ on 861 of 1,000 timesteps; the published one gives the noisier half of the schedule 55 % of the total weight, the paper it cites 11 %',
+    ),
+    Row(
+        ('imagpose_draw',),
+        'imagpose train: the four photos and the masked tiles of a sample',
+        "4 photos drawn with replacement from the identity's (not all four the same; identities of 2 photos or more), each tile given with probability 1/2 (not all, not none: 1, 2 or 3 masked in proportions 4:6:4)",
+        '4 distinct photos (identities of 4 photos or more), 1, 2 or 3 masked tiles with equal probability',
+        'a repeated photo can be both a given and a masked tile, so the model may learn to copy; the published draw does make the T1/T2 layouts of evaluation (one pose or one source repeated) common in training',
+    ),
+    Row(
+        ('imagpose_drop',),
+        'imagpose train: the condition dropout for guidance',
+        "the encoders' inputs zeroed: phase 1 the image encoder's pixels of the whole batch with probability 0.1; phases 2-3 per sample 5 % pixels, 5 % tile latents, 5 % both (the sampler's null condition is zero tokens, which training never shows)",
+        "the tokens zeroed, the sampler's null condition, 5 % image, 5 % latent, 5 % both per sample in every phase",
+        'guidance contrasts the condition with its null; training should show the null the sampler uses',
+    ),
+    Row(
+        ('imagpose_conv_in',),
+        'imagpose init: the 9-channel `conv_in`',
+        "a fresh weight (PyTorch's default initialisation, as `ignore_mismatched_sizes=True` leaves it), SD1.5's bias",
+        "SD1.5's weight on the 4 latent channels, zero on the 5 new ones, SD1.5's bias",
+        'the widened UNet then starts as the stock one, instead of from noise in its first layer',
+    ),
+    Row(
+        ('imagpose_cva_init',),
+        'imagpose init: where the CVA modules start',
+        "Moore-AnimateAnyone's trained `motion_module.pth` (registry `animateanyone-motion`)",
+        "AnimateDiff v2's `mm_sd_v15_v2.ckpt` (registry `animatediff-motion-v2`)",
+        "the paper names AnimateDiff's motion module; AnimateAnyone's is the same modules after dance-video training, which the published configs pointed at",
+    ),
+    Row(
+        ('imagpose_final_alpha',),
+        "imagpose init: DDIM's last step",
+        "`set_alpha_to_one=True` (diffusers' default, which the published scheduler kept): the last step lands on alpha 1",
+        "`set_alpha_to_one=False`, SD1.5's scheduler config: the last step lands on the first timestep's alpha",
+        "with zero-terminal-SNR trailing timesteps the difference is the last step's target only; SD1.5's config is what its UNet was trained beside",
+    ),
+    Row(
+        ('imagpose_encoder_input',),
+        "imagpose: the image encoder's 224x224 input",
+        "training: CLIP's processor (shorter side to 224, centre crop: the head and feet of a 176x256 photo are cut), on the photo before the flip; sampling: the photo squashed to 224x224; CLIP's mean and std",
+        'the photo padded to a square with black, then resized to 224x224, in training and sampling alike; the tile as flipped',
+        'the crop cuts the person and the squash distorts them, and training and sampling then see different inputs',
+    ),
+    Row(
+        ('imagpose_flc_reference',),
+        'imagpose train: the FLC views (image-encoder and VAE tokens of the given photos)',
+        "one random given tile's photo before the flip; its VAE tokens from its own encoding in [0, 1]",
+        "every given tile, one token set each with its view embedding; the VAE tokens are the tile's in the masked canvas's latent, in [-1, 1]",
+        'sampling encodes the reference in [-1, 1] and takes several views in one pass; training should show it the same',
+    ),
+    Row(
+        ('imagpose_vae_latents',),
+        'imagpose train: the latents of the masked canvas and the FLC reference',
+        "drawn from the VAE's posterior",
+        "the posterior's mean",
+        'sampling uses the mean; a draw adds noise to conditions that should be exact',
     ),
 )
 

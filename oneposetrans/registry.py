@@ -327,6 +327,20 @@ MODELS: tuple[ModelSpec, ...] = (
         size_gb=1.82,
     ),
     ModelSpec(
+        name="animateanyone-motion",
+        title="Moore-AnimateAnyone's trained motion module, the published IMAGPose code's cross-view attention start",
+        folder="animateanyone-motion",
+        required=("motion_module.pth",),
+        stages=("imagpose",),
+        licence="Apache-2.0",
+        hf_repo="patrolli/AnimateAnyone",
+        allow_patterns=("motion_module.pth",),
+        optional=True,
+        notes="only for imagpose init --profile reference; AnimateDiff v2's key names; read with torch.load(weights_only=True)",
+        # Not listed by its host: AnimateDiff v2's 453 M parameters in fp32, which it was trained from.
+        size_gb=1.82,
+    ),
+    ModelSpec(
         name="imagpose",
         title="IMAGPose checkpoint folder (a diffusers pipeline folder: model_index.json, unet, vae, image_encoder, scheduler, pose_encoder, feature_tokenizer, cross_view_attention)",
         folder="imagpose",

@@ -14,11 +14,11 @@ from pathlib import Path
 from oneposetrans import registry
 from oneposetrans.commands import SMOKE_BANNER, add_common, echo, models_dir, open_session
 from oneposetrans.datasets import read_keypoints_csv, read_pairs
-from oneposetrans.errors import BadInputError, NotBuiltError
+from oneposetrans.errors import BadInputError
 from oneposetrans.image_io import load_image
 from oneposetrans.imagpose.canvas import MODES, layout
 from oneposetrans.pose import needs_detector, PoseMaps
-from oneposetrans.profiles import DEFAULT, profile_named
+from oneposetrans.profiles import profile_named
 from oneposetrans.report import contact_sheet
 from oneposetrans.results import check_writable_folder, ResultsTree, stem
 from oneposetrans.settings import ImagPoseSettings
@@ -35,7 +35,11 @@ def add(commands) -> None:
     )
     actions = imagpose.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    init = actions.add_parser("init", help="an untrained checkpoint folder from SD1.5, sd-vae-ft-mse, DINOv2 and AnimateDiff v2")
+    init = actions.add_parser(
+        "init",
+        help="an untrained checkpoint folder from SD1.5, sd-vae-ft-mse, DINOv2 and a motion module "
+        "(AnimateDiff v2; --profile reference: Moore-AnimateAnyone's, as published)",
+    )
     init.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     add_common(init, results=False)
     init.set_defaults(handler=_cmd_init)
@@ -127,11 +131,12 @@ def pick_mode(mode: str, sources: int, targets: int) -> str:
 
 def _cmd_init(arguments: argparse.Namespace) -> int:
     from oneposetrans.imagpose.checkpoint import initialise
+    from oneposetrans.imagpose.checkpoint import stock_parts
 
-    _reference_not_built(arguments)
+    profile = profile_named(arguments.profile)
     models = models_dir(arguments)
-    registry.require_all(registry.task_models("imagpose-init"), models)
-    folder = initialise(models, arguments.out)
+    registry.require_all(stock_parts(profile), models)
+    folder = initialise(models, arguments.out, profile)
     print(f"untrained IMAGPose checkpoint written to {folder}")
     return 0
 
@@ -140,7 +145,6 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     from oneposetrans.imagpose.generate import GenerateCase, GenerateStage
     from oneposetrans.recipe import Recipe
 
-    _reference_not_built(arguments)
     mode = pick_mode(arguments.mode, len(arguments.source), len(arguments.pose))
     layout(mode, len(arguments.source), len(arguments.pose))  # counts checked before anything loads
     if arguments.source_pose and len(arguments.source_pose) != len(arguments.source):
@@ -171,19 +175,9 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _reference_not_built(arguments: argparse.Namespace) -> None:
-    """IMAGPose runs its own fixes of the published code; the published computation is issue 27's."""
-    if profile_named(arguments.profile) is not DEFAULT:
-        raise NotBuiltError(
-            f"imagpose has no '{arguments.profile}' profile yet: IMAGPose as published (its loss weighting, data "
-            "and sampler) is not built; run without --profile"
-        )
-
-
 def _cmd_train(arguments: argparse.Namespace) -> int:
     from oneposetrans.imagpose.train import ImagPoseTrainer, checkpoints, load_config
 
-    _reference_not_built(arguments)
     models = models_dir(arguments)
     smoke_tile = 128 if arguments.smoke and arguments.tile is None else arguments.tile
     config = load_config(
@@ -207,7 +201,10 @@ def _cmd_train(arguments: argparse.Namespace) -> int:
         raise BadInputError(f"{arguments.output} already has {done[-1].name}: pass --resume to continue it, or choose another --output")
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
-    trainer = ImagPoseTrainer(config, arguments.data, arguments.output, resume, cpu=arguments.device == "cpu", tensorboard=arguments.tensorboard, echo=echo)
+    trainer = ImagPoseTrainer(
+        config, arguments.data, arguments.output, resume, cpu=arguments.device == "cpu", tensorboard=arguments.tensorboard, echo=echo,
+        profile=profile_named(arguments.profile),
+    )
     last = trainer.train()
     if trainer.accelerator.is_main_process:
         print(f"phase {config.phase} at step {trainer.step}: {last}")
@@ -218,7 +215,6 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
     from oneposetrans.evaluate import parse_metrics, parse_size
     from oneposetrans.imagpose.evaluate import SCENARIOS, ProtocolRequest, default_paths, protocol_table, run_protocol
 
-    _reference_not_built(arguments)
     paths = default_paths(arguments.data)
     scenarios = tuple(s.strip() for s in arguments.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]

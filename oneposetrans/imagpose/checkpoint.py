@@ -14,7 +14,8 @@ one folder per component in its library's own layout::
     cross_view_attention/  CrossViewAttention (AnimateDiff motion-module key names)
 
 ``ImagPosePipeline.from_pretrained(folder)`` loads it. :func:`initialise` builds an untrained
-folder from the stock parts (SD1.5, the VAE, DINOv2, an AnimateDiff-v2 motion module); training
+folder from the stock parts (SD1.5, the VAE, DINOv2, a motion module: AnimateDiff v2's, or
+Moore-AnimateAnyone's in the reference profile); training
 (:mod:`oneposetrans.imagpose.train`) starts from it and writes its checkpoints in the same format.
 """
 
@@ -30,6 +31,7 @@ from oneposetrans.errors import BadInputError, MissingModelError
 from oneposetrans.imagpose.modules import CrossViewAttention, FeatureTokenizer, PoseEncoder, load_motion_modules
 from oneposetrans.imagpose.pipeline_imagpose import ImagPosePipeline
 from oneposetrans.imagpose.unet import widen_conv_in
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.runtime import quiet_libraries
 
 COMPONENTS = ("vae", "unet", "pose_encoder", "feature_tokenizer", "cross_view_attention", "image_encoder", "scheduler")
@@ -38,14 +40,16 @@ ADDED_MODULES = ("pose_encoder", "feature_tokenizer", "cross_view_attention")
 INDEX = "model_index.json"
 
 
-def training_scheduler():
+def training_scheduler(set_alpha_to_one: bool = False):
     """IMAGPose's noise schedule: 1000 scaled-linear betas from 0.00085 to 0.012, rescaled to zero
-    terminal SNR, v-prediction, trailing timesteps (the published inference used "linear")."""
+    terminal SNR, v-prediction, trailing timesteps (the published inference used "linear").
+    ``set_alpha_to_one``: DDIM's last step lands on alpha 1 (the published scheduler left
+    diffusers' default, True) or on the first timestep's alpha (SD1.5's config, False)."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
-        rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=set_alpha_to_one, steps_offset=1,
     )
 
 
@@ -145,26 +149,30 @@ def load_pipeline(folder: str | os.PathLike, dtype=None) -> ImagPosePipeline:
     return pipeline
 
 
-def initialise(models: str | os.PathLike, out: str | os.PathLike, echo=print) -> Path:
+def stock_parts(profile: Profile = DEFAULT) -> list[str]:
+    """The registry models :func:`initialise` reads under ``profile``."""
+    return ["sd15", "sd-vae-ft-mse", "dinov2-base", profile.imagpose_cva_init]
+
+
+def initialise(models: str | os.PathLike, out: str | os.PathLike, profile: Profile = DEFAULT, echo=print) -> Path:
     """An untrained checkpoint folder from the stock parts in the models folder: SD1.5's UNet
-    widened to 9 channels, sd-vae-ft-mse, DINOv2, and the CVA modules from the AnimateDiff-v2
-    motion module (the loader's report of matched and unmatched keys is printed)."""
+    widened to 9 channels, sd-vae-ft-mse, DINOv2, and the CVA modules from a motion module (the
+    loader's report of matched and unmatched keys is printed). The profile decides the widened
+    ``conv_in``, the motion module and DDIM's last step (README, *Profiles*)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import Dinov2Model
 
-    base = registry.require("sd15", models)
-    vae_dir = registry.require("sd-vae-ft-mse", models)
-    encoder_dir = registry.require("dinov2-base", models)
-    motion_dir = registry.require("animatediff-motion-v2", models)
+    base, vae_dir, encoder_dir, motion_dir = (registry.require(name, models) for name in stock_parts(profile))
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    widen_conv_in(unet)
+    widen_conv_in(unet, fresh=profile.imagpose_conv_in == "fresh")
     image_encoder = Dinov2Model.from_pretrained(encoder_dir)
     added = build_modules(modules_config(unet, image_encoder))
     motion_file = sorted(p for p in Path(motion_dir).iterdir() if p.suffix in (".safetensors", ".ckpt", ".pth"))[0]
     matched, unmatched = load_motion_modules(added["cross_view_attention"], motion_file)
-    echo(f"{motion_file.name}: {len(matched)} keys loaded into the CVA modules, {len(unmatched)} not used")
+    missing = len(added["cross_view_attention"].state_dict()) - len(matched)
+    echo(f"{motion_file.name}: {len(matched)} keys loaded into the CVA modules, {missing} of theirs not in the file, {len(unmatched)} of the file's not used")
     components = {
         "vae": AutoencoderKL.from_pretrained(vae_dir), "unet": unet, "image_encoder": image_encoder,
-        "scheduler": training_scheduler(), **added,
+        "scheduler": training_scheduler(set_alpha_to_one=profile.imagpose_final_alpha == "one"), **added,
     }
     return save_checkpoint(out, components)

@@ -36,14 +36,17 @@ def checkpoint_models(session, checkpoint: Path) -> list[str]:
 def sample(session, checkpoint: Path, sources: list[Image.Image], source_poses: list[Image.Image], targets: list[Image.Image],
            mode: str, settings: ImagPoseSettings) -> ImagPosePipelineOutput:
     """One pass of the checkpoint's pipeline (loaded once per session) with the sampling settings,
-    its steps shown the project's way; a pass the pipeline refuses is one line."""
+    its steps shown the project's way; a pass the pipeline refuses is one line. The profile picks
+    the image encoder's input: the published sampler squashed the photo to 224x224."""
     pipeline = session.imagpose(checkpoint)
+    encoder_input = "squashed" if session.profile.imagpose_encoder_input == "published" else "padded"
     with Progress(settings.steps, f"imagpose {mode}") as bar:
         try:
             return pipeline(
                 sources, source_poses, targets, mode,
                 num_inference_steps=settings.steps, guidance_scale=settings.guidance, tile_long_side=settings.tile_long_side,
                 generator=torch.Generator("cpu").manual_seed(settings.seed), callback_on_step_end=bar.step_callback(),
+                encoder_input=encoder_input,
             )
         except ValueError as error:
             raise BadInputError(str(error)) from None

@@ -41,13 +41,27 @@ IMAGE_STD = np.array((0.26862954, 0.26130258, 0.27577711), np.float32).reshape(3
 IMAGE_SIDE = 224
 
 
-def encoder_pixels(picture: Image.Image) -> np.ndarray:
-    """The image encoder's input (3, 224, 224): the photo padded to a square with black, resized,
-    CLIP-normalised. Padding keeps the whole person (a centre crop cut heads and feet)."""
-    side = max(picture.size)
-    square = Image.new("RGB", (side, side))
-    square.paste(picture.convert("RGB"), ((side - picture.width) // 2, (side - picture.height) // 2))
-    pixels = np.asarray(square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC), np.float32).transpose(2, 0, 1) / 255.0
+ENCODER_INPUTS = ("padded", "squashed", "centre crop")
+
+
+def encoder_pixels(picture: Image.Image, fit: str = "padded") -> np.ndarray:
+    """The image encoder's input (3, 224, 224), CLIP-normalised. ``fit``: "padded" (the photo
+    padded to a square with black, then resized: the whole person, undistorted), "squashed"
+    (resized to 224x224, as the published sampler did) or "centre crop" (CLIP's processor, as the
+    published training loader did: the shorter side to 224, the middle 224x224 kept)."""
+    picture = picture.convert("RGB")
+    if fit == "centre crop":
+        from transformers import CLIPImageProcessorPil
+
+        return CLIPImageProcessorPil()(images=picture, return_tensors="np").pixel_values[0].astype(np.float32)
+    if fit == "padded":
+        side = max(picture.size)
+        square = Image.new("RGB", (side, side))
+        square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+        picture = square
+    elif fit != "squashed":
+        raise ValueError(f"encoder input {fit!r}: choose from {', '.join(ENCODER_INPUTS)}")
+    pixels = np.asarray(picture.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BICUBIC), np.float32).transpose(2, 0, 1) / 255.0
     return (pixels - IMAGE_MEAN) / IMAGE_STD
 
 
@@ -131,16 +145,24 @@ class ImagPosePipeline(DiffusionPipeline):
         latents = self.vae.encode(self._pixels(images, device) * 2 - 1).latent_dist.mode()
         return latents * self.vae.config.scaling_factor
 
-    def context(self, sources: list[Image.Image], masked_latent: torch.Tensor, view_tiles: list[int]) -> torch.Tensor:
+    def context(
+        self, sources: list[Image.Image], masked_latent: torch.Tensor, view_tiles: list[int], encoder_input: str = "padded"
+    ) -> torch.Tensor:
         """FLC tokens of every source view: image-encoder tokens of the photo, then the latent
         patches of its tile in the masked canvas's latent."""
-        pixels = torch.from_numpy(np.stack([encoder_pixels(picture) for picture in sources])).to(masked_latent.device, self.unet.dtype)
+        pixels = [encoder_pixels(picture, encoder_input) for picture in sources]
+        pixels = torch.from_numpy(np.stack(pixels)).to(masked_latent.device, self.unet.dtype)
         image_tokens = self.image_encoder(pixel_values=pixels).last_hidden_state[None]
         tile_latents = to_tiles(masked_latent)[:, view_tiles]
         return flc_context(self.feature_tokenizer, image_tokens, tile_latents)[0]
 
-    def check_inputs(self, sources: list[Image.Image], source_poses: list[Image.Image], target_poses: list[Image.Image], mode: str, tile_long_side: int) -> joint.Layout:
+    def check_inputs(
+        self, sources: list[Image.Image], source_poses: list[Image.Image], target_poses: list[Image.Image], mode: str,
+        tile_long_side: int, encoder_input: str = "padded",
+    ) -> joint.Layout:
         """The mode's layout for these counts; raises ValueError for inputs it cannot take."""
+        if encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input {encoder_input!r}: choose from {', '.join(ENCODER_INPUTS)}")
         if len(source_poses) != len(sources):
             raise ValueError(f"{len(sources)} source photo(s) but {len(source_poses)} source pose(s)")
         try:
@@ -164,6 +186,7 @@ class ImagPosePipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         callback_on_step_end: Callable[["ImagPosePipeline", int, torch.Tensor, dict], dict] | None = None,
         return_dict: bool = True,
+        encoder_input: str = "padded",
     ) -> ImagPosePipelineOutput | tuple:
         r"""Fill the canvas of ``mode`` and return the generated targets.
 
@@ -180,9 +203,11 @@ class ImagPosePipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): called after every step as
                 `callback(pipe, step, timestep, {"latents": latents})`; may return new latents.
             return_dict (`bool`, defaults to `True`): an [`ImagPosePipelineOutput`], else `(images, canvas)`.
+            encoder_input (`str`, defaults to `"padded"`): how a photo becomes the image encoder's
+                224x224 input (:func:`encoder_pixels`); the published sampler's was `"squashed"`.
         """
         # 1. Check inputs
-        layout = self.check_inputs(sources, source_poses, target_poses, mode, tile_long_side)
+        layout = self.check_inputs(sources, source_poses, target_poses, mode, tile_long_side, encoder_input)
         device = self._execution_device
         dtype = self.unet.dtype
         tile = joint.tile_size(*sources[0].size, tile_long_side)
@@ -204,7 +229,7 @@ class ImagPosePipeline(DiffusionPipeline):
             flags[..., rows * height // 2 : (rows + 1) * height // 2, columns * width // 2 : (columns + 1) * width // 2] = flag
 
         # 4. Feature-level conditions and the pose; the unconditional branch has zero tokens
-        context = self.context(sources, masked, [layout.sources.index(view) for view in range(len(sources))])
+        context = self.context(sources, masked, [layout.sources.index(view) for view in range(len(sources))], encoder_input)
         guided = guidance_scale > 1.0
         contexts = torch.cat([torch.zeros_like(context), context]) if guided else context
         conditions = torch.cat([flags, masked], dim=1)

@@ -4,13 +4,16 @@
 2. CVA only, lr 5e-5, ~200k steps;
 3. everything, lr 1e-6, ~50k steps.
 
-The objective is the published one: v-prediction (Salimans & Ho, 2022) with min-SNR-gamma
-loss weights, gamma 5 (Hang et al., 2023), noise offset 0.05, AdamW (wd 0.01), gradients clipped
-at 1.0, over the whole canvas. The noise schedule is the checkpoint's own scheduler, which
-sampling uses too (the published code trained with scaled-linear betas and sampled with linear
-ones). Mixed precision keeps float32 master weights (the published phase 1 trained float16
-weights); frozen modules are held in the compute precision and written to checkpoints from the
-folder they came from, bit for bit.
+The objective: v-prediction (Salimans & Ho, 2022) with min-SNR-gamma loss weights, gamma 5
+(Hang et al., 2023), noise offset 0.05, AdamW (wd 0.01), gradients clipped at 1.0, over the whole
+canvas. The profile decides the weight's formula (the published scripts add one to the SNR
+before the min), the condition dropout (the published scripts zero the encoders' inputs; phase
+1 only the image's, for a tenth of the batches), the data's draw (:mod:`.data`) and the VAE
+latents of the conditions (README, *Profiles*). The noise schedule is the checkpoint's own
+scheduler, which sampling uses too (the published code trained with scaled-linear betas and
+sampled with linear ones). Mixed precision keeps float32 master weights, as the published
+DeepSpeed launcher did; frozen modules are held in the compute precision and written to
+checkpoints from the folder they came from, bit for bit.
 
 Each checkpoint is an IMAGPose checkpoint folder (``imagpose generate --checkpoint`` loads it)
 plus ``training_state.pt`` (optimizer, learning-rate schedule, step). Every random draw is a
@@ -39,6 +42,7 @@ from oneposetrans.imagpose.checkpoint import load_pipeline, save_checkpoint
 from oneposetrans.imagpose.data import MAX_VIEWS, DataSettings, IdentityCanvases
 from oneposetrans.imagpose.modules import from_tiles, to_tiles
 from oneposetrans.imagpose.pipeline_imagpose import flc_context
+from oneposetrans.profiles import DEFAULT, Profile
 from oneposetrans.runtime import quiet_libraries
 
 PHASES = {
@@ -82,6 +86,9 @@ class TrainingConfig:
     drop_image_tokens: float = DataSettings.drop_image_tokens
     drop_latent_tokens: float = DataSettings.drop_latent_tokens
     drop_both: float = DataSettings.drop_both
+    batch_drop_image: float = 0.1
+    """The published phase 1's dropout (reference profile): the share of batches whose
+    image-encoder input is zeroed (the per-sample drops above then apply from phase 2)."""
     images: str = "fashion/train_highres"
     """Training photos under --data, as ``prepare-deepfashion`` writes them."""
     keypoints: str = "fasion-resize-annotation-train.csv"
@@ -170,10 +177,12 @@ class VelocitySchedule:
         sigma = self.noise[timesteps].view(-1, 1, 1, 1)
         return signal * latents + sigma * noise, signal * noise - sigma * latents
 
-    def min_snr_weights(self, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-        """min(SNR, gamma) / (SNR + 1): min-SNR-gamma (Hang et al., 2023) for a v-prediction loss."""
+    def min_snr_weights(self, timesteps: torch.Tensor, gamma: float, plus_one: bool = False) -> torch.Tensor:
+        """The min-SNR-gamma weights (Hang et al., 2023) of a v-prediction loss: min(SNR, gamma) /
+        (SNR + 1), the paper's, or with ``plus_one`` min(SNR + 1, gamma) / (SNR + 1), the published
+        IMAGPose scripts' (one added to the SNR before the min: weight 1 wherever SNR + 1 <= gamma)."""
         snr = self.snr[timesteps]
-        return snr.clamp(max=gamma) / (snr + 1)
+        return (snr + 1 if plus_one else snr).clamp(max=gamma) / (snr + 1)
 
 
 class CanvasModel(nn.Module):
@@ -233,12 +242,14 @@ class ImagPoseTrainer:
         cpu: bool = False,
         tensorboard: bool = False,
         echo: Callable[[str], None] = print,
+        profile: Profile = DEFAULT,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
         quiet_libraries()
         self.config = config
+        self.profile = profile
         self.output = Path(output)
         self.echo = echo
         self.tensorboard = tensorboard
@@ -257,7 +268,7 @@ class ImagPoseTrainer:
             raise BadInputError("no checkpoint to start from: give --init (the `imagpose init` folder or the previous phase's checkpoint)")
         data = Path(data)
         keypoints_file = data / config.keypoints
-        self.canvases = IdentityCanvases(data / config.images, read_keypoints_csv(keypoints_file), config.data_settings(), config.seed)
+        self.canvases = IdentityCanvases(data / config.images, read_keypoints_csv(keypoints_file), config.data_settings(), config.seed, profile)
 
         pipeline = load_pipeline(self.source)
         self.vae = pipeline.vae.to(self.device, self.compute_dtype).eval().requires_grad_(False)
@@ -303,20 +314,33 @@ class ImagPoseTrainer:
         return _collate([self.canvases.sample(index) for index in indices])
 
     def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """The min-SNR-weighted v-prediction loss of one batch; ``generator`` draws the noise,
-        the noise offset and the timesteps."""
-        config, device, dtype = self.config, self.device, self.compute_dtype
+        """The min-SNR-weighted v-prediction loss of one batch; ``generator`` draws the latents,
+        the noise, the noise offset, the timesteps and the published phase 1's batch dropout."""
+        config, device, dtype, profile = self.config, self.device, self.compute_dtype, self.profile
+        drop = batch["drop"].to(device)
         with torch.no_grad():
             scale = self.vae.config.scaling_factor
             latents = self.vae.encode(batch["canvas"].to(device, dtype)).latent_dist.sample(generator).float() * scale
-            masked = self.vae.encode(batch["masked"].to(device, dtype)).latent_dist.mode().float() * scale
+            masked = self._condition_latent(batch["masked"].to(device, dtype), generator) * scale
             batch_size, views = latents.shape[0], batch["views"].to(device)
             real = torch.arange(MAX_VIEWS, device=device)[None] < views[:, None]
-            pixels = batch["encoder_pixels"].to(device, dtype)[real]
-            tokens = self.image_encoder(pixel_values=pixels).last_hidden_state.float()
+            pixels = batch["encoder_pixels"].to(device, dtype)
+            if "reference" in batch:  # the published FLC reference: one photo, encoded on its own
+                reference = self._condition_latent(batch["reference"].to(device, dtype), generator) * scale
+                tile_latents = reference[:, None].expand(-1, MAX_VIEWS, -1, -1, -1)
+            else:
+                tile_latents = to_tiles(masked)[torch.arange(batch_size, device=device)[:, None], batch["view_tiles"].to(device)]
+            if profile.imagpose_drop == "encoder inputs":
+                # The published null condition: zeros into the encoders, not zero tokens out of them.
+                if config.phase == 1:
+                    dropped = torch.rand((), generator=generator, device=device) < config.batch_drop_image
+                    drop = torch.stack([dropped.expand(batch_size), torch.zeros_like(drop[:, 1])], dim=1)
+                pixels = pixels * (~drop[:, 0]).to(dtype)[:, None, None, None, None]
+                tile_latents = tile_latents * (~drop[:, 1]).to(tile_latents.dtype)[:, None, None, None, None]
+                drop = None
+            tokens = self.image_encoder(pixel_values=pixels[real]).last_hidden_state.float()
             image_tokens = tokens.new_zeros(batch_size, MAX_VIEWS, *tokens.shape[1:])
             image_tokens[real] = tokens
-            tile_latents = to_tiles(masked)[torch.arange(batch_size, device=device)[:, None], batch["view_tiles"].to(device)]
             height, width = latents.shape[-2] // 2, latents.shape[-1] // 2
             flags = batch["flags"].to(device)
             flag_map = from_tiles(flags[:, :, None, None, None].expand(-1, -1, 1, height, width))
@@ -327,14 +351,18 @@ class ImagPoseTrainer:
         timesteps = torch.randint(0, self.schedule.steps, (batch_size,), generator=generator, device=device)
         noisy, target = self.schedule.noisy_and_target(latents, noise, timesteps)
         sample = torch.cat([noisy, flag_map, masked], dim=1)
-        prediction = self.model(
-            sample, timesteps, image_tokens, tile_latents, views, batch["drop"].to(device), batch["pose"].to(device), config.runs_cva
-        )
+        prediction = self.model(sample, timesteps, image_tokens, tile_latents, views, drop, batch["pose"].to(device), config.runs_cva)
         error = (prediction.float() - target) ** 2
         if config.given_tile_loss_weight != 1.0:
             error = error * (1 + (config.given_tile_loss_weight - 1) * flag_map)
         per_sample = error.mean(dim=(1, 2, 3))
-        return (per_sample * self.schedule.min_snr_weights(timesteps, config.min_snr_gamma)).mean()
+        plus_one = profile.imagpose_snr_weight == "min(SNR+1, gamma)/(SNR+1)"
+        return (per_sample * self.schedule.min_snr_weights(timesteps, config.min_snr_gamma, plus_one)).mean()
+
+    def _condition_latent(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A condition's VAE latent (unscaled): the posterior's mean, or a draw from it as published."""
+        posterior = self.vae.encode(pixels).latent_dist
+        return (posterior.sample(generator) if self.profile.imagpose_vae_latents == "sampled" else posterior.mode()).float()
 
     def fixed_batch_loss(self, indices: list[int], seed: int = 0) -> float:
         """The loss of the samples ``indices`` with fixed noise and timesteps (for watching progress)."""

@@ -19,16 +19,26 @@ ILC_CHANNELS = 2 * LATENT_CHANNELS + 1
 """noisy latent (4), flag map (1: given, 0: generate), latent of the masked canvas (4)."""
 
 
-def widen_conv_in(unet) -> None:
-    """Give a stock 4-channel UNet the 9-channel ILC input in place. The new channels' weights
-    start at zero, so the widened UNet computes what the stock one did until it is trained."""
+def widen_conv_in(unet, fresh: bool = False, seed: int = 0) -> None:
+    """Give a stock 4-channel UNet the 9-channel ILC input in place, keeping its bias.
+
+    ``fresh=False``: the stock weight on the latent channels and zero on the new ones, so the
+    widened UNet computes what the stock one did until it is trained. ``fresh=True``: the whole
+    weight newly initialised (PyTorch's default, drawn from ``seed``), which is what the published
+    ``from_pretrained(..., in_channels=9, ignore_mismatched_sizes=True)`` load leaves: the weight's
+    shape differs from the checkpoint's, so it is skipped, while the bias's does not.
+    """
     old = unet.conv_in
     if old.in_channels == ILC_CHANNELS:
         return
-    new = nn.Conv2d(ILC_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding).to(old.weight)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = nn.Conv2d(ILC_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding)
+    new = new.to(old.weight)
     with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, : old.in_channels] = old.weight
+        if not fresh:
+            new.weight.zero_()
+            new.weight[:, : old.in_channels] = old.weight
         new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=ILC_CHANNELS)

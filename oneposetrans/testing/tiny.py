@@ -857,6 +857,14 @@ def _build_motion_module(folder: Path) -> None:
         torch.save(_tiny_cross_view_attention().state_dict(), folder / "mm_sd_v15_v2.ckpt")
 
 
+def _build_animateanyone_motion(folder: Path) -> None:
+    """The AnimateDiff layout under Moore-AnimateAnyone's file name, other weights than v2's."""
+    import torch
+
+    with _seeded(26):
+        torch.save(_tiny_cross_view_attention().state_dict(), folder / "motion_module.pth")
+
+
 def _build_imagpose(folder: Path) -> None:
     """A trained-looking checkpoint folder: every added module has non-zero output weights."""
     import torch
@@ -896,6 +904,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd-vae-ft-mse": _build_sd_vae,
     "dinov2-base": _build_dinov2,
     "animatediff-motion-v2": _build_motion_module,
+    "animateanyone-motion": _build_animateanyone_motion,
     "imagpose": _build_imagpose,
 }
 
