@@ -211,12 +211,12 @@ def main() -> int:
         f"{'full scale' if full else 'tiny kit'}, {name}, canvas {canvas[0]}x{canvas[1]}, batch {batch}, {steps} timed steps, "
         f"precision {precision}, profile {arguments.profile}, gradient checkpointing as the bundled configs"
     )
-    memory = lambda value: f", {value:.1f} GiB" if value is not None else ""  # noqa: E731
+    memory = lambda value: f", {value:.1f} GiB peak" if value is not None else ""  # noqa: E731
     print(f"  stock diffusers step: {stock['samples_per_s']:.2f} samples/s ({stock['step_s'] * 1000:.0f} ms/step{memory(stock['peak_memory_gib'])})")
     for result in phases:
         print(
             f"  phase {result['phase']} ({result['trained_parameters_m']:.0f} M trained): {result['samples_per_s']:.2f} samples/s "
-            f"({result['step_s'] * 1000:.0f} ms/step{memory(result['peak_memory_gib'])} peak), "
+            f"({result['step_s'] * 1000:.0f} ms/step{memory(result['peak_memory_gib'])}), "
             f"{result['samples_per_s'] / stock['samples_per_s']:.2f}x stock; data {result['data_s_per_sample'] * 1000:.0f} ms/sample on one worker"
         )
     return 0

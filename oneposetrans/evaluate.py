@@ -6,6 +6,9 @@
   generated image; "ssim_pcdms" is "ssim_256" with sigma 1.2, as PIDM and PCDMs (and so IMAGPose)
   call it. Computed here with valid-region convolutions, equal to scikit-image's values.
 * PSNR on [0,1], data range 1. LPIPS with the AlexNet backbone (the lpips package) on [-1,1].
+  "lpips_pcdms" is LPIPS as PCDMs' ``metrics.py`` (and so IMAGPose's numbers) computes it: both
+  images resized with OpenCV's cubic filter, given in [0,1] to a network that expects [-1,1],
+  and the mean taken over whole batches of 64 only (the last partial batch dropped).
 * FID, community protocol: torchvision's ImageNet Inception-v3 (bilinear resize to 299, CFLD's
   input transform, 2048-d pool features), real set = the training images, every image kept (the
   GFLA scripts dropped the last partial batch). Standard protocol: the TF-ported Inception of
@@ -47,7 +50,9 @@ SIZES = {"256x176": (176, 256), "512x352": (352, 512)}
 """The field's DeepFashion evaluation sizes (height x width) -> PIL (width, height)."""
 NATIVE = "native"
 CPU_SSIM_CHUNK = 4
-LOWER_IS_BETTER = {"lpips", "masked_lpips", "fid", "fid_standard"}
+LOWER_IS_BETTER = {"lpips", "lpips_pcdms", "masked_lpips", "fid", "fid_standard"}
+PCDMS_LPIPS_BATCH = 64
+"""PCDMs' LPIPS batch: its mean covers ``len // 64 * 64`` pairs (all of them when fewer than 64)."""
 
 
 # --- SSIM and PSNR --------------------------------------------------------------------------------
@@ -193,8 +198,32 @@ class Lpips:
         self.model.to(device).eval()
 
     @torch.no_grad()
-    def __call__(self, generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __call__(self, generated: torch.Tensor, target: torch.Tensor, as_pcdms: bool = False) -> torch.Tensor:
+        """Per-pair distances of [0, 1] images; ``as_pcdms`` passes them unscaled, as PCDMs did."""
+        if as_pcdms:
+            return self.model(generated, target).flatten()
         return self.model(generated * 2 - 1, target * 2 - 1).flatten()
+
+
+def pcdms_batches(per_pair: dict[str, float]) -> list[float]:
+    """The pairs' values that PCDMs' LPIPS mean covers: whole batches of 64 (every pair when
+    there are fewer), in name order; PCDMs' own order was its folder listing's, which no file
+    system fixes, so which of the last pairs it dropped cannot be reproduced exactly."""
+    values = [per_pair[name] for name in sorted(per_pair)]
+    if len(values) <= PCDMS_LPIPS_BATCH:
+        return values
+    return values[: len(values) // PCDMS_LPIPS_BATCH * PCDMS_LPIPS_BATCH]
+
+
+def pcdms_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) in [0, 1] as PCDMs' metric scripts read an image: float32 RGB resized to
+    ``size`` (width, height) with OpenCV's bicubic (``INTER_CUBIC``; a no-op at that size)."""
+    import cv2
+
+    pixels = np.asarray(load_image(path, "RGB"), np.float32)
+    if (pixels.shape[1], pixels.shape[0]) != tuple(size):
+        pixels = cv2.resize(pixels, tuple(size), interpolation=cv2.INTER_CUBIC)
+    return torch.from_numpy(pixels / 255.0).permute(2, 0, 1)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -349,7 +378,7 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, sh
             shared[key] = build()
         return shared[key]
 
-    lpips_model = once(("lpips", str(device)), lambda: Lpips(request.models, device)) if wanted & {"lpips", "masked_lpips"} else None
+    lpips_model = once(("lpips", str(device)), lambda: Lpips(request.models, device)) if wanted & {"lpips", "lpips_pcdms", "masked_lpips"} else None
     faces = None
     if wanted & {"face_source", "face_target"}:
         faces = once(("faces", str(device)), lambda: FaceEmbedder(request.models, str(device)))
@@ -378,6 +407,10 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, sh
             scores["psnr"] = psnr(generated, target)
         if lpips_model is not None and "lpips" in wanted:
             scores["lpips"] = lpips_model(generated.to(device), target.to(device)).cpu()
+        if lpips_model is not None and "lpips_pcdms" in wanted:
+            g = torch.stack([pcdms_pixels(case.generated, frame) for case in batch]).to(device)
+            t = torch.stack([pcdms_pixels(case.target, frame) for case in batch]).to(device)
+            scores["lpips_pcdms"] = lpips_model(g, t, as_pcdms=True).cpu()
         if wanted & {"masked_ssim", "masked_psnr", "masked_lpips"}:
             masked = [i for i, case in enumerate(batch) if case.mask is not None]
             if masked:
@@ -417,6 +450,9 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, sh
     summary: dict[str, float | int | str] = {"pairs": len(cases), "size": request.size, "folder": request.folder}
     for metric in PAIR_METRICS:
         values = [scores[metric] for scores in per_case.values() if metric in scores]
+        if metric == "lpips_pcdms" and values:
+            values = pcdms_batches({name: scores[metric] for name, scores in per_case.items() if metric in scores})
+            summary["lpips_pcdms_pairs"] = len(values)
         if metric in wanted and values:
             summary[metric] = float(np.mean(values))
     if inceptions:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 NEGATIVE_PROMPT = "low quality, bad quality"
 """The negative prompt of every published sampling call (generation and refining)."""
 
-PAIR_METRICS = ("ssim", "ssim_256", "ssim_pcdms", "psnr", "lpips", "masked_ssim", "masked_psnr", "masked_lpips", "face_source", "face_target")
+PAIR_METRICS = ("ssim", "ssim_256", "ssim_pcdms", "psnr", "lpips", "lpips_pcdms", "masked_ssim", "masked_psnr", "masked_lpips", "face_source", "face_target")
 SET_METRICS = ("fid", "fid_standard")
 ALL_METRICS = PAIR_METRICS + SET_METRICS
 """What ``evaluate --metrics`` accepts: per-pair scores, then scores of the whole set."""

@@ -25,6 +25,8 @@ from oneposetrans.evaluate import (
     frechet_distance,
     parse_metrics,
     parse_size,
+    pcdms_batches,
+    pcdms_pixels,
     psnr,
     ssim,
 )
@@ -123,6 +125,35 @@ def test_lpips_equals_the_lpips_package_with_the_same_backbone(tiny_models):
         assert batched[index].item() == pytest.approx(single, rel=1e-5, abs=1e-7)
 
 
+def test_lpips_pcdms_reads_resizes_and_scales_as_the_pcdms_script(tiny_models, tmp_path):
+    """PCDMs' metrics.py: imread, float32, cv2.resize(..., (176, 256), INTER_CUBIC) / 255, then
+    LPIPS on those [0, 1] pixels as they are (the network expects [-1, 1])."""
+    import cv2
+
+    ours = Lpips(tiny_models, torch.device("cpu"))
+    generated, target = _pairs(2)
+    files = []
+    for index, pixels in enumerate([*generated, *target]):
+        files.append(tmp_path / f"{index}.png")
+        image = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).resize((352, 512))
+        image.save(files[-1])
+    script = lambda path: cv2.resize(np.asarray(Image.open(path)).astype(np.float32), (176, 256), interpolation=cv2.INTER_CUBIC) / 255.0  # noqa: E731
+    as_batch = lambda paths: torch.from_numpy(np.stack([script(p) for p in paths]).transpose(0, 3, 1, 2)).float()  # noqa: E731
+    with torch.no_grad():
+        expected = ours.model(as_batch(files[:2]), as_batch(files[2:])).flatten()
+    read = lambda paths: torch.stack([pcdms_pixels(p, (176, 256)) for p in paths])  # noqa: E731
+    got = ours(read(files[:2]), read(files[2:]), as_pcdms=True)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, ours(read(files[:2]), read(files[2:])), atol=1e-3)  # not our LPIPS
+
+
+def test_lpips_pcdms_averages_whole_batches_of_64_in_name_order():
+    values = {f"pair{index:03d}": float(index) for index in range(130)}
+    assert pcdms_batches(values) == [float(index) for index in range(128)]
+    few = {name: value for name, value in values.items() if value < 50}
+    assert pcdms_batches(few) == sorted(few.values())
+
+
 def test_unknown_metric_is_one_line():
     with pytest.raises(BadInputError, match="known metrics"):
         parse_metrics("ssim,fidd")
@@ -154,8 +185,9 @@ def test_evaluate_writes_json_table_and_report(tmp_path, cli_env):
     report = json.loads((results / "evaluation" / "metrics.json").read_text())
     summary, per_pair = report["summary"], report["per_pair"]
     assert summary["pairs"] == 5 and summary["size"] == "256x176"
-    for metric in ("ssim", "ssim_256", "psnr", "lpips", "masked_ssim", "masked_psnr", "masked_lpips", "fid", "fid_standard"):
+    for metric in ("ssim", "ssim_256", "psnr", "lpips", "lpips_pcdms", "masked_ssim", "masked_psnr", "masked_lpips", "fid", "fid_standard"):
         assert np.isfinite(summary[metric]), metric
+    assert summary["lpips_pcdms_pairs"] == 5
     assert any("orphan" in problem for problem in report["problems"])
     # More noise, lower PSNR: the per-pair numbers belong to their pairs.
     values = [per_pair[f"src_to_t{i}"]["psnr"] for i in range(5)]

@@ -80,6 +80,21 @@ def test_the_results_are_the_tiles_the_mode_generates(people, tiny_models):
     assert not np.array_equal(np.asarray(other.images[0]), np.asarray(output.images[0]))  # the pose matters
 
 
+def test_a_giant_image_encoder_is_projected_to_the_unets_width(people, tmp_path, tiny_models, capsys):
+    from oneposetrans.imagpose.checkpoint import load_pipeline
+
+    folder = tmp_path / "giant"
+    assert main(["imagpose", "init", "--smoke", "--device", "cpu", "--image-encoder", "dinov2-giant", "--out", str(folder)]) == 0
+    pipeline = load_pipeline(folder)
+    width, cross = pipeline.image_encoder.config.hidden_size, pipeline.unet.config.cross_attention_dim
+    assert pipeline.image_encoder.config.use_swiglu_ffn and width != cross
+    assert (pipeline.feature_tokenizer.projection.in_features, pipeline.feature_tokenizer.projection.out_features) == (width, cross)
+    command = ["imagpose", "generate", *QUICK, "--checkpoint", str(folder), "--source", str(people[0]),
+               "--source-pose", str(BUNDLED_POSES[0]), "--pose", str(BUNDLED_POSES[1]), "--out", str(tmp_path / "out")]
+    assert main(command) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "out" / "reposed_result").iterdir())) == 1
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -43,13 +43,14 @@ def test_the_protocol_runs_every_scenario_and_scores_both_sizes(data, tmp_path, 
     command = ["imagpose", "evaluate", "--smoke", "--quiet", "--device", "cpu", "--steps", "1", "--data", str(data), "--results", str(results)]
     assert main(command) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "| t1 (paper) | 256x176 | 8570 | 0.7561 | 0.1284 | 5.8738 |" in out
+    assert "| t1 (paper, DINOv2-B, Table 3) | 256x176 | 8570 | 0.7541 | - | 0.1343 | 5.9286 |" in out
+    assert "| t1 (paper, DINOv2-G, Table 1) | 256x176 | 8570 | 0.7561 | - | 0.1284 | 5.8738 |" in out
     table = json.loads((results / "evaluation" / "imagpose.json").read_text())["ours"]
     assert set(table) == {"t1", "t2", "t3", "multi-target"}
     for scenario, sizes in table.items():
         assert set(sizes) == {"256x176", "512x352"}
         for size, summary in sizes.items():
-            assert summary["pairs"] == 3 and {"ssim_pcdms", "lpips", "fid"} <= set(summary)
+            assert summary["pairs"] == 3 and {"ssim_pcdms", "lpips", "lpips_pcdms", "fid"} <= set(summary)
             assert (results / scenario / f"evaluation-{size}" / "report.html").is_file()
         names = sorted(p.name for p in (results / scenario / "reposed_result").iterdir())
         assert names == sorted(f"{a}_to_{b}.png" for a, b in [(f"{FIVE}_1front", f"{FIVE}_2side"), (f"{FIVE}_1front", f"{FIVE}_3back"), (f"{FOUR}_1front", f"{FOUR}_4full")])

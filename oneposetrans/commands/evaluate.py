@@ -12,7 +12,7 @@ from oneposetrans.settings import ALL_METRICS
 def add(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
-        help="SSIM (both community variants), PSNR, LPIPS, FID (community and standard), masked metrics, face identity",
+        help="SSIM (the community variants), PSNR, LPIPS (ours and as PCDMs' script), FID (community and standard), masked metrics, face identity",
         description=(
             "Scores RESULTS/<folder>/<source>_to_<target>.png against GROUND_TRUTH/<target>.(png|jpg) at the "
             "field's evaluation size. Writes RESULTS/evaluation/metrics.json (summary and per pair), metrics.md "

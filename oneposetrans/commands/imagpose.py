@@ -41,6 +41,10 @@ def add(commands) -> None:
         "(AnimateDiff v2; --profile reference: Moore-AnimateAnyone's, as published)",
     )
     init.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    init.add_argument(
+        "--image-encoder", choices=("dinov2-base", "dinov2-giant"), default="dinov2-base",
+        help="dinov2-base: the published code's (compare with the paper's Table 3 DINOv2-B row); dinov2-giant: the paper's Table 1 model",
+    )
     add_common(init, results=False)
     init.set_defaults(handler=_cmd_init)
 
@@ -106,7 +110,10 @@ def add(commands) -> None:
     evaluate.add_argument("--real", type=Path, help="FID's real set (default: DATA/fashion/train_highres)")
     evaluate.add_argument("--scenarios", default="t1,t2,t3,multi-target", help="comma-separated: t1, t2, t3, multi-target")
     evaluate.add_argument("--sizes", default="256x176,512x352", help="comma-separated evaluation sizes HEIGHTxWIDTH")
-    evaluate.add_argument("--metrics", default="ssim_pcdms,lpips,fid", help="comma-separated (any of `evaluate --metrics`)")
+    evaluate.add_argument(
+        "--metrics", default="ssim_pcdms,lpips,lpips_pcdms,fid",
+        help="comma-separated (any of `evaluate --metrics`); lpips_pcdms is LPIPS as the paper's numbers were computed",
+    )
     evaluate.add_argument("--limit", type=int, help="only the first N pairs (a quick check)")
     _add_sampling(evaluate)
     add_common(evaluate)
@@ -135,8 +142,8 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 
     profile = profile_named(arguments.profile)
     models = models_dir(arguments)
-    registry.require_all(stock_parts(profile), models)
-    folder = initialise(models, arguments.out, profile)
+    registry.require_all(stock_parts(profile, arguments.image_encoder), models)
+    folder = initialise(models, arguments.out, profile, image_encoder=arguments.image_encoder)
     print(f"untrained IMAGPose checkpoint written to {folder}")
     return 0
 

@@ -149,20 +149,29 @@ def load_pipeline(folder: str | os.PathLike, dtype=None) -> ImagPosePipeline:
     return pipeline
 
 
-def stock_parts(profile: Profile = DEFAULT) -> list[str]:
+IMAGE_ENCODERS = ("dinov2-base", "dinov2-giant")
+"""The image encoders :func:`initialise` takes: the published code's, and the paper's Table 1 model's."""
+
+
+def stock_parts(profile: Profile = DEFAULT, image_encoder: str = "dinov2-base") -> list[str]:
     """The registry models :func:`initialise` reads under ``profile``."""
-    return ["sd15", "sd-vae-ft-mse", "dinov2-base", profile.imagpose_cva_init]
+    if image_encoder not in IMAGE_ENCODERS:
+        raise BadInputError(f"image encoder {image_encoder!r}: choose from {', '.join(IMAGE_ENCODERS)}")
+    return ["sd15", "sd-vae-ft-mse", image_encoder, profile.imagpose_cva_init]
 
 
-def initialise(models: str | os.PathLike, out: str | os.PathLike, profile: Profile = DEFAULT, echo=print) -> Path:
+def initialise(
+    models: str | os.PathLike, out: str | os.PathLike, profile: Profile = DEFAULT, echo=print, image_encoder: str = "dinov2-base"
+) -> Path:
     """An untrained checkpoint folder from the stock parts in the models folder: SD1.5's UNet
-    widened to 9 channels, sd-vae-ft-mse, DINOv2, and the CVA modules from a motion module (the
+    widened to 9 channels, sd-vae-ft-mse, a DINOv2 (its tokens projected to the UNet's width
+    when they are wider, as DINOv2-G's 1536), and the CVA modules from a motion module (the
     loader's report of matched and unmatched keys is printed). The profile decides the widened
     ``conv_in``, the motion module and DDIM's last step (README, *Profiles*)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import Dinov2Model
 
-    base, vae_dir, encoder_dir, motion_dir = (registry.require(name, models) for name in stock_parts(profile))
+    base, vae_dir, encoder_dir, motion_dir = (registry.require(name, models) for name in stock_parts(profile, image_encoder))
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     widen_conv_in(unet, fresh=profile.imagpose_conv_in == "fresh")
     image_encoder = Dinov2Model.from_pretrained(encoder_dir)

@@ -822,6 +822,17 @@ def _tiny_dinov2():
     return Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, image_size=224, patch_size=14))
 
 
+def _build_dinov2_giant(folder: Path) -> None:
+    """Wider than the kit's base and with the giant's SwiGLU feed-forward, so the FLC projection is exercised."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    with _seeded(27):
+        config = Dinov2Config(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, use_swiglu_ffn=True, image_size=224, patch_size=14
+        )
+        Dinov2Model(config).save_pretrained(folder)
+
+
 def _tiny_cross_view_attention():
     import torch
 
@@ -903,6 +914,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd15": _build_sd15,
     "sd-vae-ft-mse": _build_sd_vae,
     "dinov2-base": _build_dinov2,
+    "dinov2-giant": _build_dinov2_giant,
     "animatediff-motion-v2": _build_motion_module,
     "animateanyone-motion": _build_animateanyone_motion,
     "imagpose": _build_imagpose,
