@@ -29,7 +29,6 @@ from pathlib import Path
 import oneposetrans  # noqa: F401  (sets HF_HUB_OFFLINE before the hub libraries load)
 import torch
 
-from oneposetrans.datasets import prepare_deepfashion
 from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save_checkpoint, training_scheduler
 from oneposetrans.imagpose.train import ImagPoseTrainer, load_config
 from oneposetrans.imagpose.unet import widen_conv_in
@@ -162,7 +161,7 @@ def main() -> int:
 
     from diffusers import AutoencoderKL
 
-    from tests.mini_dataset import make_mini_deepfashion_training
+    from tests.mini_dataset import prepared_deepfashion_training
 
     full = arguments.full_scale
     steps = arguments.steps or (20 if full else 5)
@@ -172,8 +171,7 @@ def main() -> int:
     device = torch.device("cuda" if full else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_mini_deepfashion_training(tmp / "data")
-        prepare_deepfashion(tmp / "data", echo=lambda line: None)
+        prepared_deepfashion_training(tmp / "data")
         if full:
             started = time.perf_counter()
             checkpoint = full_size_checkpoint(tmp / "checkpoint")

@@ -89,3 +89,17 @@ def make_mini_deepfashion_training(root: Path) -> Path:
     keypoints = root / "fasion-resize-annotation-train.csv"
     keypoints.write_text("\n".join(keypoint_lines) + "\n")
     return keypoints
+
+
+TINY_TRAINING = {"tile_long_side": 64, "workers": 0, "batch_size": 1, "log_every": 5}
+"""IMAGPose training settings the tiny kit trains at: its tokenizer takes 8x8 latent patches,
+so 64-pixel tiles (a 128x128 canvas) train."""
+
+
+def prepared_deepfashion_training(root: Path) -> Path:
+    """The training split, through ``prepare-deepfashion``, as ``imagpose train --data`` reads it."""
+    from oneposetrans.datasets import prepare_deepfashion
+
+    make_mini_deepfashion_training(root)
+    prepare_deepfashion(root, echo=lambda line: None)
+    return root

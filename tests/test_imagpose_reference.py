@@ -11,22 +11,17 @@ import torch
 from PIL import Image
 
 from oneposetrans.cli import main
-from oneposetrans.datasets import prepare_deepfashion, read_keypoints_csv
+from oneposetrans.datasets import read_keypoints_csv
 from oneposetrans.imagpose.data import DataSettings, IdentityCanvases
 from oneposetrans.imagpose.train import ImagPoseTrainer, VelocitySchedule, load_config
 from oneposetrans.pose import BUNDLED_POSES
 from oneposetrans.profiles import DEFAULT, REFERENCE
-from tests.mini_dataset import make_mini_deepfashion_training
-
-TINY = {"tile_long_side": 64, "workers": 0, "batch_size": 1, "log_every": 5}
+from tests.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deepfashion")
-    make_mini_deepfashion_training(root)
-    prepare_deepfashion(root, echo=lambda line: None)
-    return root
+    return prepared_deepfashion_training(tmp_path_factory.mktemp("deepfashion"))
 
 
 def _canvases(data, profile):

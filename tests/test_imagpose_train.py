@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from oneposetrans.cli import main
-from oneposetrans.datasets import prepare_deepfashion
 from oneposetrans.errors import BadInputError
 from oneposetrans.imagpose.data import DataSettings, IdentityCanvases, identity_of, mirror_keypoints
 from oneposetrans.imagpose.train import (
@@ -20,18 +19,12 @@ from oneposetrans.imagpose.train import (
 )
 from oneposetrans.datasets import read_keypoints_csv
 from tests.conftest import REPO
-from tests.mini_dataset import make_mini_deepfashion_training
-
-# The tiny kit's tokenizer takes 8x8 latent patches, so 64-pixel tiles (a 128x128 canvas) train.
-TINY = {"tile_long_side": 64, "workers": 0, "batch_size": 1, "log_every": 5}
+from tests.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deepfashion")
-    make_mini_deepfashion_training(root)
-    prepare_deepfashion(root, echo=lambda line: None)
-    return root
+    return prepared_deepfashion_training(tmp_path_factory.mktemp("deepfashion"))
 
 
 def _trainer(tiny_models, data, output, phase=1, init=None, resume=None, **settings):
@@ -288,6 +281,7 @@ def test_the_bundled_configs_are_the_papers_phases():
     assert (two.learning_rate, two.max_steps, two.trained, two.runs_cva) == (5e-5, 200_000, ("cross_view_attention",), True)
     assert (three.learning_rate, three.max_steps, three.runs_cva) == (1e-6, 50_000, True)
     assert (one.weight_decay, one.max_grad_norm, one.min_snr_gamma, one.noise_offset) == (0.01, 1.0, 5.0, 0.05)
+    assert one.gradient_checkpointing and two.gradient_checkpointing and three.gradient_checkpointing  # as the published configs
 
 
 def test_training_into_a_folder_with_checkpoints_needs_resume(data, tmp_path, tiny_models, capsys):
