@@ -153,15 +153,19 @@ class LoraTrainer:
             self._caption_cache[caption] = (torch.cat(hidden, dim=-1), pooled)
         return self._caption_cache[caption]
 
-    def _augment(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-        """Shorter side to the training resolution (bilinear), then a random square crop."""
+    def _augment(
+        self, image: Image.Image, mask: Image.Image | None, rng: random.Random
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """Shorter side to the training resolution (bilinear), then a random square crop drawn
+        from ``rng``, the case's own generator: Python's global one is shared with every thread
+        of the process (Gradio's queue shuffles with it), which would make a LoRA depend on them."""
         if self.profile.finetune_crops == "torchvision":
             return self._augment_as_published(image, mask)
         size = self.settings.resolution
         scale = size / min(image.size)
         width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
         image = image.resize((width, height), Image.BILINEAR)
-        top, left = random.randint(0, height - size), random.randint(0, width - size)
+        top, left = rng.randint(0, height - size), rng.randint(0, width - size)
         box = (left, top, left + size, top + size)
         pixels = torch.from_numpy(np.asarray(image.crop(box), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         weight = None
@@ -307,8 +311,12 @@ class LoraTrainer:
         losses = []
         self.unet.train()
 
+        # The stream random.seed(seed) would give, without sharing the global generator.
+        crop_rng = random.Random(settings.seed)
+
         def draw_crops() -> list:
-            return [(self._augment(*view), view[0].size) for view in (random.choice(views) for _ in range(settings.batch_size))]
+            chosen = (crop_rng.choice(views) for _ in range(settings.batch_size))
+            return [(self._augment(*view, crop_rng), view[0].size) for view in chosen]
 
         # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
         # default crops can move: they come from Python's generator, while the VAE's sampling noise

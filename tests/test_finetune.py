@@ -2,6 +2,7 @@
 
 import json
 import signal
+import random
 import subprocess
 import sys
 import time
@@ -135,6 +136,34 @@ def test_cases_are_independent_of_training_order(tiny_models, photo, trainer, tm
     assert after.keys() == alone.keys() and all(torch.equal(after[k], alone[k]) for k in after)
 
 
+def test_a_lora_does_not_depend_on_other_threads_drawing_from_pythons_generator(tiny_models, trainer, tmp_path):
+    """The demo's queue (Gradio) shuffles with Python's global generator while a visitor's LoRA
+    trains; the crops come from the case's own generator, so the LoRA is the same."""
+    import threading
+
+    photo = tmp_path / "tall.png"  # not square: the crop's place is drawn
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (160, 64, 3), np.uint8)).save(photo)
+    trainer.train(_case(photo))
+    alone = trainer.lora_state_dict()
+    trainer.discard()
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            random.shuffle(list(range(8)))
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        trainer.train(_case(photo))
+    finally:
+        stop.set()
+        thread.join()
+    beside = trainer.lora_state_dict()
+    trainer.discard()
+    assert alone.keys() == beside.keys() and all(torch.equal(alone[k], beside[k]) for k in alone)
+
+
 def test_profiles_differ_in_pooled_embedding_and_time_ids(tiny_models):
     reference = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu", REFERENCE)
     default = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu")
@@ -166,7 +195,7 @@ def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
     torch.manual_seed(0)
     expected = [published(photo) for _ in range(2)]
     torch.manual_seed(0)
-    ours = [trainer._augment(photo, None) for _ in range(2)]
+    ours = [trainer._augment(photo, None, random.Random(0)) for _ in range(2)]
     assert all(torch.equal(pixels, wanted) for (pixels, _, _), wanted in zip(ours, expected))
     assert transforms.Resize(512)(photo).size == (512, 751)
     assert ours[0][2] != ours[1][2]  # two draws, two crops (top, left)
