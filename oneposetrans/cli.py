@@ -58,6 +58,10 @@ def run_script(script: str, preset: list[str]) -> int:
     name = Path(script).name
     command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[preset[0]]
     command.prog = name
+    # The flags the script supplies are neither required of the user nor listed as theirs.
+    for action in command._actions:
+        if set(action.option_strings) & set(preset[1:]):
+            action.required, action.help = False, argparse.SUPPRESS
     command.description = (
         f"{name} is `python -m oneposetrans {' '.join(preset)}`. It runs the default profile (this project's fixes); "
         "--profile reference runs the published computation. " + (command.description or "")

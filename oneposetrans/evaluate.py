@@ -298,6 +298,11 @@ class EvaluationRequest:
     device: str = "auto"
     out: Path | None = None
     problems: list[str] = field(default_factory=list)
+    smoke: bool = False
+    """The backbones are the tiny kit's: every output says its numbers mean nothing."""
+
+
+SMOKE_WARNING = "SMOKE RUN: the metric networks have random weights (tiny kit); these numbers mean nothing"
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -321,6 +326,12 @@ def collect_cases(request: EvaluationRequest) -> list[EvaluationCase]:
             continue
         mask = request.results / "images_rgba" / f"{target}.png"
         cases.append(EvaluationCase(path.stem, path, truth, _find(request.results / "images", source), mask if mask.exists() else None))
+    if not cases:
+        _, example = split_pair_name(generated[0].name)
+        raise BadInputError(
+            f"{request.results / request.folder}: none of its {len(generated)} result(s) has a ground truth in {request.ground_truth} "
+            f"(a result <source>_to_<target>.png is scored against <target>.png or .jpg there, e.g. {example}.png)"
+        )
     return cases
 
 
@@ -448,6 +459,8 @@ def evaluate(request: EvaluationRequest, echo: Callable[[str], None] = print, sh
         echo(f"evaluated {evaluated} of {len(cases)}")
 
     summary: dict[str, float | int | str] = {"pairs": len(cases), "size": request.size, "folder": request.folder}
+    if request.smoke:
+        summary["warning"] = SMOKE_WARNING
     for metric in PAIR_METRICS:
         values = [scores[metric] for scores in per_case.values() if metric in scores]
         if metric == "lpips_pcdms" and values:
@@ -484,7 +497,8 @@ def markdown_table(summary: dict) -> str:
     header = "| pairs | size | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics) + " |"
     rule = "|" + "---|" * (len(metrics) + 2)
     row = f"| {summary['pairs']} | {summary['size']} | " + " | ".join(f"{summary[m]:.4f}" for m in metrics) + " |"
-    return "\n".join([header, rule, row]) + "\n"
+    warning = [f"\n**{summary['warning']}**"] if "warning" in summary else []
+    return "\n".join([header, rule, row, *warning]) + "\n"
 
 
 def _png(image: Image.Image) -> str:
@@ -519,6 +533,7 @@ def html_report(summary: dict, per_case: dict, cases: list[EvaluationCase]) -> s
         "<!doctype html><meta charset='utf-8'><title>oneposetrans evaluation</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>",
         f"<h1>Evaluation of {html.escape(str(summary['folder']))}</h1>",
+        *([f"<p style='color:#b00;font-weight:bold'>{html.escape(summary['warning'])}</p>"] if "warning" in summary else []),
         "<table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in summary) + "</tr><tr>"
         + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in summary.values()) + "</tr></table>",
         "<h2>Per-metric histograms</h2>",

@@ -383,6 +383,19 @@ TASK_STAGES: dict[str, tuple[str, ...]] = {
 }
 """The stages each command runs with its default flags: `models download --for TASK` fetches
 their models (:func:`task_models`); the stages themselves say which models they need."""
+STAGES = tuple(sorted({stage for model in MODELS for stage in model.stages}))
+TARGETS = (*TASK_STAGES, *(stage for stage in STAGES if stage not in TASK_STAGES))
+"""What `models check --for` and `models download --for` take: a command (its stages) or a stage."""
+
+
+def stages_of(targets: list[str] | None) -> list[str] | None:
+    """The stages of ``--for`` targets (commands and stages); None when none is named."""
+    if not targets:
+        return None
+    unknown = [target for target in targets if target not in TARGETS]
+    if unknown:
+        raise BadInputError(f"--for {', '.join(unknown)}: choose from {', '.join(TARGETS)}")
+    return [stage for target in targets for stage in TASK_STAGES.get(target, (target,))]
 
 
 def spec(name: str) -> ModelSpec:
@@ -599,18 +612,18 @@ def download(names: list[str], models_dir: str | os.PathLike, dry_run: bool = Fa
     return 1 if failed else 0
 
 
-def selected(names: list[str], task: str | None) -> list[str]:
-    """The models named, else the ones ``task`` needs (``repose`` by default)."""
+def selected(names: list[str], targets: list[str] | None) -> list[str]:
+    """The models named, else the ones the ``--for`` targets need (``repose`` by default)."""
     unknown = [name for name in names if name not in _BY_NAME]
     if unknown:
         raise BadInputError(f"unknown model {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
-    return list(names) or task_models(task or "repose")
+    return list(names) or [model.name for model in models_for(stages_of(targets or ["repose"]))]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="download models (run by `oneposetrans models download`)")
     parser.add_argument("names", nargs="*")
     parser.add_argument("--models", default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--for", dest="task", choices=tuple(TASK_STAGES))
+    parser.add_argument("--for", dest="targets", action="append", choices=TARGETS)
     arguments = parser.parse_args()
-    sys.exit(download(selected(arguments.names, arguments.task), arguments.models))
+    sys.exit(download(selected(arguments.names, arguments.targets), arguments.models))

@@ -28,6 +28,8 @@ def test_root_scripts_have_help(script):
     assert helped.returncode == 0 and "--models" in helped.stdout
     # The published names run the default profile unless told otherwise.
     assert "runs the default profile" in " ".join(helped.stdout.split())
+    if script == "oneposetrans_wpose.py":
+        assert "--dataset {" not in helped.stdout and "--dataset DATASET" not in helped.stdout  # the script supplies it
 
 
 def test_tool_utils_missing_folder_is_one_line(tmp_path):
@@ -180,6 +182,25 @@ def test_bad_inputs_fail_at_once_in_one_line_and_create_nothing(problem, tmp_pat
     if problem == "every_pose_broken":
         assert "broken.json: not valid JSON" in lines[0] and "absent.json: no such file" in lines[0]
     assert not out.exists() and "SMOKE RUN" not in captured.out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "--dataset", "deepfashion", "--pairs", "MISSING"],
+        ["finetune", "--pairs", "MISSING"],
+        ["refine", "--captions", "MISSING"],
+    ],
+)
+def test_dataset_commands_check_their_inputs_before_the_results_tree(command, tmp_path, tiny_models, capsys):
+    from oneposetrans import cli
+
+    results = tmp_path / "results"
+    missing = str(tmp_path / "absent.csv")
+    code = cli.main([*[missing if word == "MISSING" else word for word in command], "--smoke", "--device", "cpu", "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "absent.csv" in err
+    assert not results.exists()
 
 
 def test_full_disk_while_writing_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_models, capsys, monkeypatch):

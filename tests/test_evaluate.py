@@ -154,6 +154,20 @@ def test_lpips_pcdms_averages_whole_batches_of_64_in_name_order():
     assert pcdms_batches(few) == sorted(few.values())
 
 
+def test_no_result_with_a_ground_truth_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from oneposetrans.cli import main
+
+    results, truth = tmp_path / "results", tmp_path / "truth"
+    (results / "reposed_final_result").mkdir(parents=True)
+    truth.mkdir()
+    Image.new("RGB", (176, 256)).save(results / "reposed_final_result" / "a_to_b.png")
+    Image.new("RGB", (176, 256)).save(truth / "c.png")
+    assert main(["evaluate", "--results", str(results), "--ground-truth", str(truth), "--smoke", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "none of its 1 result(s) has a ground truth in" in err and "b.png" in err
+    assert not (results / "evaluation").exists()
+
+
 def test_unknown_metric_is_one_line():
     with pytest.raises(BadInputError, match="known metrics"):
         parse_metrics("ssim,fidd")
@@ -196,6 +210,8 @@ def test_evaluate_writes_json_table_and_report(tmp_path, cli_env):
     assert table.startswith("| pairs | size | ssim ↑") and "| 5 | 256x176 |" in table
     page = (results / "evaluation" / "report.html").read_text()
     assert "Best cases" in page and "Worst cases" in page and page.count("data:image/png;base64,") >= 6
+    # A smoke run's numbers come from random weights, and every output says so.
+    assert "these numbers mean nothing" in summary["warning"] and "these numbers mean nothing" in table and "these numbers mean nothing" in page
 
 
 def test_community_fid_feeds_inception_exactly_as_cfld(tiny_models):

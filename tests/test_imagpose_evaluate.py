@@ -45,6 +45,7 @@ def test_the_protocol_runs_every_scenario_and_scores_both_sizes(data, tmp_path, 
     out = capsys.readouterr().out
     assert "| t1 (paper, DINOv2-B, Table 3) | 256x176 | 8570 | 0.7541 | - | 0.1343 | 5.9286 |" in out
     assert "| t1 (paper, DINOv2-G, Table 1) | 256x176 | 8570 | 0.7561 | - | 0.1284 | 5.8738 |" in out
+    assert "these numbers mean nothing" in out and "these numbers mean nothing" in (results / "evaluation" / "imagpose.md").read_text()
     table = json.loads((results / "evaluation" / "imagpose.json").read_text())["ours"]
     assert set(table) == {"t1", "t2", "t3", "multi-target"}
     for scenario, sizes in table.items():

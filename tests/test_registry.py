@@ -28,7 +28,20 @@ def test_require_names_folder_and_download_command(tmp_path):
 def test_tiny_kit_satisfies_its_registry_entries(tiny_models):
     for name in ("sdxl-base", "controlnet-openpose"):
         assert registry.require(name, tiny_models).is_dir()
-    assert main(["models", "check", "--models", str(tiny_models), "--stage", "finetune"]) == 0
+    assert main(["models", "check", "--models", str(tiny_models), "--for", "finetune"]) == 0
+    assert main(["models", "check", "--models", str(tiny_models), "--stage", "finetune"]) == 0  # the earlier name still works
+
+
+def test_check_and_download_take_the_same_for(tiny_models, capsys):
+    """One flag, the same choices: a command (its stages) or one stage, imagpose included."""
+    assert main(["models", "check", "--models", str(tiny_models), "--for", "imagpose"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["models", "download", "--for", "imagpose", "--dry-run", "--models", str(tiny_models)]) == 0
+    planned = capsys.readouterr().out
+    for name in ("sd15", "dinov2-base", "animatediff-motion-v2"):
+        assert name in listed and name in planned
+    assert "sdxl-base" not in listed and "sdxl-base" not in planned
+    assert registry.stages_of(["repose"]) == list(registry.TASK_STAGES["repose"]) and registry.stages_of(["pose"]) == ["pose"]
 
 
 def test_readme_models_table_is_generated_from_the_registry():

@@ -50,6 +50,7 @@ def handle(arguments: argparse.Namespace) -> int:
         batch_size=arguments.batch_size,
         device=arguments.device,
         out=arguments.out,
+        smoke=arguments.smoke,
     )
     summary = evaluate(request, echo=lambda line: print(line, flush=True))
     print(markdown_table(summary), end="")

@@ -97,7 +97,8 @@ def handle(arguments: argparse.Namespace) -> int:
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
-    tree = ResultsTree(arguments.results)
+    # Inputs and models are checked before the results tree is touched.
+    planned = ResultsTree(arguments.results, create=False)
     settings = FinetuneSettings(
         rank=arguments.rank,
         alpha=arguments.alpha,
@@ -115,11 +116,13 @@ def handle(arguments: argparse.Namespace) -> int:
         masked_loss=arguments.masked_loss,
         cuda_graph=arguments.cuda_graph,
     )
-    cases = _finetune_cases(arguments, tree)
+    cases = _finetune_cases(arguments, planned)
     session = open_session(arguments, models_dir(arguments))
+    check = Recipe(planned, session, finetune=settings)
+    check.require([check.finetune_stage()])
     recipe = Recipe(
-        tree, session, finetune=settings, echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite, fail_fast=arguments.fail_fast
+        ResultsTree(arguments.results), session, finetune=settings, echo=echo, progress=not arguments.quiet,
+        overwrite=arguments.overwrite, fail_fast=arguments.fail_fast,
     )
-    recipe.require([recipe.finetune_stage()])
     recipe.finetune(cases)
     return 0

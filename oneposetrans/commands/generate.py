@@ -54,8 +54,9 @@ def handle(arguments: argparse.Namespace) -> int:
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
     session = open_session(arguments, models_dir(arguments), compile=arguments.compile)
-    tree = ResultsTree(arguments.results)
-    inputs = load_inputs(arguments.dataset, arguments.pairs, tree, arguments.captions, arguments.keypoints, session.profile)
+    # Inputs and models are checked before the results tree is touched.
+    planned = ResultsTree(arguments.results, create=False)
+    inputs = load_inputs(arguments.dataset, arguments.pairs, planned, arguments.captions, arguments.keypoints, session.profile)
     settings = GenerationSettings(
         steps=arguments.steps,
         guidance=arguments.guidance,
@@ -63,7 +64,8 @@ def handle(arguments: argparse.Namespace) -> int:
         resolution=smoke_resolution(arguments),
         batch_size=arguments.batch_size,
     )
-    recipe = Recipe(tree, session, generation=settings, echo=echo, progress=not arguments.quiet)
-    recipe.require([recipe.dataset_stage(inputs)])
+    check = Recipe(planned, session, generation=settings)
+    check.require([check.dataset_stage(inputs)])
+    recipe = Recipe(ResultsTree(arguments.results), session, generation=settings, echo=echo, progress=not arguments.quiet)
     recipe.generate_pairs(inputs)
     return 0

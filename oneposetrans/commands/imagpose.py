@@ -244,6 +244,7 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
         real=arguments.real or paths["real"], models=models, scenarios=scenarios, sizes=sizes,
         metrics=parse_metrics(arguments.metrics),
         settings=ImagPoseSettings(steps=arguments.steps, guidance=arguments.guidance, seed=arguments.seed, tile_long_side=side),
+        smoke=arguments.smoke,
     )
     session = open_session(arguments, models)
     table = run_protocol(request, session, echo, progress=not arguments.quiet)

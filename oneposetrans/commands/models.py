@@ -17,19 +17,18 @@ def add(commands) -> None:
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = actions.add_parser("check", help="list every model as present or missing; exit 3 if a needed one is missing")
     check.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")
-    check.add_argument("--stage", action="append", help="only the models this stage needs (repeatable)")
+    _add_for(check, "only the models of")
+    # The flag's earlier name, kept working.
+    check.add_argument("--stage", dest="targets", action="append", choices=registry.TARGETS, help=argparse.SUPPRESS)
     check.set_defaults(handler=_check)
     download = actions.add_parser(
         "download",
         help="fetch models where a network exists: a size table first, then each missing model (resumable)",
     )
     download.add_argument("names", nargs="*", help="model names (default: the models that --for names)")
-    download.add_argument(
-        "--for",
-        dest="task",
-        choices=tuple(registry.TASK_STAGES),
-        help="the models a command needs with its default flags (default: repose, about "
-        f"{sum(registry.spec(n).size_gb for n in registry.task_models('repose')):.0f} GB)",
+    _add_for(
+        download,
+        f"the models of (default: repose, about {sum(registry.spec(n).size_gb for n in registry.task_models('repose')):.0f} GB)",
     )
     download.add_argument("--dry-run", action="store_true", help="print the size table and stop (needs no network)")
     download.add_argument("--models", type=Path, default=Path(registry.DEFAULT_MODELS_DIR), help="models folder")
@@ -41,8 +40,16 @@ def add(commands) -> None:
     table.set_defaults(handler=lambda arguments: print(registry.markdown_table()) or 0)
 
 
+def _add_for(parser: argparse.ArgumentParser, what: str) -> None:
+    """One flag, one meaning, in `models check` and `models download`."""
+    parser.add_argument(
+        "--for", dest="targets", action="append", choices=registry.TARGETS, metavar="COMMAND_OR_STAGE",
+        help=f"{what} a command with its default flags, or of one stage (repeatable): {', '.join(registry.TARGETS)}",
+    )
+
+
 def _check(arguments: argparse.Namespace) -> int:
-    text, complete = registry.check(arguments.models, arguments.stage)
+    text, complete = registry.check(arguments.models, registry.stages_of(arguments.targets))
     print(text)
     if not complete:
         print(f"\nsome required models are missing in {arguments.models}", file=sys.stderr)
@@ -50,7 +57,7 @@ def _check(arguments: argparse.Namespace) -> int:
 
 
 def _download(arguments: argparse.Namespace) -> int:
-    names = registry.selected(arguments.names, arguments.task)
+    names = registry.selected(arguments.names, arguments.targets)
     if arguments.dry_run:
         return registry.download(names, arguments.models, dry_run=True)
     # Downloads are allowed only in this child process; everything else stays offline.

@@ -35,13 +35,13 @@ def handle(arguments: argparse.Namespace) -> int:
 
     if arguments.smoke:
         print(SMOKE_BANNER, flush=True)
-    tree = ResultsTree(arguments.results)
+    # Inputs and models are checked before the results tree is touched.
+    planned = ResultsTree(arguments.results, create=False)
     session = open_session(arguments, models_dir(arguments))
-    recipe = Recipe(
-        tree, session, refine=RefineSettings(resolution=smoke_resolution(arguments)),
-        echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite,
-    )
-    captions = source_captions(tree, arguments.captions, session.profile)
-    recipe.require([recipe.refine_stage(captions)])
+    settings = RefineSettings(resolution=smoke_resolution(arguments))
+    captions = source_captions(planned, arguments.captions, session.profile)
+    check = Recipe(planned, session, refine=settings)
+    check.require([check.refine_stage(captions)])
+    recipe = Recipe(ResultsTree(arguments.results), session, refine=settings, echo=echo, progress=not arguments.quiet, overwrite=arguments.overwrite)
     recipe.refine(captions)
     return 0

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from oneposetrans.errors import BadInputError, CaseFailures
-from oneposetrans.evaluate import evaluate, EvaluationRequest
+from oneposetrans.evaluate import SMOKE_WARNING, evaluate, EvaluationRequest
 from oneposetrans.image_io import load_image, save_image
 from oneposetrans.imagpose import canvas as joint
 from oneposetrans.imagpose.data import draw_pose, identity_of
@@ -151,6 +151,8 @@ class ProtocolRequest:
     sizes: tuple[str, ...] = SIZES
     metrics: tuple[str, ...] = METRICS
     settings: ImagPoseSettings = field(default_factory=ImagPoseSettings)
+    smoke: bool = False
+    """Tiny-kit models: every table says its numbers mean nothing."""
 
 
 def run_protocol(request: ProtocolRequest, session, echo: Callable[[str], None] = print, progress: bool = True) -> dict:
@@ -180,14 +182,15 @@ def run_protocol(request: ProtocolRequest, session, echo: Callable[[str], None] 
                     EvaluationRequest(
                         results=request.results / scenario, ground_truth=request.photos, models=request.models, folder="reposed_result",
                         size=size, metrics=request.metrics, real=request.real, device=str(session.device),
-                        out=request.results / scenario / f"evaluation-{size}",
+                        out=request.results / scenario / f"evaluation-{size}", smoke=request.smoke,
                     ),
                     echo=echo,
                     shared=shared,
                 )
                 table.setdefault(scenario, {})[size] = summary
         out = request.results / "evaluation"
-        write_json_atomic(out / "imagpose.json", {"ours": table, "paper": {f"{s} {z}": rows for (s, z), rows in PAPER.items()}})
+        record = {"ours": table, "paper": {f"{s} {z}": rows for (s, z), rows in PAPER.items()}}
+        write_json_atomic(out / "imagpose.json", {**record, **({"warning": SMOKE_WARNING} if request.smoke else {})})
         write_text_atomic(out / "imagpose.md", protocol_table(table, request.metrics))
     if failures:
         raise CaseFailures(f"{len(failures)} pass(es) failed (first: {failures[0]})", failures)
@@ -204,6 +207,8 @@ def protocol_table(table: dict[str, dict[str, dict]], metrics: tuple[str, ...] =
             for label, paper in PAPER.get((scenario, size), {}).items():
                 values = [f"{paper[m]:.4f}" if m in paper else "-" for m in metrics]
                 lines.append(f"| {scenario} (paper, {label}) | {size} | 8570 | " + " | ".join(values) + " |")
+    if any("warning" in summary for sizes in table.values() for summary in sizes.values()):
+        lines.append(f"\n**{SMOKE_WARNING}**")
     return "\n".join(lines) + "\n"
 
 
