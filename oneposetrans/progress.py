@@ -82,7 +82,8 @@ class Progress:
             elapsed = time.perf_counter() - self.started
             left = self.eta()
             tail = f", about {_duration(left)} left" if left and left >= 1 and self.count < self.total else ""
-            print(f"{self.desc}: {self.count}/{self.total} {self.unit}s ({_duration(elapsed)}{tail})", file=self.stream, flush=True)
+            units = self.unit + ("es" if self.unit.endswith("s") else "s")
+            print(f"{self.desc}: {self.count}/{self.total} {units} ({_duration(elapsed)}{tail})", file=self.stream, flush=True)
 
     def step_callback(self):
         """A diffusers ``callback_on_step_end`` that counts each denoising step here; None when

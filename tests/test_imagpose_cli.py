@@ -80,6 +80,14 @@ def test_the_results_are_the_tiles_the_mode_generates(people, tiny_models):
     assert not np.array_equal(np.asarray(other.images[0]), np.asarray(output.images[0]))  # the pose matters
 
 
+def test_smoke_generate_runs_on_bundled_inputs_alone(tmp_path, tiny_models, capsys):
+    out = tmp_path / "smoke"
+    assert main(["imagpose", "generate", "--smoke", "--quiet", "--device", "cpu", "--steps", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert len(list((out / "reposed_result").iterdir())) == 1 and (out / "contact_sheet.png").is_file()
+    assert main(["imagpose", "generate", "--quiet", "--out", str(tmp_path / "none")]) == 1
+    assert "needs --source PHOTO" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
 def test_a_giant_image_encoder_is_projected_to_the_unets_width(people, tmp_path, tiny_models, capsys):
     from oneposetrans.imagpose.checkpoint import load_pipeline
 
@@ -102,7 +110,7 @@ def test_a_giant_image_encoder_is_projected_to_the_unets_width(people, tmp_path,
         (["--source", "A", "--pose", "P", "Q", "R", "S"], "mode multi-target: at most 3 target pose(s), got 4"),
         (["--source", "A", "B", "--pose", "P", "Q"], "2 sources and 2 target poses: one pass takes several sources or several targets"),
         (["--source", "A", "--source-pose", "P", "--pose", "BLACK"], "BLACK: the pose has no person"),
-        (["--source", "A", "--source-pose", "WIDE", "--pose", "P"], "WIDE: its frame 384x128 does not match the source"),
+        (["--source", "A", "--source-pose", "WIDE", "--pose", "P"], "WIDE: drawn on a 300x100 frame (aspect 3.00), but the source"),
     ],
 )
 def test_bad_input_is_one_line(extra, message, people, tmp_path, tiny_models, capsys):
@@ -120,3 +128,4 @@ def test_bad_input_is_one_line(extra, message, people, tmp_path, tiny_models, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert message.replace("BLACK", str(black)).replace("WIDE", str(wide)) in err
+    assert not (tmp_path / "out").exists()  # a run that fails its checks creates nothing

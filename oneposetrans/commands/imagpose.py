@@ -55,8 +55,10 @@ def add(commands) -> None:
         "up to 3 poses), multi-source (up to 3 views, 1 pose); auto picks t1, multi-target or multi-source "
         "from the counts. Source poses are detected with OpenPose unless --source-pose gives them.",
     )
-    generate.add_argument("--source", type=Path, nargs="+", required=True, help="photo(s) of one person (up to 3)")
-    generate.add_argument("--pose", type=Path, nargs="+", required=True, help="target pose(s): OpenPose JSON, pose map or photo (up to 3)")
+    generate.add_argument("--source", type=Path, nargs="+", help="photo(s) of one person (up to 3; --smoke: a bundled photo and its pose)")
+    generate.add_argument(
+        "--pose", type=Path, nargs="+", help="target pose(s): OpenPose JSON, pose map or photo (up to 3; --smoke: a bundled pose)"
+    )
     generate.add_argument("--source-pose", type=Path, nargs="+", help="the sources' poses, in the same order (default: detected)")
     generate.add_argument("--checkpoint", type=Path, help="IMAGPose checkpoint folder (default: MODELS/imagpose)")
     generate.add_argument("--out", type=Path, required=True, help="results tree")
@@ -149,15 +151,24 @@ def _cmd_init(arguments: argparse.Namespace) -> int:
 
 
 def _cmd_generate(arguments: argparse.Namespace) -> int:
-    from oneposetrans.imagpose.generate import GenerateCase, GenerateStage
+    from oneposetrans.imagpose.generate import GenerateCase, GenerateStage, bundled_source, check_pose_files
+    from oneposetrans.pose import BUNDLED_POSES
     from oneposetrans.recipe import Recipe
 
+    if arguments.smoke and not arguments.source:
+        # The bundled photo in the bundled poses' 2:3 frame, posed by the first of them.
+        arguments.source, arguments.source_pose = [bundled_source()], [BUNDLED_POSES[0]]
+    if arguments.smoke and not arguments.pose:
+        arguments.pose = [BUNDLED_POSES[-1]]
+    if not arguments.source or not arguments.pose:
+        raise BadInputError("imagpose generate needs --source PHOTO ... and --pose POSE ... (or --smoke, which brings its own)")
     mode = pick_mode(arguments.mode, len(arguments.source), len(arguments.pose))
     layout(mode, len(arguments.source), len(arguments.pose))  # counts checked before anything loads
     if arguments.source_pose and len(arguments.source_pose) != len(arguments.source):
         raise BadInputError(f"{len(arguments.source)} source photo(s) but {len(arguments.source_pose)} --source-pose file(s)")
     check_writable_folder(arguments.out)
     sources = [load_image(path, "RGB") for path in arguments.source]
+    check_pose_files(arguments.source, arguments.source_pose, arguments.pose)
     detect = not arguments.source_pose or any(needs_detector(p) for p in [*arguments.pose, *(arguments.source_pose or [])])
     models = models_dir(arguments)
     checkpoint = arguments.checkpoint or Path(models) / registry.spec("imagpose").folder

@@ -26,6 +26,25 @@ from oneposetrans.settings import ImagPoseSettings
 from oneposetrans.stages import Done, Stage
 
 
+def bundled_source() -> Path:
+    """The bundled photo (scikit-image's astronaut) cut to the bundled poses' 2:3 frame, written
+    once beside the tiny kit: the source of ``imagpose generate --smoke`` without ``--source``."""
+    from skimage import data
+
+    from oneposetrans.results import atomic_path
+    from oneposetrans.testing.tiny import tiny_cache_dir
+
+    path = tiny_cache_dir().parent / "bundled" / "astronaut_2x3.png"
+    if not path.exists():
+        photo = Image.fromarray(data.astronaut())
+        width = round(photo.height * 2 / 3)
+        left = (photo.width - width) // 2
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as partial:
+            photo.crop((left, 0, left + width, photo.height)).save(partial, format="PNG")
+    return path
+
+
 def checkpoint_models(session, checkpoint: Path) -> list[str]:
     """The registry's IMAGPose checkpoint when ``checkpoint`` is its folder (the default); a
     folder given by the user is checked when it loads."""
@@ -117,11 +136,44 @@ def with_person(pose_map: Image.Image, path: Path) -> Image.Image:
     return pose_map
 
 
+def check_pose_files(sources: list[Path], source_poses: list[Path] | None, targets: list[Path]) -> None:
+    """What the pose files show before anything is written: each drawn pose has a person, and each
+    source's pose is drawn on its photo's frame. One line for the first problem."""
+    import numpy as np
+
+    from oneposetrans.pose import _looks_like_pose_map, load_keypoints
+
+    for path in [*targets, *(source_poses or [])]:
+        if Path(path).suffix.lower() == ".json":
+            if np.isnan(load_keypoints(path).points).all():
+                raise BadInputError(f"{path}: the pose has no person (no keypoint)")
+        else:
+            picture = load_image(path, "RGB")
+            if _looks_like_pose_map(picture):
+                with_person(picture, path)
+    for photo_file, pose_file in zip(sources, source_poses or []):
+        with Image.open(photo_file) as photo:
+            same_frame(pose_file, Image.new("RGB", _declared_frame(pose_file)), photo_file, photo)
+
+
 def same_frame(pose_file: Path, pose_map: Image.Image, photo_file: Path, photo: Image.Image) -> None:
     """A source's pose must be drawn in its photo's frame, or the tiles would not line up."""
     pose_ratio, photo_ratio = pose_map.width / pose_map.height, photo.width / photo.height
     if abs(pose_ratio / photo_ratio - 1) > 0.02:
+        width, height = _declared_frame(pose_file)
         raise BadInputError(
-            f"{pose_file}: its frame {pose_map.width}x{pose_map.height} does not match the source {photo_file} "
-            f"({photo.width}x{photo.height})"
+            f"{pose_file}: drawn on a {width}x{height} frame (aspect {width / height:.2f}), but the source {photo_file} is "
+            f"{photo.width}x{photo.height} (aspect {photo_ratio:.2f}); a source's pose must be drawn on its own photo's frame: "
+            "give that pose with --source-pose, or leave --source-pose out to detect it"
         )
+
+
+def _declared_frame(pose_file: Path) -> tuple[int, int]:
+    """The frame the user's file gives: a JSON's canvas, a map's or photo's own size."""
+    if Path(pose_file).suffix.lower() == ".json":
+        from oneposetrans.pose import load_keypoints
+
+        keypoints = load_keypoints(pose_file)
+        return keypoints.width, keypoints.height
+    with Image.open(pose_file) as image:
+        return image.size
