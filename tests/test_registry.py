@@ -142,3 +142,13 @@ def test_interrupted_url_download_resumes_from_its_part_file(tmp_path, monkeypat
     assert asked == ["bytes=1000-"]
     assert (folder / "alexnet-owt-7be5be79.pth").read_bytes() == payload
     assert not (folder / ".alexnet-owt-7be5be79.pth.part").exists()
+
+
+def test_make_tiny_says_which_model_it_builds(tmp_path, capsys, monkeypatch):
+    from oneposetrans.testing import tiny
+
+    # Two of the kit's smallest models stand in for the whole build (about 10 s on 2 cores).
+    monkeypatch.setattr(tiny, "BUILDERS", {name: tiny.BUILDERS[name] for name in ("dinov2-base", "animateanyone-motion")})
+    assert main(["models", "make-tiny", str(tmp_path / "kit")]) == 0
+    err = capsys.readouterr().err
+    assert "building dinov2-base (1/2)" in err and "building animateanyone-motion (2/2)" in err

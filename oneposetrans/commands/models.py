@@ -69,6 +69,6 @@ def _download(arguments: argparse.Namespace) -> int:
 def _make_tiny(arguments: argparse.Namespace) -> int:
     from oneposetrans.testing import make_tiny_models
 
-    make_tiny_models(arguments.dir)
+    make_tiny_models(arguments.dir, progress=True)  # a line per model: the build takes seconds
     print(f"tiny-model kit (random weights) written to {arguments.dir}")
     return 0

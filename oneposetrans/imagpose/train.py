@@ -43,6 +43,7 @@ from oneposetrans.imagpose.data import MAX_VIEWS, DataSettings, IdentityCanvases
 from oneposetrans.imagpose.modules import from_tiles, to_tiles
 from oneposetrans.imagpose.pipeline_imagpose import flc_context
 from oneposetrans.profiles import DEFAULT, Profile
+from oneposetrans.progress import Progress
 from oneposetrans.runtime import quiet_libraries
 
 PHASES = {
@@ -270,6 +271,8 @@ class ImagPoseTrainer:
         keypoints_file = data / config.keypoints
         self.canvases = IdentityCanvases(data / config.images, read_keypoints_csv(keypoints_file), config.data_settings(), config.seed, profile)
 
+        if self.accelerator.is_main_process:
+            echo(f"loading {self.source}")
         pipeline = load_pipeline(self.source)
         self.vae = pipeline.vae.to(self.device, self.compute_dtype).eval().requires_grad_(False)
         self.image_encoder = pipeline.image_encoder.to(self.device, self.compute_dtype).eval().requires_grad_(False)
@@ -392,6 +395,8 @@ class ImagPoseTrainer:
             return checkpoints(self.output)[-1]
         loader = self._loader()
         self.model.train()
+        # The main process shows the steps between the log lines, the project's way.
+        bar = Progress(config.max_steps - self.step if accelerator.is_main_process else 0, f"phase {config.phase}")
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start = 0, time.perf_counter()
         last = None
@@ -410,6 +415,7 @@ class ImagPoseTrainer:
             self.lr_schedule.step()
             self.step = step + 1
             window_steps += 1
+            bar.update()
             if self.step % config.log_every == 0 or self.step == config.max_steps:
                 mean_loss = accelerator.reduce(window_loss, "mean").item() / window_steps
                 seconds = time.perf_counter() - window_start
@@ -418,6 +424,7 @@ class ImagPoseTrainer:
                 window_steps, window_start = 0, time.perf_counter()
             if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
                 last = self.save()
+        bar.close()
         log.close()
         return last
 
