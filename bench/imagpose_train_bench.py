@@ -37,7 +37,6 @@ from oneposetrans.testing import cached_tiny_models
 from oneposetrans.testing.tiny import _tiny_sd_vae, IMAGPOSE_UNET
 
 CONFIGS = Path(__file__).parent / "configs"
-sys.path.insert(0, str(Path(__file__).parent.parent))
 
 
 def _config(name: str) -> dict:
@@ -161,7 +160,7 @@ def main() -> int:
 
     from diffusers import AutoencoderKL
 
-    from tests.mini_dataset import prepared_deepfashion_training
+    from oneposetrans.testing.mini_dataset import prepared_deepfashion_training
 
     full = arguments.full_scale
     steps = arguments.steps or (20 if full else 5)

@@ -9,7 +9,7 @@ import pytest
 from oneposetrans.cli import main
 from oneposetrans.datasets import prepare_deepfashion
 from oneposetrans.imagpose.evaluate import plan
-from tests.mini_dataset import make_mini_deepfashion_training
+from oneposetrans.testing.mini_dataset import make_mini_deepfashion_training
 
 FIVE = "fashionMENDenimid0000001203"
 FOUR = "fashionWOMENDressesid0000001101"

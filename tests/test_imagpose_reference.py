@@ -16,7 +16,7 @@ from oneposetrans.imagpose.data import DataSettings, IdentityCanvases
 from oneposetrans.imagpose.train import ImagPoseTrainer, VelocitySchedule, load_config
 from oneposetrans.pose import BUNDLED_POSES
 from oneposetrans.profiles import DEFAULT, REFERENCE
-from tests.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
+from oneposetrans.testing.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
 
 
 @pytest.fixture(scope="module")

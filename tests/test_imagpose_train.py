@@ -19,7 +19,7 @@ from oneposetrans.imagpose.train import (
 )
 from oneposetrans.datasets import read_keypoints_csv
 from tests.conftest import REPO
-from tests.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
+from oneposetrans.testing.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +282,16 @@ def test_the_bundled_configs_are_the_papers_phases():
     assert (three.learning_rate, three.max_steps, three.runs_cva) == (1e-6, 50_000, True)
     assert (one.weight_decay, one.max_grad_norm, one.min_snr_gamma, one.noise_offset) == (0.01, 1.0, 5.0, 0.05)
     assert one.gradient_checkpointing and two.gradient_checkpointing and three.gradient_checkpointing  # as the published configs
+
+
+def test_smoke_training_needs_no_data_folder(tmp_path, tiny_models, capsys):
+    """--smoke brings a synthetic mini split (built once in the cache), and says what it loads."""
+    output = tmp_path / "run"
+    command = ["imagpose", "train", "--smoke", "--device", "cpu", "--config", "phase1", "--output", str(output), "--max-steps", "1", "--tile", "64", "--workers", "0"]
+    assert main(command) == 0, capsys.readouterr().err
+    assert (output / "checkpoint-1" / TRAINING_STATE).is_file() and "loading " in capsys.readouterr().out
+    assert main(["imagpose", "train", "--config", "phase1", "--output", str(tmp_path / "none")]) == 1
+    assert "needs --data DIR" in capsys.readouterr().err
 
 
 def test_training_into_a_folder_with_checkpoints_needs_resume(data, tmp_path, tiny_models, capsys):

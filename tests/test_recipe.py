@@ -13,7 +13,7 @@ from oneposetrans.cli import main
 from oneposetrans.errors import BadInputError
 from oneposetrans.recipe import parse_steps
 from tests.conftest import REPO
-from tests.mini_dataset import make_mini_deepfashion
+from oneposetrans.testing.mini_dataset import make_mini_deepfashion
 
 FOLDERS = (
     "images", "images_rgba", "images_mask", "images_inpainted", "lora", "poses", "reposed_result", "reposed_rgba",

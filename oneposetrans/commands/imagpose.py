@@ -76,8 +76,9 @@ def add(commands) -> None:
     )
     train.add_argument("--config", required=True, help="config file (YAML), or phase1, phase2, phase3: the bundled ones")
     train.add_argument(
-        "--data", type=Path, required=True,
-        help="DeepFashion root as prepare-deepfashion leaves it: fashion/train_highres/ and fasion-resize-annotation-train.csv",
+        "--data", type=Path,
+        help="DeepFashion root as prepare-deepfashion leaves it: fashion/train_highres/ and fasion-resize-annotation-train.csv "
+        "(--smoke: a synthetic mini split, built once in the cache)",
     )
     train.add_argument("--output", type=Path, required=True, help="folder of the checkpoints and logs")
     train.add_argument("--init", type=Path, help="checkpoint folder to start from (default: the config's init; --smoke: the kit's)")
@@ -196,6 +197,12 @@ def _cmd_generate(arguments: argparse.Namespace) -> int:
 def _cmd_train(arguments: argparse.Namespace) -> int:
     from oneposetrans.imagpose.train import ImagPoseTrainer, checkpoints, load_config
 
+    if arguments.data is None and arguments.smoke:
+        from oneposetrans.testing.mini_dataset import cached_mini_deepfashion_training
+
+        arguments.data = cached_mini_deepfashion_training()
+    if arguments.data is None:
+        raise BadInputError("imagpose train needs --data DIR (the DeepFashion root), or --smoke for a synthetic mini split")
     models = models_dir(arguments)
     smoke_tile = 128 if arguments.smoke and arguments.tile is None else arguments.tile
     config = load_config(

@@ -1,4 +1,5 @@
-"""A synthetic DeepFashion-format mini dataset: 3 people, 2 views each, 6 pairs.
+"""A synthetic DeepFashion-format mini dataset: 3 people, 2 views each, 6 pairs (the tests'),
+and a training split of 3 outfits (the tests' and ``imagpose train --smoke``'s).
 
 The layout is DeepFashion In-shop's ``fashion/{MEN,WOMEN}/<category>/id_<n>/<NN>_<k>_<view>.jpg``
 with ``train.lst``/``test.lst``, DPTN's pairs CSV (``from,to``) and 18-keypoint annotation CSV
@@ -103,3 +104,27 @@ def prepared_deepfashion_training(root: Path) -> Path:
     make_mini_deepfashion_training(root)
     prepare_deepfashion(root, echo=lambda line: None)
     return root
+
+
+def cached_mini_deepfashion_training() -> Path:
+    """The prepared training split beside the tiny kit, built once: ``imagpose train --smoke``'s
+    data when no ``--data`` is given. Built under a temporary name and renamed into place."""
+    import os
+    import shutil
+    import tempfile
+
+    from oneposetrans import datasets
+    from oneposetrans.testing.tiny import kit_version, tiny_cache_dir
+
+    # Named by what builds it, as the kit is: an edited builder gets a fresh folder.
+    version = kit_version((Path(__file__), Path(datasets.__file__)))
+    final = tiny_cache_dir().parent / f"mini-deepfashion-train-v{version}"
+    if not final.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        prepared_deepfashion_training(staging)
+        try:
+            os.rename(staging, final)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
