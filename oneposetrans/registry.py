@@ -383,6 +383,8 @@ TASK_STAGES: dict[str, tuple[str, ...]] = {
 }
 """The stages each command runs with its default flags: `models download --for TASK` fetches
 their models (:func:`task_models`); the stages themselves say which models they need."""
+IMAGPOSE_IMAGE_ENCODERS = ("dinov2-base", "dinov2-giant")
+"""The image encoders ``imagpose init`` takes: the published code's, and the paper's Table 1 model's."""
 STAGES = tuple(sorted({stage for model in MODELS for stage in model.stages}))
 TARGETS = (*TASK_STAGES, *(stage for stage in STAGES if stage not in TASK_STAGES))
 """What `models check --for` and `models download --for` take: a command (its stages) or a stage."""
@@ -464,9 +466,10 @@ def stage_models(stage: str) -> list[str]:
     return [model.name for model in models_for([stage])]
 
 
-def task_models(task: str) -> list[str]:
-    """The models ``task`` needs with its default flags: those of its stages."""
-    return [model.name for model in models_for(list(TASK_STAGES[task]))]
+def task_models(*targets: str) -> list[str]:
+    """The models the ``--for`` targets need: a command's with its default flags (those of its
+    stages), or a stage's."""
+    return [model.name for model in models_for(stages_of(list(targets)))]
 
 
 def models_for(stages: list[str] | None = None, include_optional: bool = False) -> list[ModelSpec]:
@@ -617,7 +620,7 @@ def selected(names: list[str], targets: list[str] | None) -> list[str]:
     unknown = [name for name in names if name not in _BY_NAME]
     if unknown:
         raise BadInputError(f"unknown model {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
-    return list(names) or [model.name for model in models_for(stages_of(targets or ["repose"]))]
+    return list(names) or task_models(*(targets or ["repose"]))
 
 
 if __name__ == "__main__":

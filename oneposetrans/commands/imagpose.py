@@ -42,7 +42,7 @@ def add(commands) -> None:
     )
     init.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     init.add_argument(
-        "--image-encoder", choices=("dinov2-base", "dinov2-giant"), default="dinov2-base",
+        "--image-encoder", choices=registry.IMAGPOSE_IMAGE_ENCODERS, default="dinov2-base",
         help="dinov2-base: the published code's (compare with the paper's Table 3 DINOv2-B row); dinov2-giant: the paper's Table 1 model",
     )
     add_common(init, results=False)
@@ -140,8 +140,7 @@ def pick_mode(mode: str, sources: int, targets: int) -> str:
 
 
 def _cmd_init(arguments: argparse.Namespace) -> int:
-    from oneposetrans.imagpose.checkpoint import initialise
-    from oneposetrans.imagpose.checkpoint import stock_parts
+    from oneposetrans.imagpose.checkpoint import initialise, stock_parts
 
     profile = profile_named(arguments.profile)
     models = models_dir(arguments)

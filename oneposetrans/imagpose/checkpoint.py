@@ -149,14 +149,10 @@ def load_pipeline(folder: str | os.PathLike, dtype=None) -> ImagPosePipeline:
     return pipeline
 
 
-IMAGE_ENCODERS = ("dinov2-base", "dinov2-giant")
-"""The image encoders :func:`initialise` takes: the published code's, and the paper's Table 1 model's."""
-
-
 def stock_parts(profile: Profile = DEFAULT, image_encoder: str = "dinov2-base") -> list[str]:
     """The registry models :func:`initialise` reads under ``profile``."""
-    if image_encoder not in IMAGE_ENCODERS:
-        raise BadInputError(f"image encoder {image_encoder!r}: choose from {', '.join(IMAGE_ENCODERS)}")
+    if image_encoder not in registry.IMAGPOSE_IMAGE_ENCODERS:
+        raise BadInputError(f"image encoder {image_encoder!r}: choose from {', '.join(registry.IMAGPOSE_IMAGE_ENCODERS)}")
     return ["sd15", "sd-vae-ft-mse", image_encoder, profile.imagpose_cva_init]
 
 

@@ -206,7 +206,9 @@ class IdentityCanvases:
             pixels = [encoder_pixels(tiles[tile][0], self.encoder_fit) for tile in given]
         else:
             views = [draw.reference_tile]
-            photo = Image.open(draw.identity.images[draw.images[draw.reference_tile]]).convert("RGB")
+            # The tile holds the photo as flipped; mirroring it back is exact, and decodes nothing again.
+            photo = tiles[draw.reference_tile][0]
+            photo = ImageOps.mirror(photo) if draw.flip else photo
             pixels = [encoder_pixels(photo, self.encoder_fit)]
             extra["reference"] = _unit(joint.fit(photo, self.tile)[0])
         pixels += [pixels[0]] * (MAX_VIEWS - len(pixels))

@@ -113,7 +113,7 @@ class GenerateStage(Stage[GenerateCase]):
             if case.source_poses:
                 pose_file = case.source_poses[index]
                 pose_map = maps.get(f"{stem(path)}.source", lambda: load_pose_map(pose_file, side, extractor))
-                same_frame(pose_file, pose_map, path, picture)
+                same_frame(pose_file, pose_map.size, path, picture.size)
             else:
                 pose_map = maps.get(f"{stem(path)}.source", lambda: pose_from_photo(picture, path, side, extractor))
             sources.append(picture)
@@ -153,17 +153,17 @@ def check_pose_files(sources: list[Path], source_poses: list[Path] | None, targe
                 with_person(picture, path)
     for photo_file, pose_file in zip(sources, source_poses or []):
         with Image.open(photo_file) as photo:
-            same_frame(pose_file, Image.new("RGB", _declared_frame(pose_file)), photo_file, photo)
+            same_frame(pose_file, _declared_frame(pose_file), photo_file, photo.size)
 
 
-def same_frame(pose_file: Path, pose_map: Image.Image, photo_file: Path, photo: Image.Image) -> None:
+def same_frame(pose_file: Path, pose_size: tuple[int, int], photo_file: Path, photo_size: tuple[int, int]) -> None:
     """A source's pose must be drawn in its photo's frame, or the tiles would not line up."""
-    pose_ratio, photo_ratio = pose_map.width / pose_map.height, photo.width / photo.height
+    pose_ratio, photo_ratio = pose_size[0] / pose_size[1], photo_size[0] / photo_size[1]
     if abs(pose_ratio / photo_ratio - 1) > 0.02:
         width, height = _declared_frame(pose_file)
         raise BadInputError(
             f"{pose_file}: drawn on a {width}x{height} frame (aspect {width / height:.2f}), but the source {photo_file} is "
-            f"{photo.width}x{photo.height} (aspect {photo_ratio:.2f}); a source's pose must be drawn on its own photo's frame: "
+            f"{photo_size[0]}x{photo_size[1]} (aspect {photo_ratio:.2f}); a source's pose must be drawn on its own photo's frame: "
             "give that pose with --source-pose, or leave --source-pose out to detect it"
         )
 
