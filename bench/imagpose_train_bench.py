@@ -160,7 +160,7 @@ def main() -> int:
 
     from diffusers import AutoencoderKL
 
-    from oneposetrans.testing.mini_dataset import prepared_deepfashion_training
+    from oneposetrans.testing.mini_dataset import prepared_mini_deepfashion
 
     full = arguments.full_scale
     steps = arguments.steps or (20 if full else 5)
@@ -170,7 +170,7 @@ def main() -> int:
     device = torch.device("cuda" if full else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        prepared_deepfashion_training(tmp / "data")
+        prepared_mini_deepfashion(tmp / "data")
         if full:
             started = time.perf_counter()
             checkpoint = full_size_checkpoint(tmp / "checkpoint")

@@ -2,30 +2,19 @@
 DeepFashion layout, scored at both sizes by the project's metric code, gathered in one table."""
 
 import json
-import shutil
 
 import pytest
 
 from oneposetrans.cli import main
-from oneposetrans.datasets import prepare_deepfashion
 from oneposetrans.imagpose.evaluate import plan
-from oneposetrans.testing.mini_dataset import make_mini_deepfashion_training
+from oneposetrans.testing.mini_dataset import TEST_OUTFITS, prepared_mini_deepfashion
 
-FIVE = "fashionMENDenimid0000001203"
-FOUR = "fashionWOMENDressesid0000001101"
+FIVE, FOUR = TEST_OUTFITS
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deepfashion")
-    keypoints = make_mini_deepfashion_training(root)
-    train = (root / "fashion" / "train.lst").read_text().split()
-    (root / "fashion" / "test.lst").write_text("\n".join(n for n in train if n.startswith((FIVE, FOUR))) + "\n")
-    prepare_deepfashion(root, echo=lambda line: None)
-    shutil.copy(keypoints, root / "fasion-resize-annotation-test.csv")
-    pairs = [(f"{FIVE}_1front", f"{FIVE}_2side"), (f"{FIVE}_1front", f"{FIVE}_3back"), (f"{FOUR}_1front", f"{FOUR}_4full")]
-    (root / "fasion-resize-pairs-test.csv").write_text("from,to\n" + "".join(f"{a}.jpg,{b}.jpg\n" for a, b in pairs))
-    return root
+    return prepared_mini_deepfashion(tmp_path_factory.mktemp("deepfashion"))
 
 
 def test_the_scenarios_fill_the_canvas_as_the_paper_describes():
@@ -71,3 +60,14 @@ def test_the_protocol_runs_every_scenario_and_scores_both_sizes(data, tmp_path, 
     assert "missing_1front.jpg: no such test photo" in capsys.readouterr().err
     t1 = [json.loads(line) for line in (results / "t1" / "logs" / "imagpose.jsonl").read_text().splitlines()]
     assert [r["status"] for r in t1].count("skipped") == 3
+
+
+def test_smoke_evaluation_needs_no_data_folder(tmp_path, tiny_models, capsys):
+    """--smoke brings the synthetic mini split's test pairs (built once in the cache)."""
+    results = tmp_path / "results"
+    command = ["imagpose", "evaluate", "--smoke", "--quiet", "--device", "cpu", "--steps", "1", "--scenarios", "t1", "--sizes", "256x176",
+               "--metrics", "ssim_pcdms", "--results", str(results)]
+    assert main(command) == 0, capsys.readouterr().err
+    assert json.loads((results / "evaluation" / "imagpose.json").read_text())["ours"]["t1"]["256x176"]["pairs"] == 3
+    assert main(["imagpose", "evaluate", "--results", str(tmp_path / "none")]) == 1
+    assert "needs --data DIR" in capsys.readouterr().err and not (tmp_path / "none").exists()

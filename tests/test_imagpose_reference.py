@@ -16,12 +16,12 @@ from oneposetrans.imagpose.data import DataSettings, IdentityCanvases
 from oneposetrans.imagpose.train import ImagPoseTrainer, VelocitySchedule, load_config
 from oneposetrans.pose import BUNDLED_POSES
 from oneposetrans.profiles import DEFAULT, REFERENCE
-from oneposetrans.testing.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
+from oneposetrans.testing.mini_dataset import TINY_TRAINING as TINY, prepared_mini_deepfashion
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return prepared_deepfashion_training(tmp_path_factory.mktemp("deepfashion"))
+    return prepared_mini_deepfashion(tmp_path_factory.mktemp("deepfashion"))
 
 
 def _canvases(data, profile):

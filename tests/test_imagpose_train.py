@@ -19,12 +19,12 @@ from oneposetrans.imagpose.train import (
 )
 from oneposetrans.datasets import read_keypoints_csv
 from tests.conftest import REPO
-from oneposetrans.testing.mini_dataset import TINY_TRAINING as TINY, prepared_deepfashion_training
+from oneposetrans.testing.mini_dataset import TINY_TRAINING as TINY, prepared_mini_deepfashion
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return prepared_deepfashion_training(tmp_path_factory.mktemp("deepfashion"))
+    return prepared_mini_deepfashion(tmp_path_factory.mktemp("deepfashion"))
 
 
 def _trainer(tiny_models, data, output, phase=1, init=None, resume=None, **settings):

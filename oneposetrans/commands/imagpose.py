@@ -103,9 +103,9 @@ def add(commands) -> None:
         "gathers the figures beside the paper's in RESULTS/evaluation/imagpose.md.",
     )
     evaluate.add_argument(
-        "--data", type=Path, required=True,
+        "--data", type=Path,
         help="DeepFashion root: fashion/test_highres (sources and ground truth), fashion/train_highres (FID's real set), "
-        "fasion-resize-pairs-test.csv and fasion-resize-annotation-test.csv",
+        "fasion-resize-pairs-test.csv and fasion-resize-annotation-test.csv (--smoke: a synthetic mini split, built once in the cache)",
     )
     evaluate.add_argument("--checkpoint", type=Path, help="IMAGPose checkpoint folder (default: MODELS/imagpose)")
     evaluate.add_argument("--pairs", type=Path, help="pairs list (default: DATA/fasion-resize-pairs-test.csv, the 8,570 pairs)")
@@ -197,9 +197,9 @@ def _cmd_train(arguments: argparse.Namespace) -> int:
     from oneposetrans.imagpose.train import ImagPoseTrainer, checkpoints, load_config
 
     if arguments.data is None and arguments.smoke:
-        from oneposetrans.testing.mini_dataset import cached_mini_deepfashion_training
+        from oneposetrans.testing.mini_dataset import cached_mini_deepfashion
 
-        arguments.data = cached_mini_deepfashion_training()
+        arguments.data = cached_mini_deepfashion()
     if arguments.data is None:
         raise BadInputError("imagpose train needs --data DIR (the DeepFashion root), or --smoke for a synthetic mini split")
     models = models_dir(arguments)
@@ -239,6 +239,12 @@ def _cmd_evaluate(arguments: argparse.Namespace) -> int:
     from oneposetrans.evaluate import parse_metrics, parse_size
     from oneposetrans.imagpose.evaluate import SCENARIOS, ProtocolRequest, default_paths, protocol_table, run_protocol
 
+    if arguments.data is None and arguments.smoke:
+        from oneposetrans.testing.mini_dataset import cached_mini_deepfashion
+
+        arguments.data = cached_mini_deepfashion()
+    if arguments.data is None:
+        raise BadInputError("imagpose evaluate needs --data DIR (the DeepFashion root), or --smoke for a synthetic mini split")
     paths = default_paths(arguments.data)
     scenarios = tuple(s.strip() for s in arguments.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]

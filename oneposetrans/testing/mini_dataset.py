@@ -11,6 +11,7 @@ calls "human".
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,20 +98,40 @@ TINY_TRAINING = {"tile_long_side": 64, "workers": 0, "batch_size": 1, "log_every
 so 64-pixel tiles (a 128x128 canvas) train."""
 
 
-def prepared_deepfashion_training(root: Path) -> Path:
-    """The training split, through ``prepare-deepfashion``, as ``imagpose train --data`` reads it."""
+TEST_OUTFITS = ("fashionMENDenimid0000001203", "fashionWOMENDressesid0000001101")
+"""The outfits of the training split that :func:`add_mini_test_split` also lists for testing."""
+TEST_PAIRS = (
+    (f"{TEST_OUTFITS[0]}_1front", f"{TEST_OUTFITS[0]}_2side"),
+    (f"{TEST_OUTFITS[0]}_1front", f"{TEST_OUTFITS[0]}_3back"),
+    (f"{TEST_OUTFITS[1]}_1front", f"{TEST_OUTFITS[1]}_4full"),
+)
+
+
+def add_mini_test_split(root: Path, train_keypoints: Path) -> None:
+    """A test split over :func:`make_mini_deepfashion_training`'s photos, as ``imagpose evaluate
+    --data`` reads it: ``test.lst`` naming two outfits' views, their keypoints CSV and three pairs
+    (two from one source, for the multi-target scenario). Call before ``prepare-deepfashion``."""
+    train = (root / "fashion" / "train.lst").read_text().split()
+    (root / "fashion" / "test.lst").write_text("\n".join(n for n in train if n.startswith(TEST_OUTFITS)) + "\n")
+    shutil.copy(train_keypoints, root / "fasion-resize-annotation-test.csv")
+    (root / "fasion-resize-pairs-test.csv").write_text("from,to\n" + "".join(f"{a}.jpg,{b}.jpg\n" for a, b in TEST_PAIRS))
+
+
+def prepared_mini_deepfashion(root: Path) -> Path:
+    """The training split and its test split, through ``prepare-deepfashion``, as ``imagpose
+    train --data`` and ``imagpose evaluate --data`` read them."""
     from oneposetrans.datasets import prepare_deepfashion
 
-    make_mini_deepfashion_training(root)
+    add_mini_test_split(root, make_mini_deepfashion_training(root))
     prepare_deepfashion(root, echo=lambda line: None)
     return root
 
 
-def cached_mini_deepfashion_training() -> Path:
-    """The prepared training split beside the tiny kit, built once: ``imagpose train --smoke``'s
-    data when no ``--data`` is given. Built under a temporary name and renamed into place."""
+def cached_mini_deepfashion() -> Path:
+    """The prepared mini dataset beside the tiny kit, built once: ``imagpose train --smoke``'s and
+    ``imagpose evaluate --smoke``'s data when no ``--data`` is given. Built under a temporary name
+    and renamed into place."""
     import os
-    import shutil
     import tempfile
 
     from oneposetrans import datasets
@@ -118,11 +139,11 @@ def cached_mini_deepfashion_training() -> Path:
 
     # Named by what builds it, as the kit is: an edited builder gets a fresh folder.
     version = kit_version((Path(__file__), Path(datasets.__file__)))
-    final = tiny_cache_dir().parent / f"mini-deepfashion-train-v{version}"
+    final = tiny_cache_dir().parent / f"mini-deepfashion-v{version}"
     if not final.is_dir():
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        prepared_deepfashion_training(staging)
+        prepared_mini_deepfashion(staging)
         try:
             os.rename(staging, final)
         except OSError:  # another process got there first
