@@ -14,6 +14,13 @@ from oneposetrans.profiles import DEFAULT, Profile
 
 PUBLISHED_SIDE = 1024
 DETECTION_SIZE = (640, 640)
+DETECTION_SCORE = 0.5
+"""InsightFace's default ``det_thresh``, which InstantID and the published code kept: a face below
+it is not returned at all."""
+FACE_CHOICE_REASON = {
+    "largest": "the subject's face is taken to be the largest, as InstantID does",
+    "first": "the first InsightFace returns, as the published code took",
+}
 
 
 @dataclass
@@ -66,8 +73,9 @@ class FaceEmbedder:
         folder = registry.require("antelopev2", models_dir)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
         self.profile = profile
+        self.tiny = registry.is_tiny_kit(models_dir)
         self.app = FaceAnalysis(name=str(folder.resolve()), allowed_modules=["detection", "recognition"], providers=providers)
-        self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=DETECTION_SIZE)
+        self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_thresh=DETECTION_SCORE, det_size=DETECTION_SIZE)
 
     def embed(self, photo: Image.Image) -> FaceResult:
         """The face of ``photo`` as given (the generator passes :func:`~oneposetrans.generate.identity_image`)."""
@@ -76,6 +84,15 @@ class FaceEmbedder:
         face = pick_face(faces, self.profile)
         if face is None:
             return FaceResult(None, "no face found in the source: generated without face tokens")
-        note = f"{len(faces)} faces found, used the {self.profile.face_choice}" if len(faces) > 1 else "one face found"
+        note = self._note(len(faces), face)
         keypoints = None if face.kps is None else np.asarray(face.kps, np.float64) / [rgb.width, rgb.height]
         return FaceResult(np.asarray(face.embedding, dtype=np.float32), note, len(faces), keypoints)
+
+    def _note(self, count: int, face) -> str:
+        if count == 1:
+            return "one face found"
+        width, height = (round(float(v)) for v in (face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]))
+        chosen = f"used the {self.profile.face_choice} ({width}x{height} px): {FACE_CHOICE_REASON[self.profile.face_choice]}"
+        if self.tiny:
+            return f"{count} faces found by the tiny kit's detector (random weights: the count means nothing); {chosen}"
+        return f"{count} faces scored above {DETECTION_SCORE}; {chosen}"

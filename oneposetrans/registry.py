@@ -416,6 +416,15 @@ def total_size(names: list[str]) -> str:
     return f"about {sum(spec(name).size_gb for name in names):.1f} GB"
 
 
+TINY_KIT_MARKER = "TINY_KIT.txt"
+"""The file the tiny kit's builder leaves in its models folder, so that what the models report
+(face counts, scores) can say that it comes from random weights."""
+
+
+def is_tiny_kit(models_dir: str | os.PathLike) -> bool:
+    return (Path(models_dir) / TINY_KIT_MARKER).is_file()
+
+
 def missing_files(name: str, models_dir: str | os.PathLike) -> list[str]:
     """The required patterns of ``name`` that match no file under its folder."""
     folder = Path(models_dir) / spec(name).folder

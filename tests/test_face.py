@@ -34,3 +34,17 @@ def test_several_faces_largest_by_default_first_in_reference():
     assert pick_face([small, large], DEFAULT) is large
     assert pick_face([small, large], REFERENCE) is small
     assert pick_face([], DEFAULT) is None
+
+
+def test_a_face_count_says_where_it_comes_from_and_which_face_was_used(tiny_models, tmp_path):
+    import shutil
+
+    photo = _photo_with_patches((60, 40, 120), (300, 220, 100))
+    smoke = FaceEmbedder(tiny_models, "cpu").embed(photo)
+    assert smoke.faces > 1
+    assert smoke.note.startswith(f"{smoke.faces} faces found by the tiny kit's detector (random weights: the count means nothing); used the largest (")
+    assert "taken to be the largest" in smoke.note
+    # The same files outside the kit's folder read as a real detector's.
+    shutil.copytree(tiny_models / "antelopev2", tmp_path / "antelopev2")
+    real = FaceEmbedder(tmp_path, "cpu", REFERENCE).embed(photo)
+    assert real.note.startswith(f"{real.faces} faces scored above 0.5; used the first (") and "as the published code took" in real.note

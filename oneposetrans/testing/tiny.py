@@ -27,6 +27,7 @@ from oneposetrans.imagpose.checkpoint import build_modules, modules_config, save
 from oneposetrans.imagpose.modules import CrossViewAttention
 from oneposetrans.imagpose.unet import widen_conv_in
 from oneposetrans.layerdiffuse import TransparentDecoderUNet, TransparentOffsetEncoder
+from oneposetrans.results import write_text_atomic
 from oneposetrans.runtime import quiet_libraries
 from oneposetrans.vcm import cross_attention_processor_indices
 
@@ -950,6 +951,9 @@ def make_tiny_models(models_dir: str | os.PathLike, names: list[str] | None = No
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    marker = models_dir / registry.TINY_KIT_MARKER
+    if not marker.is_file():
+        write_text_atomic(marker, "The oneposetrans tiny-model kit: the published on-disk formats with tiny random weights. No model here is real.\n")
     if progress and wanted:
         print(f"tiny model kit: ready in {time.monotonic() - started:.0f} s ({models_dir})", file=sys.stderr, flush=True)
     return models_dir
