@@ -3,19 +3,24 @@
 Upload -> segment (GroundingDINO, or clicks as SAM point prompts) -> caption (typed, or Gemini /
 local VLM) -> fine-tune -> target poses (upload JSON keypoints, pose maps or photos; several at
 once) -> repose -> optional refine -> background (LaMa inpainting or an uploaded picture) ->
-composite. Every visitor gets a results tree of their own under the work folder, and every step
-writes its own files there, so no step overwrites another step's inputs (the published demo
-overwrote the source mask, README *Profiles*). Models are loaded once per process.
+composite. Every visitor gets a results tree of their own under the work folder, made at their
+first write, and every step writes its own files there, so no step overwrites another step's
+inputs (the published demo overwrote the source mask, README *Profiles*). Models are loaded once
+per process. Without ``--workdir`` the visitors' folders and Gradio's copies of uploads live in
+a temporary folder of the process, removed when the demo stops (Ctrl-C or SIGTERM); a visitor's
+folder goes when Gradio forgets their session.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
+import signal
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +45,8 @@ MAX_FILE_SIZE = "25mb"
 @dataclass
 class DemoConfig:
     models: Path
-    workdir: Path
+    workdir: Path | None
+    """Where the visitors' results trees go; None: :func:`launch`'s temporary folder."""
     device: str = "auto"
     dtype: str = "auto"
     profile: str = "default"
@@ -59,9 +65,17 @@ class Visitor:
     """One browser session's working state: its own results tree and its clicks."""
 
     tree: ResultsTree
+    """Planned (nothing on disk) until :meth:`writable` is first called."""
     clicks: list[tuple[float, float, int]] = field(default_factory=list)
     caption: str = ""
     targets: list[str] = field(default_factory=list)
+
+    def writable(self) -> ResultsTree:
+        """The tree, made on disk now if it was only planned: a visitor who never gets as far as
+        a file leaves no folder behind."""
+        if not self.tree.create:
+            self.tree = ResultsTree(self.tree.root)
+        return self.tree
 
 
 class DemoSteps:
@@ -72,8 +86,11 @@ class DemoSteps:
     is redone (the visitor changed its input).
     """
 
-    def __init__(self, config: DemoConfig):
+    def __init__(self, config: DemoConfig, forget_visitors: bool = False):
+        """``forget_visitors``: a visitor's folder is deleted when their session ends (the work
+        folder is the process's temporary one, not one the user asked to keep)."""
         self.config = config
+        self.forget_visitors = forget_visitors
         # Models are shared by all visitors, loaded on first use; one visitor's step runs at a time.
         self._lock = threading.Lock()
         self._session = None
@@ -87,8 +104,12 @@ class DemoSteps:
         return self._session
 
     def new_visitor(self) -> Visitor:
-        self.config.workdir.mkdir(parents=True, exist_ok=True)
-        return Visitor(ResultsTree(self.config.workdir / uuid.uuid4().hex))
+        return Visitor(ResultsTree(self.config.workdir / uuid.uuid4().hex, create=False))
+
+    def end_visit(self, visitor: Visitor | None) -> None:
+        """Gradio's callback when it forgets a session's state."""
+        if visitor is not None and self.forget_visitors:
+            shutil.rmtree(visitor.tree.root, ignore_errors=True)
 
     def _recipe(self, visitor: Visitor, **settings):
         config = self.config
@@ -106,6 +127,7 @@ class DemoSteps:
 
     def _run(self, visitor: Visitor, step: str, *arguments):
         """``Recipe.<step>(*arguments)`` on the visitor's tree; a failed case becomes its reason."""
+        visitor.writable()
         with self._lock:
             try:
                 return getattr(self._recipe(visitor), step)(*arguments)
@@ -118,7 +140,7 @@ class DemoSteps:
         if not path:
             raise BadInputError("upload a photo first")
         image = load_image(path, "RGB")
-        save_image(image, visitor.tree.file("images", f"{SOURCE_NAME}.png"))
+        save_image(image, visitor.writable().file("images", f"{SOURCE_NAME}.png"))
         visitor.clicks.clear()
         return image
 
@@ -211,7 +233,9 @@ class DemoSteps:
         """The source with the person removed (step 4, LaMa), or an uploaded background."""
         target = visitor.tree.file("images_inpainted", f"{SOURCE_NAME}.png")
         if uploaded:
-            save_image(load_image(uploaded, "RGB"), target)
+            background = load_image(uploaded, "RGB")  # checked before the visitor's folder is made
+            visitor.writable()
+            save_image(background, target)
         else:
             self._source(visitor)
             if not visitor.tree.file("images_mask", f"{SOURCE_NAME}.png").exists():
@@ -264,7 +288,7 @@ def build_demo(steps: DemoSteps):
         gr.Markdown("# OnePoseTrans: one photo, any pose\nRun the steps in order. Each result can be downloaded.")
         if steps.config.smoke:
             gr.Markdown(SMOKE_NOTICE, elem_id="smoke-notice")
-        state = gr.State(None)
+        state = gr.State(None, delete_callback=steps.end_visit)
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### 1. Photo and person")
@@ -341,12 +365,37 @@ def build_demo(steps: DemoSteps):
 
 
 def launch(config: DemoConfig, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+    """Serve the demo until Ctrl-C or SIGTERM. ``config.workdir`` None: the visitors' folders go
+    in the process's temporary folder (with Gradio's copies of uploads and outputs), removed when
+    the demo stops; a folder the user named is kept."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo = build_demo(DemoSteps(config))
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE, allowed_paths=[str(config.workdir)],
-    )
+    scratch = Path(tempfile.mkdtemp(prefix="oneposetrans-demo-"))
+    # Gradio reads this when each component is made: its cache then lives and dies with us.
+    os.environ["GRADIO_TEMP_DIR"] = str(scratch / "gradio")
+    keep = config.workdir is not None
+    steps = DemoSteps(config if keep else replace(config, workdir=scratch / "visitors"), forget_visitors=not keep)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    demo = None
+    try:
+        demo = build_demo(steps)
+        demo.queue(default_concurrency_limit=1).launch(
+            server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
+            allowed_paths=[str(steps.config.workdir)], quiet=True, prevent_thread_lock=True,
+        )
+        print(f"demo at {demo.local_url}", flush=True)
+        print(f"public link: {demo.share_url}" if share else "(no public link: start with --share for a gradio.live one)", flush=True)
+        print(
+            f"visitors' folders in {steps.config.workdir}" + ("" if keep else " (removed when the demo stops; --workdir DIR keeps them)"),
+            flush=True,
+        )
+        demo.block_thread()  # returns on Ctrl-C, and on SIGTERM through _interrupt
+    finally:
+        if demo is not None:
+            demo.close()
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(scratch, ignore_errors=True)
+        print("demo stopped", flush=True)
 
 
-def default_workdir() -> Path:
-    return Path(tempfile.gettempdir()) / "oneposetrans-demo"
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

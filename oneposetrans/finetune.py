@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import resource
@@ -154,13 +155,13 @@ class LoraTrainer:
         return self._caption_cache[caption]
 
     def _augment(
-        self, image: Image.Image, mask: Image.Image | None, rng: random.Random
+        self, image: Image.Image, mask: Image.Image | None, rng: random.Random, draws: "_CaseDraws"
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """Shorter side to the training resolution (bilinear), then a random square crop drawn
         from ``rng``, the case's own generator: Python's global one is shared with every thread
         of the process (Gradio's queue shuffles with it), which would make a LoRA depend on them."""
         if self.profile.finetune_crops == "torchvision":
-            return self._augment_as_published(image, mask)
+            return self._augment_as_published(image, mask, draws.host)
         size = self.settings.resolution
         scale = size / min(image.size)
         width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
@@ -174,15 +175,22 @@ class LoraTrainer:
             weight = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)[None]
         return pixels, weight, [top, left]
 
-    def _augment_as_published(self, image: Image.Image, mask: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    def _augment_as_published(
+        self, image: Image.Image, mask: Image.Image | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """torchvision's Resize (long side truncated, e.g. 750x1101 -> 512x751), RandomCrop's two
-        draws from torch's generator, ToTensor and Normalize(0.5, 0.5): the published transforms."""
+        draws, ToTensor and Normalize(0.5, 0.5): the published transforms. The draws are
+        ``RandomCrop.get_params``' own (none for a picture already square at the size), from
+        ``generator`` instead of torch's global one."""
         from torchvision import transforms
         from torchvision.transforms import functional
 
         size = self.settings.resolution
         resized = transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR)(image)
-        top, left, _, _ = transforms.RandomCrop.get_params(resized, (size, size))
+        top = left = 0
+        if resized.size != (size, size):
+            top = int(torch.randint(0, resized.height - size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, resized.width - size + 1, (1,), generator=generator))
         pixels = functional.normalize(functional.to_tensor(functional.crop(resized, top, left, size, size)), [0.5], [0.5])
         weight = None
         if mask is not None:
@@ -224,25 +232,27 @@ class LoraTrainer:
 
     def train(self, case: FinetuneCase) -> TrainedLora:
         """Fit a fresh LoRA for ``case``; it stays on the UNet until :meth:`save` or :meth:`discard`."""
-        from accelerate.utils import set_seed
         from peft import LoraConfig
 
         if case.problem or not case.caption:
             raise BadInputError(case.problem or f"{case.name}: no caption")
         views = self._load_case(case)
         settings = self.settings
-        # Seeded per case, as published: a LoRA does not depend on the cases trained before it.
-        set_seed(settings.seed)
+        # Seeded per case, as published (set_seed): a LoRA does not depend on the cases trained
+        # before it, nor on any other thread of the process.
+        draws = _CaseDraws(settings.seed, self.device)
         self.discard()
-        self.unet.add_adapter(
-            LoraConfig(
-                r=settings.rank,
-                lora_alpha=settings.alpha,
-                init_lora_weights="gaussian",
-                target_modules=list(settings.target_modules),
-            ),
-            adapter_name=ADAPTER,
-        )
+        with torch.random.fork_rng(devices=[]):  # peft's own draws are redone below
+            self.unet.add_adapter(
+                LoraConfig(
+                    r=settings.rank,
+                    lora_alpha=settings.alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=list(settings.target_modules),
+                ),
+                adapter_name=ADAPTER,
+            )
+        initialise_lora(self.unet, draws.host)
         parameters = [p for p in self.unet.parameters() if p.requires_grad]
         published = not self.profile.fast_step
         if published:
@@ -278,9 +288,10 @@ class LoraTrainer:
         def optimize(latents: torch.Tensor, time_ids: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
             """One step from the clean latents: noise, the UNet, the loss, backward, the update."""
             latents = (latents * self.vae.config.scaling_factor).to(self.weight_dtype)
-            noise = torch.randn_like(latents)
+            # randn_like, as published: on a CPU it fills through another kernel than randn does.
+            noise = torch.randn_like(latents, generator=draws.device)
             timesteps = torch.randint(
-                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=self.device
+                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=draws.device, device=self.device
             )
             noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
             with autocast:
@@ -316,16 +327,17 @@ class LoraTrainer:
 
         def draw_crops() -> list:
             chosen = (crop_rng.choice(views) for _ in range(settings.batch_size))
-            return [(self._augment(*view, crop_rng), view[0].size) for view in chosen]
+            return [(self._augment(*view, crop_rng, draws), view[0].size) for view in chosen]
 
         # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
-        # default crops can move: they come from Python's generator, while the VAE's sampling noise
-        # is still drawn from torch's in the loop, in the published order.
+        # default crops can move: they come from the Python generator, while the VAE's sampling
+        # noise is still drawn from the device's in the loop, in the published order.
         fixed, capture_seconds = None, 0.0
         if fixed_shape:
             planned = [draw_crops() for _ in range(settings.steps)]
             fixed = _FixedShapeStep(
                 optimize,
+                draws.device,
                 self._encode_moments([crop for crops in planned for crop in crops]),
                 torch.tensor(
                     [[self._time_ids(size, crop[2]) for crop, size in crops] for crops in planned],
@@ -355,7 +367,7 @@ class LoraTrainer:
             )
             with torch.no_grad():
                 pixels = torch.stack([c[0][0] for c in crops]).to(self.device, self.vae.dtype)
-                latents = self.vae.encode(pixels).latent_dist.sample()
+                latents = self.vae.encode(pixels).latent_dist.sample(generator=draws.device)
             weights = torch.stack([c[0][1] for c in crops]).to(self.device) if settings.masked_loss else None
             # Kept on the device: reading it every step would wait for the GPU each time.
             losses.append(optimize(latents, time_ids, weights))
@@ -397,6 +409,36 @@ class LoraTrainer:
             self.unet.delete_adapters(ADAPTER)
 
 
+class _CaseDraws:
+    """A case's torch generators, seeded as the published ``set_seed(seed)`` seeded torch's global
+    ones, so that they give the published streams: ``host`` (CPU: the LoRA's initialisation, the
+    published crops) and ``device`` (the VAE samples, the noise, the timesteps); on a CPU both are
+    one generator, as torch's global one is. Nothing is drawn from torch's global state, which
+    every thread of the process shares."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.host = torch.Generator().manual_seed(seed)
+        self.device = self.host if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+
+
+def initialise_lora(unet, generator: torch.Generator) -> None:
+    """peft's ``init_lora_weights="gaussian"`` of the adapter, drawn from ``generator`` in peft's
+    order: per layer, ``nn.Linear``'s Kaiming draws for A then B, then A ~ N(0, 1/r), B zero. So
+    the weights equal what ``set_seed(seed)`` then ``add_adapter`` give, without the global state."""
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+                down, up = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
+                drawn = torch.empty(down.shape)
+                torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)
+                torch.nn.init.kaiming_uniform_(torch.empty(up.shape), a=math.sqrt(5), generator=generator)
+                torch.nn.init.normal_(drawn, std=1 / module.r[ADAPTER], generator=generator)
+                down.copy_(drawn)
+                up.zero_()
+
+
 class _FixedShapeStep:
     """The fast step with every input prepared before the loop: the crops' VAE posteriors, their
     time ids and mask weights, one row per step. Step ``i`` samples its latents from row ``i``
@@ -406,8 +448,11 @@ class _FixedShapeStep:
     from each step. Without a capture each step runs eagerly with the same operations in the
     same order, so the two paths draw the same random numbers."""
 
-    def __init__(self, optimize, moments: tuple[torch.Tensor, torch.Tensor], time_ids: torch.Tensor, weights: torch.Tensor | None):
+    def __init__(
+        self, optimize, generator: torch.Generator, moments: tuple[torch.Tensor, torch.Tensor], time_ids: torch.Tensor, weights: torch.Tensor | None
+    ):
         self.optimize = optimize
+        self.generator = generator
         self.batch = time_ids.shape[1]
         self.mean, self.std = moments
         self.time_ids, self.weights = time_ids, weights
@@ -421,7 +466,7 @@ class _FixedShapeStep:
         with torch.no_grad():
             # What latent_dist.sample() draws: a fresh contiguous tensor (randn_like would follow
             # the posterior's strides and lay the same numbers out differently).
-            latents = mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+            latents = mean + std * torch.randn(mean.shape, generator=self.generator, device=mean.device, dtype=mean.dtype)
         return self.optimize(latents, time_ids, weights)
 
     def __call__(self, step: int) -> torch.Tensor:
@@ -441,7 +486,7 @@ class _FixedShapeStep:
         device = self.mean.device
         parameters = [*lora_weights.parameters, *lora_weights.optimized]
         saved_parameters = [p.detach().clone() for p in parameters]
-        saved_rng = torch.cuda.get_rng_state(device)
+        saved_rng = self.generator.get_state()
         self.static_inputs = [t.clone() if t is not None else None for t in self._rows(0)]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -458,9 +503,11 @@ class _FixedShapeStep:
                         value.zero_()
         del saved_parameters
         self.graph = torch.cuda.CUDAGraph()
+        # The case's own generator advances at each replay as torch's default one would.
+        self.graph.register_generator_state(self.generator)
         with torch.cuda.graph(self.graph):
             self.static_loss = self._run(*self.static_inputs)
-        torch.cuda.set_rng_state(saved_rng, device)
+        self.generator.set_state(saved_rng)
 
 
 class _PublishedWeights:

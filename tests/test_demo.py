@@ -1,6 +1,8 @@
 """The Gradio demo: driven end to end in headless Chromium, and visitors kept apart."""
 
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -42,7 +45,14 @@ def test_smoke_page_says_its_pictures_are_noise(tmp_path):
         assert (SMOKE_NOTICE in texts) is smoke
 
 
-def test_two_concurrent_visitors_get_separate_folders_and_results(tiny_models, tmp_path):
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file of a visitor's tree but the logs (they hold times)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.parent.name != "logs"}
+
+
+def test_two_concurrent_visitors_get_separate_folders_and_the_results_they_get_alone(tiny_models, tmp_path):
+    """Isolation, and results that depend only on the inputs: two flows at once write the same
+    bytes as each flow alone (the photos are not square, so the LoRA's crops are drawn)."""
     steps = _steps(tiny_models, tmp_path / "work")
     photos = {}
     for name, colour in (("red", (230, 110, 40)), ("blue", (40, 110, 230))):
@@ -67,11 +77,20 @@ def test_two_concurrent_visitors_get_separate_folders_and_results(tiny_models, t
         except Exception as error:  # reported below, with the visitor's name
             errors.append((name, error))
 
+    stop = threading.Event()
+
+    def queue():
+        """What Gradio's queue and other threads do meanwhile: draw from the global generators."""
+        while not stop.is_set():
+            random.shuffle(list(range(8)))
+            torch.randn(8)
+
     threads = [threading.Thread(target=session, args=(name,)) for name in photos]
-    for thread in threads:
+    for thread in [*threads, threading.Thread(target=queue, daemon=True)]:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
+    stop.set()
     assert not errors, errors
     red, blue = visitors["red"].tree.root, visitors["blue"].tree.root
     assert red != blue and red.parent == blue.parent == tmp_path / "work"
@@ -80,6 +99,60 @@ def test_two_concurrent_visitors_get_separate_folders_and_results(tiny_models, t
         assert tuple(source[5, 5]) == ((40, 110, 230) if name == "blue" else (230, 110, 40))
         assert len(list((root / "reposed_final_result").glob("*.png"))) == 1
     assert visitors["red"].caption.endswith("red coat") and visitors["blue"].caption.endswith("blue coat")
+    together = {name: _files(visitor.tree.root) for name, visitor in visitors.items()}
+    for name in photos:
+        session(name)  # alone, one after the other
+        assert not errors, errors
+        alone = _files(visitors[name].tree.root)
+        assert alone.keys() == together[name].keys() and "lora/source.safetensors" in alone
+        assert [f for f in alone if alone[f] != together[name][f]] == []
+
+
+def test_a_visitor_folder_is_made_at_the_first_file_and_goes_with_the_session(tiny_models, tmp_path):
+    steps = _steps(tiny_models, tmp_path / "work")
+    visitor = steps.new_visitor()
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(gr.Error, match="not an image file"):
+        page_errors(steps.upload)(visitor, str(tmp_path / "notes.png"))
+    with pytest.raises(gr.Error, match="upload a photo first"):
+        page_errors(steps.segment)(visitor, False)
+    assert not (tmp_path / "work").exists()
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(grey)
+    steps.upload(visitor, str(grey))
+    assert (visitor.tree.root / "images" / "source.png").is_file()
+    steps.end_visit(visitor)  # a --workdir the user named: kept
+    assert visitor.tree.root.is_dir()
+    DemoSteps(steps.config, forget_visitors=True).end_visit(visitor)
+    assert not visitor.tree.root.exists()
+
+
+def test_the_demo_cleans_up_when_stopped_and_names_its_own_share_flag(tiny_models, tmp_path, cli_env):
+    """Without --workdir, everything the demo writes (visitors' folders, Gradio's cache) is in
+    one temporary folder, removed on SIGTERM; the start-up lines name our --share flag."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "oneposetrans", "demo", "--smoke", "--device", "cpu", "--port", str(port)],
+        cwd=REPO, env={**cli_env, "TMPDIR": str(scratch), "GRADIO_ANALYTICS_ENABLED": "False"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("visitors' folders in"):
+                break
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status == 200
+        assert len(list(scratch.glob("oneposetrans-demo-*"))) == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert server.returncode == 0, output
+    assert f"demo at http://127.0.0.1:{port}" in output and "--share" in output and "share=True" not in output
+    assert "demo stopped" in output and list(scratch.glob("oneposetrans-demo-*")) == []
 
 
 def test_bad_input_becomes_a_message_in_the_page(tiny_models, tmp_path):
@@ -195,7 +268,7 @@ def test_the_demo_does_what_the_repose_command_does(profile, tiny_models, astron
     steps = DemoSteps(DemoConfig(tiny_models, tmp_path / "work", "cpu", profile=profile, resolution=64, denoise_steps=1))
     visitor = steps.new_visitor()
     for path in astronaut_tree.rglob("astronaut.*"):  # the same source and LoRA, under the demo's name
-        target = visitor.tree.root / path.relative_to(astronaut_tree).with_name(path.name.replace("astronaut", SOURCE_NAME))
+        target = visitor.writable().root / path.relative_to(astronaut_tree).with_name(path.name.replace("astronaut", SOURCE_NAME))
         shutil.copyfile(path, target)
     visitor.caption = BUNDLED_CAPTION
     steps.poses(visitor, [str(pose)])

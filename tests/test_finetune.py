@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from oneposetrans.cli import main
 from oneposetrans.errors import BadInputError, CaseFailures
-from oneposetrans.finetune import FinetuneCase, FinetuneSettings, FinetuneStage, LoraTrainer
+from oneposetrans.finetune import ADAPTER, FinetuneCase, FinetuneSettings, FinetuneStage, LoraTrainer, _CaseDraws, initialise_lora
 from oneposetrans.profiles import DEFAULT, REFERENCE
 from oneposetrans.results import ResultsTree
 from tests.conftest import REPO
@@ -136,11 +136,14 @@ def test_cases_are_independent_of_training_order(tiny_models, photo, trainer, tm
     assert after.keys() == alone.keys() and all(torch.equal(after[k], alone[k]) for k in after)
 
 
-def test_a_lora_does_not_depend_on_other_threads_drawing_from_pythons_generator(tiny_models, trainer, tmp_path):
+@pytest.mark.parametrize("profile", [DEFAULT, REFERENCE], ids=["default", "reference"])
+def test_a_lora_does_not_depend_on_other_threads_drawing_from_the_global_generators(tiny_models, tmp_path, profile):
     """The demo's queue (Gradio) shuffles with Python's global generator while a visitor's LoRA
-    trains; the crops come from the case's own generator, so the LoRA is the same."""
+    trains, and any thread may draw from torch's; every draw of a case comes from the case's own
+    generators, so the LoRA is the same."""
     import threading
 
+    trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu", profile)
     photo = tmp_path / "tall.png"  # not square: the crop's place is drawn
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (160, 64, 3), np.uint8)).save(photo)
     trainer.train(_case(photo))
@@ -151,6 +154,7 @@ def test_a_lora_does_not_depend_on_other_threads_drawing_from_pythons_generator(
     def busy():
         while not stop.is_set():
             random.shuffle(list(range(8)))
+            torch.randn(8)
 
     thread = threading.Thread(target=busy)
     thread.start()
@@ -162,6 +166,27 @@ def test_a_lora_does_not_depend_on_other_threads_drawing_from_pythons_generator(
     beside = trainer.lora_state_dict()
     trainer.discard()
     assert alone.keys() == beside.keys() and all(torch.equal(alone[k], beside[k]) for k in alone)
+
+
+def test_the_lora_starts_as_set_seed_then_peft_would_start_it(tiny_models):
+    """The case's generator redraws peft's "gaussian" start in peft's order: the same weights as
+    the published ``set_seed(seed)`` then ``add_adapter``, without touching the global state."""
+    from peft import LoraConfig
+
+    trainer = LoraTrainer.from_models_dir(tiny_models, FinetuneSettings(**FAST), "cpu")
+    config = dict(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    torch.manual_seed(7)
+    trainer.unet.add_adapter(LoraConfig(**config), adapter_name=ADAPTER)
+    published = {k: v.clone() for k, v in trainer.lora_state_dict().items()}
+    trainer.discard()
+    trainer.unet.add_adapter(LoraConfig(**config), adapter_name=ADAPTER)
+    before = torch.get_rng_state()
+    initialise_lora(trainer.unet, torch.Generator().manual_seed(7))
+    ours = trainer.lora_state_dict()
+    trainer.discard()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert published.keys() == ours.keys() and any(v.abs().sum() > 0 for v in ours.values())
+    assert all(torch.equal(published[k], ours[k]) for k in published)
 
 
 def test_profiles_differ_in_pooled_embedding_and_time_ids(tiny_models):
@@ -180,7 +205,8 @@ def test_profiles_differ_in_pooled_embedding_and_time_ids(tiny_models):
 
 def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
     """Resize(512) truncates the long side (750x1101 -> 512x751, where rounding gives 752) and
-    RandomCrop draws from torch's generator: the same seed gives the published crop, bit for bit."""
+    RandomCrop draws from torch's generator: the case's generator, seeded alike, gives the
+    published crop, bit for bit."""
     from torchvision import transforms
 
     settings = FinetuneSettings(resolution=512, **{k: v for k, v in FAST.items() if k != "resolution"})
@@ -194,8 +220,8 @@ def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
     ])
     torch.manual_seed(0)
     expected = [published(photo) for _ in range(2)]
-    torch.manual_seed(0)
-    ours = [trainer._augment(photo, None, random.Random(0)) for _ in range(2)]
+    draws = _CaseDraws(0, torch.device("cpu"))  # seeded as set_seed(0) seeds torch's global generator
+    ours = [trainer._augment(photo, None, random.Random(0), draws) for _ in range(2)]
     assert all(torch.equal(pixels, wanted) for (pixels, _, _), wanted in zip(ours, expected))
     assert transforms.Resize(512)(photo).size == (512, 751)
     assert ours[0][2] != ours[1][2]  # two draws, two crops (top, left)

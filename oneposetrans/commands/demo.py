@@ -17,14 +17,14 @@ def add(commands) -> None:
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     demo.add_argument("--port", type=int, default=7860, help="port")
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    demo.add_argument("--workdir", type=Path, help="where visitors' folders go (default: a temp folder)")
+    demo.add_argument("--workdir", type=Path, help="where visitors' folders go, kept after the demo stops (default: a temporary folder, removed when it stops)")
     add_compile(demo)
     add_common(demo, results=False)
     demo.set_defaults(handler=handle)
 
 
 def handle(arguments: argparse.Namespace) -> int:
-    from oneposetrans.demo import DemoConfig, default_workdir, launch
+    from oneposetrans.demo import DemoConfig, launch
 
     if arguments.compile:  # refused now rather than at the first visitor's generation
         from oneposetrans.generate import check_compilable
@@ -35,7 +35,7 @@ def handle(arguments: argparse.Namespace) -> int:
         print(SMOKE_BANNER, flush=True)
     config = DemoConfig(
         models=models_dir(arguments),
-        workdir=arguments.workdir or default_workdir(),
+        workdir=arguments.workdir,
         device=arguments.device,
         dtype=arguments.dtype,
         profile=arguments.profile,

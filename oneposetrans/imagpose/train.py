@@ -441,6 +441,9 @@ class ImagPoseTrainer:
         loader = DataLoader(
             _Samples(self.canvases), batch_sampler=list(indices()), num_workers=self.config.workers, collate_fn=_collate,
             persistent_workers=False,
+            # Only the workers' base seed is drawn from it (each sample is seeded by its index):
+            # a generator of its own leaves torch's global one alone.
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
         return iter(loader)
 

@@ -9,6 +9,8 @@ weights, attention processors and memory options are the stock ones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,9 +33,10 @@ def widen_conv_in(unet, fresh: bool = False, seed: int = 0) -> None:
     old = unet.conv_in
     if old.in_channels == ILC_CHANNELS:
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        new = nn.Conv2d(ILC_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding)
+    new = torch.nn.utils.skip_init(nn.Conv2d, ILC_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding)
+    # nn.Conv2d's own first draw (its weight's), from a generator of its own rather than torch's
+    # global one: what torch.manual_seed(seed) then nn.Conv2d(...) gives.
+    nn.init.kaiming_uniform_(new.weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
     new = new.to(old.weight)
     with torch.no_grad():
         if not fresh:
