@@ -14,7 +14,9 @@ folder goes when Gradio forgets their session.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -37,6 +39,8 @@ from oneposetrans.results import ResultsTree, pair_name, stem
 from oneposetrans.segment import Segmentation, SegmentOutputs
 from oneposetrans.session import Session
 from oneposetrans.settings import FinetuneSettings, GenerationSettings, RefineSettings
+
+logger = logging.getLogger(__name__)
 
 SOURCE_NAME = "source"
 MAX_FILE_SIZE = "25mb"
@@ -254,9 +258,21 @@ class DemoSteps:
         return [load_image(visitor.tree.file(f"{kind}_final_result", n), "RGB") for n in names]
 
 
+# An absolute path: a slash-separated run of names, each free of spaces, quotes and the
+# punctuation messages put around paths.
+_SERVER_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/'\"():;,]+/)*([^\s/'\"():;,]+)")
+
+
+def without_server_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last name: a visitor sees the file they
+    uploaded by its name, never where the server keeps it."""
+    return _SERVER_PATH.sub(r"\1", message)
+
+
 def page_errors(function):
     """A bad file, a missing model or a photo without a person or face becomes a message in the
-    page (gr.Error) instead of a traceback in the server log."""
+    page (gr.Error), without the server's paths, instead of a traceback in the server log; the
+    server's console gets the whole line."""
     import gradio as gr
 
     @functools.wraps(function)
@@ -264,7 +280,8 @@ def page_errors(function):
         try:
             return function(*arguments, **keywords)
         except OnePoseTransError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            logger.warning("demo: %s", error)
+            raise gr.Error(without_server_paths(str(error)), print_exception=False) from None
 
     return wrapper
 
@@ -292,9 +309,12 @@ def build_demo(steps: DemoSteps):
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### 1. Photo and person")
-                photo = gr.Image(label="photo", type="filepath", elem_id="photo", sources=["upload"])
+                # Files, not gr.Image: gr.Image opens an upload with PIL before any handler runs,
+                # so a bad file would be a bare "Error" badge instead of our message.
+                photo = gr.File(label="photo", file_types=["image"], type="filepath", elem_id="photo")
+                photo_view = gr.Image(label="click on the person to segment from clicks", elem_id="photo-view", interactive=False, format="png")
                 positive = gr.Checkbox(value=True, label="clicks mark the person (untick to mark background)")
-                clicks = gr.Textbox(label="clicks", interactive=False)
+                clicks = gr.Textbox(label="clicks", interactive=False, elem_id="clicks")
                 with gr.Row():
                     segment_auto = gr.Button("Segment automatically", elem_id="segment")
                     segment_clicks = gr.Button("Segment from clicks", elem_id="segment-clicks")
@@ -317,7 +337,7 @@ def build_demo(steps: DemoSteps):
                 refined = gr.Gallery(label="refined", elem_id="refined", format="png")
             with gr.Column():
                 gr.Markdown("### 4. Background and composite")
-                background_upload = gr.Image(label="your own background (optional)", type="filepath", elem_id="background-upload", sources=["upload"])
+                background_upload = gr.File(label="your own background (optional)", file_types=["image"], type="filepath", elem_id="background-upload")
                 background_button = gr.Button("Make background", elem_id="background")
                 background = gr.Image(label="background", elem_id="background-view", interactive=False, format="png")
                 use_refined = gr.Checkbox(value=False, label="composite the refined results")
@@ -326,9 +346,8 @@ def build_demo(steps: DemoSteps):
 
         def on_upload(state, path):
             visitor = visitor_of(state)
-            if path:
-                steps.upload(visitor, path)
-            return visitor, ""
+            shown = steps.upload(visitor, path) if path else None
+            return visitor, "", shown
 
         def on_select(state, positive_click, event: gr.SelectData):
             visitor = visitor_of(state)
@@ -350,8 +369,8 @@ def build_demo(steps: DemoSteps):
 
             return guarded(call)
 
-        photo.upload(guarded(on_upload), [state, photo], [state, clicks])
-        photo.select(guarded(on_select), [state, positive], [state, clicks])
+        photo.upload(guarded(on_upload), [state, photo], [state, clicks, photo_view])
+        photo_view.select(guarded(on_select), [state, positive], [state, clicks])
         segment_auto.click(handler("segment", False), [state], [state, mask_view])
         segment_clicks.click(handler("segment", True), [state], [state, mask_view])
         caption_button.click(handler("auto_caption"), [state], [state, caption])

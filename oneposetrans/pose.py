@@ -45,6 +45,12 @@ class Keypoints:
     height: int
 
 
+MAX_CANVAS_SIDE = 16384
+MAX_CANVAS_RATIO = 8
+"""A pose canvas larger or thinner than any photo is a broken file: the map is drawn at the
+canvas's aspect ratio, so a 100000x10 canvas would ask for a map of millions of pixels."""
+
+
 def load_keypoints(path: str | os.PathLike) -> Keypoints:
     """Read an OpenPose JSON file (``people[].pose_keypoints_2d``, 18 or 25 joints).
 
@@ -65,6 +71,10 @@ def load_keypoints(path: str | os.PathLike) -> Keypoints:
         raise BadInputError(f"{path}: expected OpenPose JSON with canvas_width, canvas_height and people") from None
     if width <= 0 or height <= 0 or not people:
         raise BadInputError(f"{path}: empty canvas or no people")
+    if max(width, height) > MAX_CANVAS_SIDE or max(width, height) > MAX_CANVAS_RATIO * min(width, height):
+        raise BadInputError(
+            f"{path}: canvas {width}x{height}: sides up to {MAX_CANVAS_SIDE} px, the longer at most {MAX_CANVAS_RATIO} times the shorter"
+        )
     all_points = []
     for index, person in enumerate(people):
         flat = np.asarray(person.get("pose_keypoints_2d", []), dtype=np.float64)
@@ -73,13 +83,19 @@ def load_keypoints(path: str | os.PathLike) -> Keypoints:
                 f"{path}: person {index} has {flat.size} numbers; expected 54 (COCO-18) or 75 (BODY_25)"
             )
         triples = flat.reshape(-1, 3)
+        if not np.isfinite(triples).all():
+            joint = int(np.flatnonzero(~np.isfinite(triples).all(axis=1))[0])
+            raise BadInputError(f"{path}: person {index}, joint {joint}: not a finite number (NaN or infinity)")
         if len(triples) == 25:
             triples = triples[_BODY25_TO_COCO18]
         points = triples[:, :2].copy()
         missing = (triples[:, 2] <= 0) | (points < 0).any(axis=1)
         points[missing] = np.nan
         all_points.append(points)
-    return Keypoints(np.stack(all_points), width, height)
+    stacked = np.stack(all_points)
+    if np.isnan(stacked).all():
+        raise BadInputError(f"{path}: no joint is visible (every confidence is 0 or a coordinate negative)")
+    return Keypoints(stacked, width, height)
 
 
 def generation_size(width: int, height: int, resolution: int = 1024, multiple: int = 64) -> tuple[int, int]:

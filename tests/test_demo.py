@@ -1,5 +1,6 @@
 """The Gradio demo: driven end to end in headless Chromium, and visitors kept apart."""
 
+import json
 import random
 import shutil
 import signal
@@ -219,11 +220,40 @@ def test_whole_flow_in_headless_chromium(tiny_models, tmp_path, cli_env):
             other.click("#segment")
             other.get_by_text("no person found").first.wait_for(timeout=60000)
             other.close()
+            # Bad files through the page: each is the demo's own line, naming the file by its name only.
+            bad = {name: tmp_path / name for name in ("notes.png", "empty.png", "nan.json", "huge.json")}
+            bad["notes.png"].write_text("hello")
+            bad["empty.png"].write_bytes(b"")
+            for name, canvas, value in (("nan.json", 512, float("nan")), ("huge.json", 100000, 10.0)):
+                keypoints = [value, 10.0, 1.0] + [10.0, 10.0, 1.0] * 17
+                bad[name].write_text(json.dumps({"canvas_width": canvas, "canvas_height": canvas, "people": [{"pose_keypoints_2d": keypoints}]}))
+            for field, name, message, button in (
+                ("#photo", "notes.png", "notes.png: not an image file", None),
+                ("#photo", "empty.png", "empty.png: empty file", None),
+                ("#background-upload", "notes.png", "notes.png: not an image file", "#background"),
+                ("#poses", "nan.json", "nan.json: person 0, joint 0: not a finite number", "#load-poses"),
+                ("#poses", "huge.json", "huge.json: canvas 100000x100000", "#load-poses"),
+            ):
+                other = browser.new_page()
+                other.goto(url)
+                other.locator(f"{field} input[type=file]").set_input_files(str(bad[name]))
+                other.wait_for_timeout(1000)
+                if button:
+                    other.click(button)
+                other.get_by_text(message).first.wait_for(timeout=30000)
+                shown = " ".join(other.locator(".toast-body").all_inner_texts())
+                assert message in shown and "/" + name not in shown and str(tmp_path) not in shown, shown
+                other.close()
             page = browser.new_page(viewport={"width": 1600, "height": 1200})
             page.goto(url)
             page.locator("#photo input[type=file]").set_input_files(str(photo))
-            page.wait_for_timeout(1000)
+            # A click on the shown photo is a SAM point prompt.
+            page.locator("#photo-view img").click(position={"x": 60, "y": 60}, timeout=30000)
+            page.wait_for_function("document.querySelector('#clicks textarea').value.startsWith('1 click(s): (')", timeout=30000)
+            page.click("#segment-clicks")
+            page.wait_for_selector("#mask img", timeout=60000)
             page.click("#segment")
+            page.wait_for_timeout(1000)
             page.wait_for_selector("#mask img", timeout=60000)
             page.fill("#caption textarea", "A woman with face, orange spacesuit, white gloves")
             page.click("#finetune")
@@ -247,7 +277,8 @@ def test_whole_flow_in_headless_chromium(tiny_models, tmp_path, cli_env):
         assert len(finals) == len(BUNDLED_POSES)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        log, _ = server.communicate(timeout=30)
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.mark.parametrize("profile", ["default", "reference"])

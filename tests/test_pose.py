@@ -45,6 +45,29 @@ def test_malformed_keypoint_files_are_rejected(tmp_path, content):
         load_keypoints(path)
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"joint": 4, "value": float("nan")}, "person 0, joint 4: not a finite number"),
+        ({"joint": 2, "value": float("inf")}, "person 0, joint 2: not a finite number"),
+        ({"hidden": True}, "no joint is visible"),
+        ({"canvas": (100000, 100000)}, "canvas 100000x100000: sides up to 16384 px"),
+        ({"canvas": (4000, 300)}, "the longer at most 8 times the shorter"),
+    ],
+)
+def test_keypoints_that_would_draw_nothing_or_too_much_are_rejected(tmp_path, change, message):
+    flat = [10.0, 10.0, 1.0] * 18
+    if "joint" in change:
+        flat[3 * change["joint"]] = change["value"]
+    if change.get("hidden"):
+        flat = [10.0, 10.0, 0.0] * 18
+    width, height = change.get("canvas", (100, 200))
+    # json.dumps writes NaN and Infinity, which json.loads reads back, as OpenPose editors may.
+    path = _write(tmp_path / "pose.json", flat, width, height)
+    with pytest.raises(BadInputError, match=message):
+        load_keypoints(path)
+
+
 def test_out_of_frame_joint_is_skipped_with_its_bones():
     points = np.full((1, 18, 2), np.nan)
     points[0, 1] = (50, 50)  # neck
