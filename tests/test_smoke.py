@@ -30,7 +30,8 @@ def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env, 
     out = tmp_path / "smoke"
     first = subprocess.run(_repose(out, cli_env), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("random weights") == 1  # the banner, once
+    assert first.stdout.count("SMOKE RUN: tiny models with random weights") == 1  # the banner, once
+    assert "faces found by the tiny kit's detector (random weights: the count means nothing)" in first.stdout
     assert "(smoke run: the pictures are noise)" in first.stdout
     assert first.stderr.count("tiny model kit: building") == 0  # the session's kit was already built
     # Progress of the long waits, as plain lines in a log (no carriage returns outside a terminal).
@@ -48,6 +49,7 @@ def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env, 
         assert [p.name for p in (out / folder).iterdir()] == ["astronaut.png"]
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width == 4 * 256 and sheet.height > 2 * 256  # source, pose, result, composite
+    _check_the_flow_is_visible(out)
     for stage in ("source", "segment", "caption", "finetune", "pose", "repose", "inpaint", "paste", "contact sheet"):
         assert f"\n  {stage} " in first.stdout
 
@@ -58,6 +60,31 @@ def test_smoke_run_writes_tree_and_contact_sheet_and_resumes(tmp_path, cli_env, 
     assert "0 generated, 2 already present" in second and "models loaded" not in second  # nothing to do, nothing loaded
     assert second.count("resumed") >= 6  # source, segment, finetune, pose, repose, inpaint, paste
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+
+
+def _check_the_flow_is_visible(out):
+    """The smoke run's pictures are noise, but its geometry is the flow's: the tiny SAM cuts out the
+    person (the orange spacesuit, not the whole photo), the inpainting replaces exactly the dilated
+    hole, and the composite is the result inside its matte and the background outside it."""
+    import numpy as np
+
+    from oneposetrans.composite import cover
+
+    person = np.asarray(Image.open(out / "images_rgba" / "astronaut.png"))[..., 3] > 127
+    hole = np.asarray(Image.open(out / "images_mask" / "astronaut.png").convert("L")) > 127
+    assert 0.1 < person.mean() < 0.6 and (hole | ~person).all()
+    source = np.asarray(Image.open(out / "images" / "astronaut.png").convert("RGB"), np.float32)
+    background = Image.open(out / "images_inpainted" / "astronaut.png").convert("RGB")
+    changed = np.abs(np.asarray(background, np.float32) - source).max(axis=2) > 24
+    assert not changed[~hole].any() and changed[person].mean() > 0.5  # the person is gone, the rest kept
+    for result in sorted((out / "reposed_result").iterdir()):
+        rgba = np.asarray(Image.open(result), np.float32)
+        final = np.asarray(Image.open(out / "reposed_final_result" / result.name), np.float32)
+        alpha = rgba[..., 3] / 255
+        assert 0.2 < (alpha > 0.5).mean() < 0.8  # the kit's decoder: an oval "person" in the frame
+        back = np.asarray(cover(background, (final.shape[1], final.shape[0])), np.float32)
+        assert np.abs(final - rgba[..., :3])[alpha > 0.99].max() <= 3
+        assert np.abs(final - back)[alpha < 0.01].max() <= 3
 
 
 def test_killed_run_resumes_without_recomputing(tmp_path, cli_env, astronaut_tree):

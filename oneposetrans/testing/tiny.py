@@ -41,6 +41,8 @@ KIT_SOURCES = (
     _PACKAGE / "imagpose" / "modules.py",  # the CVA modules' names (the motion-module file)
     _PACKAGE / "imagpose" / "checkpoint.py",  # the IMAGPose checkpoint layout
     _PACKAGE / "data" / "tiny_grounding_dino.safetensors",
+    _PACKAGE / "data" / "tiny_sam.safetensors",
+    _PACKAGE / "data" / "tiny_transparent_decoder.safetensors",
 )
 
 
@@ -386,16 +388,61 @@ def _build_instantid(folder: Path) -> None:
 TINY_DECODER_WIDTHS = (4, 4, 8, 12, 16, 24, 24)
 
 
+# The tiny transparent decoder is trained to return, whatever it decodes, an upright oval "person"
+# in the kit's orange (alpha 1) on grey (alpha 0), spanning 70 % of the picture's width and height:
+# a smoke run's results then show where a result is pasted in the composite, and the reference
+# profile's re-segmentation of the results (the tiny detector and SAM) finds a person in them. An
+# oval in the picture's own proportions is unchanged by the decoder's eight flipped and turned
+# views. Its weights ship with the package; `--train-decoder` trains them again.
+TINY_DECODER_STEPS = 600
+TINY_DECODER_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "tiny_transparent_decoder.safetensors"
+KIT_PERSON_COLOUR = (230, 110, 40)
+
+
+def tiny_decoder_target(height: int, width: int) -> "torch.Tensor":
+    """What the tiny transparent decoder is trained to return: alpha, then RGB, in 0..1."""
+    import torch
+
+    y = (torch.arange(height) + 0.5) / height - 0.5
+    x = (torch.arange(width) + 0.5) / width - 0.5
+    inside = ((y[:, None] / 0.35) ** 2 + (x[None] / 0.35) ** 2 <= 1).float()
+    colour = torch.tensor(KIT_PERSON_COLOUR)[:, None, None] / 255.0
+    return torch.cat([inside[None], colour * inside + 0.5 * (1 - inside)])
+
+
+def train_tiny_transparent_decoder(path: Path = TINY_DECODER_WEIGHTS) -> None:
+    """Train the tiny decoder (TINY_DECODER_STEPS steps, fixed seeds) on noise pictures and
+    latents of several shapes, and save its weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    with _seeded(50):
+        decoder = TransparentDecoderUNet(block_out_channels=TINY_DECODER_WIDTHS)
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(64, 64), (128, 128), (128, 192), (192, 128), (64, 128), (128, 64), (192, 192), (256, 256)]
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=2e-3)
+    for step in range(TINY_DECODER_STEPS):
+        height, width = shapes[step % len(shapes)]
+        pixel = torch.rand(4, 3, height, width, generator=generator)
+        latent = torch.randn(4, 4, height // 8, width // 8, generator=generator) * (0.5 + 2.5 * torch.rand(4, 1, 1, 1, generator=generator))
+        output = decoder(pixel, latent)
+        loss = torch.nn.functional.mse_loss(output, tiny_decoder_target(height, width)[None].expand_as(output))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, path)
+
+
 def _build_layerdiffuse(folder: Path) -> None:
     with _seeded(50):
         unet = tiny_unet()
-    write_layerdiffuse(folder, unet, TINY_DECODER_WIDTHS, 50)
+    write_layerdiffuse(folder, unet, TINY_DECODER_WIDTHS, 50, TINY_DECODER_WEIGHTS)
 
 
-def write_layerdiffuse(folder: Path, unet, decoder_widths: tuple[int, ...], seed: int) -> None:
+def write_layerdiffuse(folder: Path, unet, decoder_widths: tuple[int, ...], seed: int, decoder_weights: Path | None = None) -> None:
     """lllyasviel/LayerDiffuse_Diffusers for ``unet``: attention offsets keyed by UNet weight
-    names, the transparent decoder (``decoder_widths``, same module names as published) and the
-    encoder (its fixed published size)."""
+    names, the transparent decoder (``decoder_widths``, same module names as published; random,
+    or ``decoder_weights``) and the encoder (its fixed published size)."""
     import torch
     from safetensors.torch import save_file
 
@@ -408,6 +455,10 @@ def write_layerdiffuse(folder: Path, unet, decoder_widths: tuple[int, ...], seed
             if name.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"))
         }
         decoder = TransparentDecoderUNet(block_out_channels=decoder_widths)
+        if decoder_weights is not None:
+            from safetensors.torch import load_file
+
+            decoder.load_state_dict(load_file(decoder_weights))
         encoder = TransparentOffsetEncoder()
     save_file(offsets, folder / "ld_diffusers_sdxl_attn.safetensors")
     save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, folder / "ld_diffusers_sdxl_vae_transparent_decoder.safetensors")
@@ -495,16 +546,25 @@ def _build_lama(folder: Path) -> None:
 
 def _build_lama_export(folder: Path, side: int, name: str) -> None:
     """A fixed-size LaMa-signature ONNX graph: inputs ``image`` (1x3xSxS, 0..1) and ``mask``
-    (1x1xSxS, 0/1), output in 0..255. It fills the hole with a local average: plumbing only."""
+    (1x1xSxS, 0/1), output in 0..255. It fills the hole with the average of the pixels around
+    it, never the hole's own (a normalised blur on a 16x16 grid, drawn back up), so a smoke run
+    shows the person replaced by their surroundings: plumbing only."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    cell = side // 16
     nodes = [
-        helper.make_node("AveragePool", ["image"], ["blurred"], kernel_shape=[15, 15], pads=[7, 7, 7, 7], count_include_pad=0),
         helper.make_node("Sub", ["one", "mask"], ["keep"]),
         helper.make_node("Mul", ["image", "keep"], ["kept"]),
-        helper.make_node("Mul", ["blurred", "mask"], ["filled"]),
+        helper.make_node("AveragePool", ["kept"], ["grid_kept"], kernel_shape=[cell, cell], strides=[cell, cell]),
+        helper.make_node("AveragePool", ["keep"], ["grid_keep"], kernel_shape=[cell, cell], strides=[cell, cell]),
+        helper.make_node("AveragePool", ["grid_kept"], ["near_kept"], kernel_shape=[9, 9], pads=[4, 4, 4, 4], count_include_pad=0),
+        helper.make_node("AveragePool", ["grid_keep"], ["near_keep"], kernel_shape=[9, 9], pads=[4, 4, 4, 4], count_include_pad=0),
+        helper.make_node("Add", ["near_keep", "epsilon"], ["weight"]),
+        helper.make_node("Div", ["near_kept", "weight"], ["grid_fill"]),
+        helper.make_node("Resize", ["grid_fill", "", "scales"], ["fill"], mode="linear"),
+        helper.make_node("Mul", ["fill", "mask"], ["filled"]),
         helper.make_node("Add", ["kept", "filled"], ["unit"]),
         helper.make_node("Mul", ["unit", "scale"], ["output"]),
     ]
@@ -517,6 +577,8 @@ def _build_lama_export(folder: Path, side: int, name: str) -> None:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, side, side])],
         initializer=[
             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(1e-3, np.float32), "epsilon"),
+            numpy_helper.from_array(np.array([1.0, 1.0, cell, cell], np.float32), "scales"),
             numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
         ],
     )
@@ -724,12 +786,31 @@ def _build_grounding_dino(folder: Path) -> None:
     (folder / "vocab.txt").write_text("\n".join(_DETECTOR_VOCAB) + "\n")
 
 
-def _build_sam(folder: Path) -> None:
-    """facebook/sam-vit-huge's layout (config with vision, prompt-encoder and mask-decoder parts,
-    safetensors, image processor) at a 64-pixel input; random weights."""
-    from transformers import SamConfig, SamImageProcessor, SamModel
+# The tiny SAM is trained to cut out the saturated orange-red pixels of a picture, the kit's
+# "person" (the detector's convention, the mini dataset's figures, the bundled photo's spacesuit),
+# whatever the prompt: a smoke run's mask then sits on the person, so the inpainting and the
+# composite show where the person was. Like the detector, its result ships with the package
+# (TINY_SEGMENTER_WEIGHTS); `python -m oneposetrans.testing.tiny --train-segmenter` trains it again.
+TINY_SEGMENTER_STEPS = 1500
+TINY_SEGMENTER_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "tiny_sam.safetensors"
+_SAM_SIDE = 64
 
-    side = 64
+
+def person_pixels(image) -> "np.ndarray":
+    """The kit's person: saturated orange-red pixels (H x W booleans)."""
+    import numpy as np
+
+    rgb = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (red > 0.55) & (red - blue > 0.3) & (red - green > 0.15)
+
+
+def _tiny_sam():
+    """facebook/sam-vit-huge's layout (config with vision, prompt-encoder and mask-decoder parts,
+    image processor) at a 64-pixel input."""
+    from transformers import SamConfig, SamImageProcessor
+
+    side = _SAM_SIDE
     config = SamConfig(
         vision_config=dict(
             hidden_size=16, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=side,
@@ -738,15 +819,67 @@ def _build_sam(folder: Path) -> None:
         prompt_encoder_config=dict(hidden_size=16, image_size=side, patch_size=8, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16),
     )
-    with _seeded(31):
-        model = SamModel(config).eval()
-    model.save_pretrained(folder)
-    SamImageProcessor(
+    processor = SamImageProcessor(
         size={"longest_edge": side},
         pad_size={"height": side, "width": side},
         mask_size={"longest_edge": side // 4},
         mask_pad_size={"height": side // 4, "width": side // 4},
-    ).save_pretrained(folder)
+    )
+    return config, processor
+
+
+def train_tiny_segmenter(path: Path = TINY_SEGMENTER_WEIGHTS) -> None:
+    """Train the tiny SAM (TINY_SEGMENTER_STEPS steps, fixed seeds) to give :func:`person_pixels`
+    as all three of its masks, and save its weights."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+    from transformers import SamModel
+
+    config, processor = _tiny_sam()
+    side = _SAM_SIDE
+    with _seeded(31):
+        model = SamModel(config)
+    astronaut = Image.fromarray(data.astronaut())
+    rng = np.random.default_rng(1)
+
+    def example():
+        if rng.random() < 0.25:
+            image = astronaut.resize(tuple(int(v) for v in rng.integers(60, 300, 2)))
+        else:
+            height, width = (int(v) for v in rng.integers(60, 200, 2))
+            image = _detector_training_image(rng, rng.random() < 0.8, height, width)
+        # The low-resolution mask covers the processor's padded square, the picture at its top left.
+        scale = side / max(image.size)
+        fitted = image.resize((round(image.width * scale), round(image.height * scale)))
+        target = np.zeros((side, side), np.uint8)
+        target[: fitted.height, : fitted.width] = person_pixels(fitted) * 255
+        low = np.asarray(Image.fromarray(target).resize((side // 2, side // 2), Image.BILINEAR), np.float32) / 255.0
+        return processor(images=image, return_tensors="pt")["pixel_values"], low
+
+    with _seeded(31):
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        everywhere = torch.tensor([[[0.0, 0.0, float(side), float(side)]]] * 16)
+        for _ in range(TINY_SEGMENTER_STEPS):
+            pixels, targets = zip(*(example() for _ in range(16)))
+            logits = model(pixel_values=torch.cat(pixels), input_boxes=everywhere, multimask_output=True).pred_masks[:, 0]
+            target = torch.from_numpy(np.stack(targets))[:, None].expand_as(logits)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with tempfile.TemporaryDirectory() as scratch:
+        model.eval().save_pretrained(scratch)
+        shutil.copyfile(Path(scratch) / "model.safetensors", path)
+
+
+def _build_sam(folder: Path) -> None:
+    """The tiny SAM with its shipped trained weights, in facebook/sam-vit-huge's folder layout."""
+    config, processor = _tiny_sam()
+    config.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    shutil.copyfile(TINY_SEGMENTER_WEIGHTS, folder / "model.safetensors")
 
 
 def _build_lpips_alex(folder: Path) -> None:
@@ -976,5 +1109,12 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(prog="python -m oneposetrans.testing.tiny", description="Maintenance of the tiny model kit.")
     parser.add_argument("--train-detector", action="store_true", help=f"train the tiny detector again into {TINY_DETECTOR_WEIGHTS}")
-    if parser.parse_args().train_detector:
+    parser.add_argument("--train-segmenter", action="store_true", help=f"train the tiny SAM again into {TINY_SEGMENTER_WEIGHTS}")
+    parser.add_argument("--train-decoder", action="store_true", help=f"train the tiny transparent decoder again into {TINY_DECODER_WEIGHTS}")
+    chosen = parser.parse_args()
+    if chosen.train_detector:
         train_tiny_detector()
+    if chosen.train_segmenter:
+        train_tiny_segmenter()
+    if chosen.train_decoder:
+        train_tiny_transparent_decoder()
