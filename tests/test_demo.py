@@ -158,6 +158,15 @@ def test_the_demo_cleans_up_when_stopped_and_names_its_own_share_flag(tiny_model
     assert "demo stopped" in output and list(scratch.glob("oneposetrans-demo-*")) == []
 
 
+def test_messages_in_the_page_name_files_without_the_servers_folders():
+    from oneposetrans.demo import without_server_paths
+
+    assert without_server_paths("/tmp/oneposetrans-demo-x/gradio/3f/me.jpg: not an image file") == "me.jpg: not an image file"
+    assert without_server_paths("paste: 2 without a person (/srv/r/logs/segment.jsonl); 0 done") == "paste: 2 without a person (segment.jsonl); 0 done"
+    caption = 'the caption must read "A man/woman with face, <clothes and accessories>"'
+    assert without_server_paths(caption) == caption
+
+
 def test_bad_input_becomes_a_message_in_the_page(tiny_models, tmp_path):
     steps = _steps(tiny_models, tmp_path / "work")
     visitor = steps.new_visitor()
