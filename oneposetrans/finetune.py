@@ -155,18 +155,17 @@ class LoraTrainer:
         return self._caption_cache[caption]
 
     def _augment(
-        self, image: Image.Image, mask: Image.Image | None, rng: random.Random, draws: "_CaseDraws"
+        self, image: Image.Image, mask: Image.Image | None, draws: "_CaseDraws"
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
         """Shorter side to the training resolution (bilinear), then a random square crop drawn
-        from ``rng``, the case's own generator: Python's global one is shared with every thread
-        of the process (Gradio's queue shuffles with it), which would make a LoRA depend on them."""
+        from the case's own generators (``draws``)."""
         if self.profile.finetune_crops == "torchvision":
             return self._augment_as_published(image, mask, draws.host)
         size = self.settings.resolution
         scale = size / min(image.size)
         width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
         image = image.resize((width, height), Image.BILINEAR)
-        top, left = rng.randint(0, height - size), rng.randint(0, width - size)
+        top, left = draws.crops.randint(0, height - size), draws.crops.randint(0, width - size)
         box = (left, top, left + size, top + size)
         pixels = torch.from_numpy(np.asarray(image.crop(box), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         weight = None
@@ -322,12 +321,9 @@ class LoraTrainer:
         losses = []
         self.unet.train()
 
-        # The stream random.seed(seed) would give, without sharing the global generator.
-        crop_rng = random.Random(settings.seed)
-
         def draw_crops() -> list:
-            chosen = (crop_rng.choice(views) for _ in range(settings.batch_size))
-            return [(self._augment(*view, crop_rng, draws), view[0].size) for view in chosen]
+            chosen = (draws.crops.choice(views) for _ in range(settings.batch_size))
+            return [(self._augment(*view, draws), view[0].size) for view in chosen]
 
         # The fast step draws every crop first and encodes them in a few large VAE calls. Only the
         # default crops can move: they come from the Python generator, while the VAE's sampling
@@ -410,13 +406,15 @@ class LoraTrainer:
 
 
 class _CaseDraws:
-    """A case's torch generators, seeded as the published ``set_seed(seed)`` seeded torch's global
-    ones, so that they give the published streams: ``host`` (CPU: the LoRA's initialisation, the
-    published crops) and ``device`` (the VAE samples, the noise, the timesteps); on a CPU both are
-    one generator, as torch's global one is. Nothing is drawn from torch's global state, which
-    every thread of the process shares."""
+    """A case's generators, seeded as the published ``set_seed(seed)`` seeded the global ones, so
+    that they give the published streams: ``crops`` (Python's: the default crops and the view of
+    each), ``host`` (torch on the CPU: the LoRA's initialisation, the published crops) and
+    ``device`` (the VAE samples, the noise, the timesteps); on a CPU ``host`` and ``device`` are one
+    generator, as torch's global one is. Nothing is drawn from a global generator, which every
+    thread of the process shares (Gradio's queue shuffles with Python's)."""
 
     def __init__(self, seed: int, device: torch.device):
+        self.crops = random.Random(seed)
         self.host = torch.Generator().manual_seed(seed)
         self.device = self.host if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
 

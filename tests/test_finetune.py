@@ -221,7 +221,7 @@ def test_reference_crops_are_the_published_torchvision_transforms(tiny_models):
     torch.manual_seed(0)
     expected = [published(photo) for _ in range(2)]
     draws = _CaseDraws(0, torch.device("cpu"))  # seeded as set_seed(0) seeds torch's global generator
-    ours = [trainer._augment(photo, None, random.Random(0), draws) for _ in range(2)]
+    ours = [trainer._augment(photo, None, draws) for _ in range(2)]
     assert all(torch.equal(pixels, wanted) for (pixels, _, _), wanted in zip(ours, expected))
     assert transforms.Resize(512)(photo).size == (512, 751)
     assert ours[0][2] != ours[1][2]  # two draws, two crops (top, left)

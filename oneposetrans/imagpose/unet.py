@@ -34,16 +34,16 @@ def widen_conv_in(unet, fresh: bool = False, seed: int = 0) -> None:
     if old.in_channels == ILC_CHANNELS:
         return
     new = torch.nn.utils.skip_init(nn.Conv2d, ILC_CHANNELS, old.out_channels, old.kernel_size, old.stride, old.padding)
-    # nn.Conv2d's own first draw (its weight's), from a generator of its own rather than torch's
-    # global one: what torch.manual_seed(seed) then nn.Conv2d(...) gives.
-    nn.init.kaiming_uniform_(new.weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
-    new = new.to(old.weight)
     with torch.no_grad():
-        if not fresh:
+        if fresh:
+            # nn.Conv2d's own first draw (its weight's), from a generator of its own rather than
+            # torch's global one: what torch.manual_seed(seed) then nn.Conv2d(...) gives.
+            nn.init.kaiming_uniform_(new.weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
+        else:
             new.weight.zero_()
             new.weight[:, : old.in_channels] = old.weight
         new.bias.copy_(old.bias)
-    unet.conv_in = new
+    unet.conv_in = new.to(old.weight)
     unet.register_to_config(in_channels=ILC_CHANNELS)
 
 
